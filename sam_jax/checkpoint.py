@@ -1,0 +1,303 @@
+"""Reading released SAM checkpoints and saving our converted parameters.
+
+* :func:`read_pth` reads a PyTorch ``.pth`` state_dict (the zip + pickle format
+  of ``torch.save``) with the standard library and numpy. Torch is not needed and
+  no code from the file runs: the pickle may only name the handful of
+  constructors a plain state_dict uses; anything else is refused with
+  :class:`UnsafeCheckpointError`.
+* :func:`state_dict_to_params` maps official keys onto our parameter tree, one
+  to one, and refuses missing, unexpected or wrongly shaped keys with
+  :class:`CheckpointMismatchError` naming them.
+* :func:`save_params` / :func:`load_params` keep converted parameters in a
+  ``.npz`` file (no pickle), so a ``.pth`` is read once.
+
+Name mapping (flax path <-> torch key): a path component ``name_N`` is the
+``N``-th entry of a list and reads ``name.N``; leaves ``kernel`` (Linear, conv),
+``scale`` (LayerNorm) and ``embedding`` (Embedding) read ``weight``; other leaves
+keep their name. Linear kernels are transposed, conv kernels go from
+``(out, in, kh, kw)`` to ``(kh, kw, in, out)``, transposed-conv kernels from
+``(in, out, kh, kw)`` to ``(kh, kw, in, out)``.
+
+Command line: ``python -m sam_jax.checkpoint IN.pth OUT.npz`` (variant guessed
+from the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+# Modules whose 4-D kernels are transposed convolutions (torch layout (in, out, kh, kw)).
+_TRANSPOSED_CONV = ("output_upscaling_",)
+_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint's pickle asks to run something a plain state_dict never needs."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model."""
+
+
+class _Storage:
+    """Marker for a ``torch.<Type>Storage`` class named in the pickle."""
+
+    def __init__(self, name: str, dtype: Any):
+        self.name, self.dtype = name, np.dtype(dtype)
+
+
+_STORAGES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_unused):
+    """``torch._utils._rebuild_tensor_v2`` for numpy: a strided view, copied."""
+    size, stride = tuple(size), tuple(stride)
+    if not size:
+        return np.array(storage[offset])
+    itemsize = storage.dtype.itemsize
+    needed = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
+    if min(size) > 0 and needed > storage.size:
+        raise ValueError(f"tensor of size {size} runs past its storage ({storage.size} items)")
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False)
+    return np.array(view)
+
+
+def _rebuild_parameter(data, _requires_grad, _hooks, *_unused):
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of a plain tensor state_dict."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: str):
+        super().__init__(file)
+        self._archive, self._prefix, self._source = archive, prefix, source
+        self._cache: dict[str, np.ndarray] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGES:
+            return _Storage(name, _STORAGES[name])
+        raise UnsafeCheckpointError(
+            f"refusing to load {self._source}: its pickle references {module}.{name}, which a "
+            "plain state_dict of tensors never needs (loading it could execute code)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                and isinstance(pid[1], _Storage)):
+            raise UnsafeCheckpointError(
+                f"refusing to load {self._source}: unexpected persistent id {pid!r}")
+        storage, key = pid[1], str(pid[2])
+        if key not in self._cache:
+            name = f"{self._prefix}data/{key}"
+            try:
+                raw = self._archive.read(name)
+            except KeyError:
+                raise ValueError(f"{self._source}: storage {name} is missing from the archive")
+            self._cache[key] = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))
+        return self._cache[key]
+
+
+def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``torch.save``-d state_dict into ``{key: numpy array}`` without torch.
+
+    Raises:
+      FileNotFoundError: no such file.
+      UnsafeCheckpointError: the pickle names a callable beyond plain tensors.
+      ValueError: not a zip-format torch checkpoint, or not a dict of tensors.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a zip-format PyTorch checkpoint (torch >= 1.6 torch.save); "
+            "legacy tar/pickle checkpoints are not read")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pickles) != 1:
+            raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
+        prefix = pickles[0][: -len("data.pkl")]
+        with archive.open(pickles[0]) as f:
+            unpickler = _RestrictedUnpickler(io.BytesIO(f.read()), archive, prefix, path)
+            obj = unpickler.load()
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and set(obj) == {wrapper}:
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return dict(obj)
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+    """Official state_dict key of a flax parameter path (see module doc)."""
+    parts = [re.sub(r"^(.*)_(\d+)$", r"\1.\2", p) for p in path[:-1]]
+    parts.append(_LEAF_TO_TORCH.get(path[-1], path[-1]))
+    return ".".join(parts)
+
+
+def _to_flax(path: tuple[str, ...], value: np.ndarray, ndim_target: int) -> np.ndarray:
+    leaf = path[-1]
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    if leaf == "kernel" and value.ndim == 4:
+        if any(p.startswith(_TRANSPOSED_CONV) for p in path):
+            return value.transpose(2, 3, 0, 1)
+        return value.transpose(2, 3, 1, 0)
+    return value
+
+
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) -> dict:
+    """Map an official state_dict onto a parameter tree shaped like ``template``.
+
+    ``template`` is a (possibly boxed, possibly abstract) params tree, e.g. from
+    ``jax.eval_shape``. Each parameter is cast to its template dtype.
+
+    Raises:
+      CheckpointMismatchError: listing missing keys, unexpected keys and shape
+        mismatches (torch key, expected and found shapes).
+    """
+    flat = traverse_util.flatten_dict(nn.unbox(template))
+    wanted = {torch_key(p): p for p in flat}
+    missing = sorted(set(wanted) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(wanted))
+    out, bad_shapes = {}, []
+    for key, path in wanted.items():
+        if key not in state_dict:
+            continue
+        target = flat[path]
+        value = _to_flax(path, np.asarray(state_dict[key]), len(target.shape))
+        if tuple(value.shape) != tuple(target.shape):
+            bad_shapes.append(f"{key}: model expects {tuple(target.shape)} "
+                              f"(flax layout), checkpoint has {tuple(state_dict[key].shape)}")
+            continue
+        out[path] = np.asarray(value, dtype=target.dtype)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if bad_shapes:
+        problems.append("wrong shapes: " + "; ".join(bad_shapes))
+    if problems:
+        raise CheckpointMismatchError("checkpoint does not fit the model: " + " | ".join(problems))
+    return traverse_util.unflatten_dict(out)
+
+
+def save_params(params: Any, path: str | os.PathLike) -> None:
+    """Save a params tree to ``.npz`` (keys are '/'-joined paths; no pickle)."""
+    flat = traverse_util.flatten_dict(nn.unbox(params))
+    arrays = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in flat.items()}
+    arrays = {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v
+              for k, v in arrays.items()}
+    tmp = os.fspath(path) + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_params(path: str | os.PathLike, template: Any) -> dict:
+    """Load a ``.npz`` written by :func:`save_params`, checked against ``template``."""
+    with np.load(os.fspath(path), allow_pickle=False) as f:
+        flat = {tuple(k.split("/")): f[k] for k in f.files}
+    want = traverse_util.flatten_dict(nn.unbox(template))
+    missing = sorted("/".join(k) for k in set(want) - set(flat))
+    unexpected = sorted("/".join(k) for k in set(flat) - set(want))
+    bad = sorted(f"{'/'.join(k)}: expects {tuple(want[k].shape)}, file has {flat[k].shape}"
+                 for k in set(want) & set(flat) if tuple(want[k].shape) != flat[k].shape)
+    if missing or unexpected or bad:
+        raise CheckpointMismatchError(
+            f"{path} does not fit the model: missing {missing}, unexpected {unexpected}, "
+            f"wrong shapes {bad}")
+    return traverse_util.unflatten_dict(
+        {k: np.asarray(v, dtype=want[k].dtype) for k, v in flat.items()})
+
+
+def param_template(module: Any) -> Any:
+    """Abstract (shape/dtype only) params of a :class:`Sam` module; allocates nothing."""
+    from sam_jax.build_sam import init_variables
+
+    return jax.eval_shape(lambda rng: init_variables(module, rng), jax.random.key(0))["params"]
+
+
+def load_checkpoint(path: str | os.PathLike, module: Any) -> dict:
+    """Params for ``module`` from an official ``.pth`` or our ``.npz``."""
+    template = param_template(module)
+    if os.fspath(path).endswith(".npz"):
+        return load_params(path, template)
+    return state_dict_to_params(read_pth(path), template)
+
+
+def guess_variant(state_dict: Mapping[str, np.ndarray]) -> str:
+    """Which of ``VARIANTS`` a state_dict holds (by encoder width and depth)."""
+    from sam_jax.build_sam import VARIANTS
+
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state_dict:
+        raise CheckpointMismatchError(f"not a SAM checkpoint: no {key}")
+    width = state_dict[key].shape[0]
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    for name, cfg in VARIANTS.items():
+        if (cfg.encoder_embed_dim, cfg.encoder_depth) == (width, depth):
+            return name
+    raise CheckpointMismatchError(f"no SAM variant has width {width} and depth {depth}")
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
+                       variant: Any = None) -> str:
+    """Convert an official ``.pth`` to our ``.npz``.
+
+    ``variant``: a variant name, a ``SamConfig``, or None to guess it from the
+    weights. Returns the variant name (``"custom"`` for a ``SamConfig``).
+    """
+    from sam_jax.build_sam import get_config
+    from sam_jax.modeling.sam import Sam
+
+    state_dict = read_pth(src)
+    variant = variant or guess_variant(state_dict)
+    params = state_dict_to_params(state_dict, param_template(Sam(get_config(variant))))
+    save_params(params, dst)
+    return variant if isinstance(variant, str) else "custom"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_jax.checkpoint",
+        description="Convert an official SAM .pth checkpoint into sam-jax's .npz format "
+                    "(read without torch; no code in the file is executed).")
+    parser.add_argument("src", help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
+    parser.add_argument("dst", help="output .npz file")
+    parser.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h"],
+                        help="model variant (default: guessed from the weights)")
+    args = parser.parse_args(argv)
+    variant = convert_checkpoint(args.src, args.dst, args.variant)
+    print(f"wrote {args.dst} ({variant})")
+
+
+if __name__ == "__main__":
+    main()

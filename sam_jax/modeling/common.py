@@ -1,0 +1,176 @@
+"""Building blocks shared by the three SAM networks.
+
+Every layer here takes an explicit compute ``dtype`` and storage ``param_dtype`` and
+annotates its weights with *logical* axis names. Logical names are mapped onto
+device-mesh axes by the single rules table in ``configs/`` (see
+``sam_jax.sharding``); the model code never names mesh axes itself.
+
+Logical axis vocabulary used by the model:
+
+* weights: ``"embed"`` (the width of a network: ViT ``C`` or decoder 256),
+  ``"mlp"`` (MLP hidden width), ``"heads"`` (attention projection width
+  q/k/v, i.e. ``heads * head_dim``), ``None`` (never sharded: small tables,
+  convolution taps).
+* activations: ``"batch"``, ``"act_embed"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Axes = Sequence[str | None]
+
+# Parameter initialisers (MAE/ViTDet style for training from scratch; released
+# checkpoints overwrite them).
+default_kernel_init = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros_init()
+ones = nn.initializers.ones_init()
+
+
+def partitioned(init: Callable, axes: Axes) -> Callable:
+    """An initialiser whose parameter carries logical axis names ``axes``."""
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str,
+    use_bias: bool = True,
+) -> nn.Dense:
+    """A Linear layer: kernel ``(in, out)`` with logical axes ``axes``."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(default_kernel_init, axes),
+        bias_init=partitioned(zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+    """LayerNorm over the last (channel) axis.
+
+    On NHWC feature maps this is exactly SAM's ``LayerNorm2d`` (per pixel, over
+    channels); on token sequences it is ``nn.LayerNorm``. Statistics are computed
+    in float32 whatever the compute dtype.
+    """
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=partitioned(ones, ("embed",)),
+        bias_init=partitioned(zeros, ("embed",)),
+        name=name,
+    )
+
+
+def conv(
+    features: int,
+    kernel: int,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str,
+    stride: int = 1,
+    padding: int = 0,
+    use_bias: bool = True,
+    axes: tuple[str | None, str | None] = (None, None),
+) -> nn.Conv:
+    """A 2-D convolution on NHWC maps, kernel ``(k, k, in, out)``."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(default_kernel_init, (None, None) + tuple(axes)),
+        bias_init=partitioned(zeros, (axes[1],)),
+        name=name,
+    )
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as ``torch.nn.GELU()``."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class ConvTranspose2x2(nn.Module):
+    """Transposed convolution with kernel 2 and stride 2 (doubles H and W).
+
+    With stride equal to the kernel size the output blocks do not overlap, so
+    the layer is one einsum: ``out[b, 2i+a, 2j+c, o] = sum_ci x[b,i,j,ci] *
+    kernel[a,c,ci,o] + bias[o]``.
+
+    Shapes: ``(B, H, W, Cin) -> (B, 2H, 2W, features)``.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin = x.shape[-1]
+        kernel = self.param(
+            "kernel", partitioned(default_kernel_init, (None, None, None, None)),
+            (2, 2, cin, self.features), self.param_dtype)
+        bias = self.param("bias", partitioned(zeros, (None,)), (self.features,), self.param_dtype)
+        x = x.astype(self.dtype)
+        y = jnp.einsum("bhwi,acio->bhawco", x, kernel.astype(self.dtype))
+        b, h, _, w, _, o = y.shape
+        return y.reshape(b, 2 * h, 2 * w, o) + bias.astype(self.dtype)
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them (SAM decoder heads).
+
+    Submodules ``layers_0 .. layers_{n-1}`` map onto the checkpoint's
+    ``layers.{i}``. Shapes: ``(..., in) -> (..., output_dim)``.
+    """
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            features = self.output_dim if last else self.hidden_dim
+            axes = ("mlp", "embed") if last else ("embed", "mlp")
+            x = dense(features, axes, self.dtype, self.param_dtype, f"layers_{i}")(x)
+            if not last:
+                x = jax.nn.relu(x)
+        return x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample.
+
+    Active only when ``deterministic`` is False and ``rate > 0``; then it needs
+    the ``"dropout"`` RNG stream. Shapes: ``(B, ...) -> (B, ...)``.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))

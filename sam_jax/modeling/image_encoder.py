@@ -1,0 +1,256 @@
+"""The image encoder: an MAE-style ViT with windowed and global attention.
+
+A 1024x1024 image becomes a 64x64 grid of 16x16 patches; ``depth`` pre-norm
+transformer blocks follow, most attending inside 14x14 windows and a few
+(``global_attn_indexes``) over the whole grid; a neck maps the result to a
+``(B, 64, 64, 256)`` image embedding. All attention adds SAM's decomposed
+relative position term as a bias and runs through ``jax.nn.dot_product_attention``.
+
+Feature maps are NHWC throughout. Submodule and parameter names follow the
+official checkpoint keys (``blocks.3.attn.qkv.weight`` <-> ``blocks_3/attn/qkv/kernel``;
+see ``sam_jax.checkpoint``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.modeling.common import (
+    Dtype, DropPath, conv, dense, gelu, layer_norm, partitioned, zeros)
+
+
+def resize_rel_pos(table: jax.Array, length: int) -> jax.Array:
+    """Linearly resize a relative position table along its length.
+
+    ``(L, D) -> (length, D)``, half-pixel sampling without antialiasing (the
+    behaviour of ``F.interpolate(mode="linear", align_corners=False)``).
+    """
+    if table.shape[0] == length:
+        return table
+    return jax.image.resize(table, (length, table.shape[1]), "linear", antialias=False)
+
+
+def relative_positions(q_size: int, k_size: int, table: jax.Array) -> jax.Array:
+    """Gather the relative position embedding for every (query, key) pair.
+
+    Args:
+      q_size, k_size: query and key lengths along one spatial axis.
+      table: ``(L, D)`` learned embedding, resized to ``2*max(q,k)-1`` if needed.
+    Returns:
+      ``(q_size, k_size, D)`` with entry ``[i, j] = table[i*sq - j*sk + (k_size-1)*sk]``
+      where ``sq = max(k/q, 1)`` and ``sk = max(q/k, 1)``.
+    """
+    table = resize_rel_pos(table, 2 * max(q_size, k_size) - 1)
+    q_coords = jnp.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = jnp.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    index = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return table[index.astype(jnp.int32)]
+
+
+def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
+    """Zero-pad to a multiple of ``window`` and cut into non-overlapping windows.
+
+    ``(B, H, W, C) -> (B * nH * nW, window, window, C)`` and the padded ``(Hp, Wp)``.
+    Padded tokens take part in attention unmasked, as in the reference.
+    """
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    if pad_h or pad_w:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
+    return x, (hp, wp)
+
+
+def window_unpartition(x: jax.Array, window: int, padded_hw: tuple[int, int],
+                       hw: tuple[int, int]) -> jax.Array:
+    """Inverse of :func:`window_partition`: ``(B*nW, w, w, C) -> (B, H, W, C)``."""
+    hp, wp = padded_hw
+    nh, nw = hp // window, wp // window
+    c = x.shape[-1]
+    x = x.reshape(-1, nh, nw, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(-1, hp, wp, c)
+    return x[:, : hw[0], : hw[1], :]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with decomposed relative position bias.
+
+    ``(B, H, W, C) -> (B, H, W, C)``. Scores are ``(q * d^-0.5) k^T + rel_h + rel_w``
+    where ``rel_h[qh,qw,kh] = q . Rh[qh,kh]`` and ``rel_w[qh,qw,kw] = q . Rw[qw,kw]``
+    use the unscaled ``q``. ``rel_pos_size`` is the grid side the position
+    tables were made for (14 in window blocks, 64 in global blocks at 1024 input).
+    """
+
+    num_heads: int
+    rel_pos_size: int
+    use_rel_pos: bool = True
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        head_dim = c // self.num_heads
+        qkv = dense(3 * c, ("embed", "heads"), self.dtype, self.param_dtype, "qkv")(x)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
+
+        bias = None
+        if self.use_rel_pos:
+            table_shape = (2 * self.rel_pos_size - 1, head_dim)
+            rel_pos_h = self.param("rel_pos_h", partitioned(zeros, (None, None)),
+                                   table_shape, self.param_dtype)
+            rel_pos_w = self.param("rel_pos_w", partitioned(zeros, (None, None)),
+                                   table_shape, self.param_dtype)
+            rh = relative_positions(h, h, rel_pos_h).astype(self.dtype)  # (H, H, D)
+            rw = relative_positions(w, w, rel_pos_w).astype(self.dtype)  # (W, W, D)
+            q_grid = q.reshape(b, h, w, self.num_heads, head_dim)
+            rel_h = jnp.einsum("byxnd,ykd->bnyxk", q_grid, rh)  # (B, N, H, W, Hk)
+            rel_w = jnp.einsum("byxnd,xkd->bnyxk", q_grid, rw)  # (B, N, H, W, Wk)
+            bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, N, H, W, Hk, Wk)
+            bias = bias.reshape(b, self.num_heads, h * w, h * w)
+
+        out = jax.nn.dot_product_attention(
+            q, k, v, bias=bias, scale=head_dim ** -0.5, implementation=self.attention_impl)
+        out = out.reshape(b, h, w, c)
+        return dense(c, ("heads", "embed"), self.dtype, self.param_dtype, "proj")(out)
+
+
+class MLPBlock(nn.Module):
+    """Linear -> GELU -> Linear. ``(..., C) -> (..., C)``."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        x = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "lin1")(x)
+        x = gelu(x)
+        return dense(c, ("mlp", "embed"), self.dtype, self.param_dtype, "lin2")(x)
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block; windowed attention when ``window_size > 0``.
+
+    ``(B, H, W, C) -> (B, H, W, C)``.
+    """
+
+    num_heads: int
+    mlp_ratio: float
+    window_size: int
+    rel_pos_size: int
+    drop_path: float = 0.0
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        c = x.shape[-1]
+        shortcut = x
+        x = layer_norm(1e-6, self.dtype, self.param_dtype, "norm1")(x)
+        hw = x.shape[1:3]
+        if self.window_size > 0:
+            x, padded_hw = window_partition(x, self.window_size)
+        x = Attention(self.num_heads, self.rel_pos_size, attention_impl=self.attention_impl,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name="attn")(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, padded_hw, hw)
+        drop = DropPath(self.drop_path, name="drop_path")
+        x = shortcut + drop(x, deterministic)
+        y = layer_norm(1e-6, self.dtype, self.param_dtype, "norm2")(x)
+        y = MLPBlock(int(c * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(y)
+        x = x + drop(y, deterministic)
+        return nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT image encoder with neck.
+
+    ``(B, img_size, img_size, 3)`` normalised, padded pixels ->
+    ``(B, img_size/patch, img_size/patch, out_chans)`` image embedding.
+
+    ``remat_policy`` (training): ``"none"``, ``"full"`` (recompute each block) or
+    the name of a ``jax.checkpoint_policies`` policy, e.g.
+    ``"dots_with_no_batch_dims_saveable"``.
+    """
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: Sequence[int] = (2, 5, 8, 11)
+    img_size: int = 1024
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    window_size: int = 14
+    drop_path_rate: float = 0.0
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if x.shape[1:] != (self.img_size, self.img_size, 3):
+            raise ValueError(
+                f"image encoder expects (B, {self.img_size}, {self.img_size}, 3) pixels, "
+                f"got {x.shape}")
+        grid = self.img_size // self.patch_size
+        x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, self.param_dtype,
+                       name="patch_embed")(x)
+        pos_embed = self.param("pos_embed", partitioned(zeros, (None, None, None, "embed")),
+                               (1, grid, grid, self.embed_dim), self.param_dtype)
+        x = x + pos_embed.astype(self.dtype)
+        x = nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
+
+        block_cls = Block
+        if self.remat_policy != "none":
+            policy = None if self.remat_policy == "full" else getattr(
+                jax.checkpoint_policies, self.remat_policy)
+            block_cls = nn.remat(Block, policy=policy, static_argnums=(2,))
+        for i in range(self.depth):
+            is_global = i in tuple(self.global_attn_indexes)
+            drop = self.drop_path_rate * i / max(self.depth - 1, 1)
+            x = block_cls(
+                num_heads=self.num_heads,
+                mlp_ratio=self.mlp_ratio,
+                window_size=0 if is_global else self.window_size,
+                rel_pos_size=grid if is_global else self.window_size,
+                drop_path=drop,
+                attention_impl=self.attention_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"blocks_{i}",
+            )(x, deterministic)
+
+        # Neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (checkpoint keys neck.0-3).
+        x = conv(self.out_chans, 1, self.dtype, self.param_dtype, "neck_0", use_bias=False,
+                 axes=("embed", None))(x)
+        x = layer_norm(1e-6, self.dtype, self.param_dtype, "neck_1")(x)
+        x = conv(self.out_chans, 3, self.dtype, self.param_dtype, "neck_2", padding=1,
+                 use_bias=False)(x)
+        return layer_norm(1e-6, self.dtype, self.param_dtype, "neck_3")(x)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: ``(B, S, S, 3) -> (B, S/p, S/p, C)``."""
+
+    embed_dim: int
+    patch_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv(self.embed_dim, self.patch_size, self.dtype, self.param_dtype, "proj",
+                    stride=self.patch_size, axes=(None, "embed"))(x.astype(self.dtype))

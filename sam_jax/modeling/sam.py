@@ -1,0 +1,178 @@
+"""SAM: image encoder + prompt encoder + mask decoder, with pre/postprocessing.
+
+``Sam`` is a Linen module whose methods are applied separately (the image
+embedding is computed once and reused for many prompts)::
+
+    emb = module.apply(variables, pixels, method=Sam.embed_images)
+    masks, iou = module.apply(variables, emb, coords, labels, None, None, True,
+                              method=Sam.decode)
+
+Pixel pre- and mask post-processing are pure functions of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.modeling.common import Dtype
+from sam_jax.modeling.image_encoder import ImageEncoderViT
+from sam_jax.modeling.mask_decoder import MaskDecoder
+from sam_jax.modeling.prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+MASK_THRESHOLD = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """Architecture of one SAM variant (see ``sam_jax.build_sam.VARIANTS``)."""
+
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: Sequence[int] = (2, 5, 8, 11)
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid (64 at 1024 input)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res mask logits (256 at 1024 input)."""
+        return 4 * self.embedding_size
+
+    def replace(self, **kw) -> "SamConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class Sam(nn.Module):
+    """The Segment Anything model (three networks; see module docstring).
+
+    ``drop_path_rate``, ``remat_policy`` and ``attention_impl`` tune the image
+    encoder for training and speed; they do not change the parameters.
+    """
+
+    config: SamConfig = SamConfig()
+    drop_path_rate: float = 0.0
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.image_encoder = ImageEncoderViT(
+            embed_dim=c.encoder_embed_dim, depth=c.encoder_depth, num_heads=c.encoder_num_heads,
+            global_attn_indexes=tuple(c.encoder_global_attn_indexes), img_size=c.image_size,
+            patch_size=c.patch_size, out_chans=c.prompt_embed_dim, window_size=c.window_size,
+            drop_path_rate=self.drop_path_rate, remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl, **kw)
+        grid = (c.embedding_size, c.embedding_size)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=c.prompt_embed_dim, image_embedding_size=grid,
+            input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans, **kw)
+        self.mask_decoder = MaskDecoder(
+            transformer_dim=c.prompt_embed_dim, transformer_depth=c.decoder_depth,
+            transformer_heads=c.decoder_heads, transformer_mlp_dim=c.decoder_mlp_dim, **kw)
+
+    def embed_images(self, pixels: jax.Array, deterministic: bool = True) -> jax.Array:
+        """``(B, S, S, 3)`` preprocessed pixels -> ``(B, S/16, S/16, 256)`` embeddings."""
+        return self.image_encoder(pixels, deterministic)
+
+    def decode(
+        self,
+        image_embeddings: jax.Array,
+        point_coords: jax.Array | None,
+        point_labels: jax.Array | None,
+        boxes: jax.Array | None,
+        mask_inputs: jax.Array | None,
+        multimask_output: bool,
+        box_valid: jax.Array | None = None,
+        mask_valid: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Encode prompts and decode masks (coordinates in the ``S x S`` input frame).
+
+        Args:
+          image_embeddings: ``(B, 64, 64, 256)``, or ``(1, 64, 64, 256)`` for all rows.
+          point_coords ``(B, N, 2)`` XY, point_labels ``(B, N)``, boxes ``(B, 4)`` XYXY,
+          mask_inputs ``(B, 256, 256)`` logits; each may be None.
+          box_valid, mask_valid: optional ``(B,)`` per-row presence flags.
+        Returns:
+          low-res mask logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
+        """
+        sparse, token_valid, dense = self.prompt_encoder(
+            point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid)
+        return self.mask_decoder(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+            multimask_output, token_valid)
+
+    def __call__(self, pixels, point_coords, point_labels, boxes=None, mask_inputs=None,
+                 multimask_output=True, deterministic=True):
+        """Embed and decode in one call (one prompt row per image); used for init."""
+        emb = self.embed_images(pixels, deterministic)
+        return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output)
+
+
+def preprocess(images: jax.Array, image_size: int = 1024) -> jax.Array:
+    """Normalise RGB pixels and zero-pad them bottom/right to ``image_size``.
+
+    ``(B, h, w, 3)`` with ``max(h, w) <= image_size`` (0-255 values) ->
+    ``(B, image_size, image_size, 3)`` float32.
+    """
+    b, h, w, c = images.shape
+    if c != 3 or max(h, w) > image_size:
+        raise ValueError(f"expected (B, h, w, 3) with h, w <= {image_size}, got {images.shape}")
+    x = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    return jnp.pad(x, ((0, 0), (0, image_size - h), (0, image_size - w), (0, 0)))
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of the last two axes, half-pixel centres, no antialiasing.
+
+    Matches ``F.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    shape = x.shape[:-2] + tuple(size)
+    return jax.image.resize(x, shape, "bilinear", antialias=False)
+
+
+def postprocess_masks(
+    low_res_masks: jax.Array,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int = 1024,
+) -> jax.Array:
+    """Low-res logits -> logits at the original image size.
+
+    Upsample to ``image_size``, crop the padding away (``input_size`` is the
+    resized image inside the padded square), then resize to ``original_size``.
+    ``(..., 256, 256) -> (..., H, W)`` float32.
+    """
+    x = resize_bilinear(low_res_masks.astype(jnp.float32), (image_size, image_size))
+    x = x[..., : input_size[0], : input_size[1]]
+    return resize_bilinear(x, original_size)
+
+
+def resized_shape(h: int, w: int, long_side: int = 1024) -> tuple[int, int]:
+    """Size of an ``h x w`` image whose longest side is scaled to ``long_side``."""
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+__all__ = ["Sam", "SamConfig", "preprocess", "postprocess_masks", "resize_bilinear",
+           "resized_shape", "PIXEL_MEAN", "PIXEL_STD", "MASK_THRESHOLD"]

@@ -1,0 +1,87 @@
+"""The official ``segment-anything`` release as a test reference.
+
+Builds the official PyTorch SAM for any :class:`SamConfig`, fills it with
+random weights (every tensor, including those the reference initialises to
+zero), saves it with ``torch.save`` and loads the same file through our
+loader, so both implementations run on identical weights.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sa_modeling = pytest.importorskip("segment_anything.modeling")
+
+from sam_jax.build_sam import SamModel, build_sam  # noqa: E402
+from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD, SamConfig  # noqa: E402
+
+# A small model with every structural feature of the real ones: windowed blocks
+# whose grid (16) needs padding to the window (14 -> 28), global blocks, and a
+# decoder narrower than 256.
+TINY = SamConfig(encoder_embed_dim=64, encoder_depth=4, encoder_num_heads=4,
+                 encoder_global_attn_indexes=(1, 3), image_size=256, prompt_embed_dim=64,
+                 decoder_mlp_dim=128)
+
+
+def official_sam(config: SamConfig, seed: int = 0):
+    """The official ``Sam`` for ``config`` with random weights (eval mode)."""
+    torch.manual_seed(seed)
+    e = config.prompt_embed_dim
+    grid = config.embedding_size
+    encoder = sa_modeling.ImageEncoderViT(
+        depth=config.encoder_depth, embed_dim=config.encoder_embed_dim,
+        img_size=config.image_size, mlp_ratio=4, norm_layer=functools.partial(
+            torch.nn.LayerNorm, eps=1e-6),
+        num_heads=config.encoder_num_heads, patch_size=config.patch_size, qkv_bias=True,
+        use_rel_pos=True, global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+        window_size=config.window_size, out_chans=e)
+    prompt = sa_modeling.PromptEncoder(
+        embed_dim=e, image_embedding_size=(grid, grid),
+        input_image_size=(config.image_size, config.image_size), mask_in_chans=16)
+    decoder = sa_modeling.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=sa_modeling.TwoWayTransformer(
+            depth=config.decoder_depth, embedding_dim=e, mlp_dim=config.decoder_mlp_dim,
+            num_heads=config.decoder_heads),
+        transformer_dim=e, iou_head_depth=3, iou_head_hidden_dim=256)
+    sam = sa_modeling.Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
+                          pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight",
+                              "norm_final_attn.weight")) or (p.ndim == 1 and "weight" in name):
+                p.copy_(1.0 + 0.1 * noise)  # LayerNorm scales
+            elif "rel_pos" in name or "pos_embed" in name:
+                p.copy_(0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.05 * noise)  # biases
+            elif name.endswith(("point_embeddings.0.weight", "point_embeddings.1.weight",
+                                "point_embeddings.2.weight", "point_embeddings.3.weight",
+                                "not_a_point_embed.weight", "no_mask_embed.weight",
+                                "iou_token.weight", "mask_tokens.weight")):
+                p.copy_(noise)
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(noise / np.sqrt(fan_in))
+    return sam.eval()
+
+
+def official_and_ours(config: SamConfig, tmp_path, seed: int = 0, **kwargs):
+    """``(official torch Sam, our SamModel)`` sharing random weights via a ``.pth``."""
+    sam = official_sam(config, seed)
+    path = tmp_path / f"sam_{seed}.pth"
+    torch.save(sam.state_dict(), path)
+    return sam, build_sam(config, checkpoint=path, **kwargs)
+
+
+def to_torch(x) -> "torch.Tensor":
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))
+
+
+__all__ = ["TINY", "official_sam", "official_and_ours", "to_torch", "SamModel", "torch"]
