@@ -1,0 +1,344 @@
+"""The SA-1B training input pipeline (tf.data for threading, batching, prefetch).
+
+Usage::
+
+    from data.pipeline import Pipeline
+    pipe = Pipeline("gs://bucket/sa1b/sa_*.tar", batch_size=8, seed=0,
+                    start_step=restored_step)
+    for batch in pipe:            # infinite by default (num_epochs=None)
+        ...
+        pipe.stats()              # {"ok": .., "corrupt_jpeg": .., ...}
+
+Batch contract (dict of numpy arrays; S = model_size, R = target_size,
+K = max_masks, B = batch_size)::
+
+    image        (B, S, S, 3) float32  normalised, zero-padded bottom/right
+    masks        (B, K, R, R) uint8    0/1 targets in the padded square frame
+    mask_valid   (B, K)       bool     False for padding masks / skipped slots
+    boxes        (B, K, 4)    float32  XYXY, resized-image pixel coordinates
+    points       (B, K, 2)    float32  (x, y), one foreground point per mask
+    resized_hw   (B, 2)       int32    image size inside the padded square
+    original_hw  (B, 2)       int32    JPEG size
+    image_id     (B,)         int64    SA-1B image id (-1 for skipped slots)
+    status       (B,)         int32    data.status.Status (0 = OK)
+    slot         (B,)         int64    position of the sample in this
+                                       process's stream
+    epoch        (B,)         int64    epoch of the sample
+
+Geometry and target conventions are documented in ``data.preprocess``.
+
+Order (deterministic from ``seed``; a pure function of the shard list, the
+seed and the process index):
+
+1. the sorted shard list is split across processes: process ``p`` of ``P``
+   owns shards ``p, p+P, p+2P, ...`` (every epoch);
+2. each epoch ``e`` shuffles the process's shards with ``(seed, e, p)``;
+3. ``cycle_length`` shards at a time are read round-robin;
+4. the resulting record stream is shuffled in blocks of ``shuffle_block``
+   records with ``(seed, e, p, block)``. Blocks hold only record *locations*
+   (:class:`data.sa1b.RecordRef`), never data, so large blocks are cheap;
+5. records are numbered with a global *slot* counter over all epochs (epochs
+   follow each other without a gap; a batch can straddle two epochs).
+
+Bad records and resumption. Each record occupies one slot whether or not it
+is usable; with the default ``drop_bad=False`` a bad record (corrupt JPEG,
+truncated member, bad JSON, RLE/image size mismatch, no usable mask, ...)
+becomes an all-invalid slot (``status != 0``, ``mask_valid`` all False,
+``image_id = -1``) rather than being removed. Batch ``s`` is therefore always
+slots ``[s*B, (s+1)*B)``, so ``start_step=s`` resumes *exactly* where an
+uninterrupted run would be, and skipping costs only listing record locations
+(tar headers; no image or JSON is read or decoded). Bad data is rare in SA-1B,
+so the wasted slots are negligible; the loss must ignore invalid masks anyway.
+
+With ``drop_bad=True`` bad records are filtered out before batching (all
+slots valid); ``start_step`` then still resumes exactly, but by running the
+skipped steps through the decoder (slow for large steps).
+
+Counters: ``stats()`` counts samples by status as they are processed by the
+map (which runs ahead of the consumer by the prefetch depth); the per-batch
+``status`` field gives exact per-batch accounting.
+
+TensorFlow is imported only when a pipeline is built, and GPUs are hidden
+from it (``tf.config.set_visible_devices([], "GPU")``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from data import sa1b
+from data.preprocess import PreprocessConfig, empty_sample, process_record
+from data.status import COUNTER_NAMES, Status
+
+__all__ = ["Pipeline", "record_stream", "default_process"]
+
+BATCH_KEYS = ("image", "masks", "mask_valid", "boxes", "points", "resized_hw", "original_hw", "image_id")
+
+
+def default_process() -> tuple[int, int]:
+    """``(jax.process_index(), jax.process_count())`` if jax is importable, else (0, 1)."""
+    try:
+        import jax
+    except ImportError:
+        return 0, 1
+    return int(jax.process_index()), int(jax.process_count())
+
+
+def _import_tf():
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):
+        pass  # already initialised; TF-CPU has no GPU anyway
+    return tf
+
+
+def _round_robin(iters: list[Iterator[sa1b.RecordRef]]) -> Iterator[sa1b.RecordRef]:
+    active = list(iters)
+    while active:
+        nxt = []
+        for it in active:
+            try:
+                yield next(it)
+            except StopIteration:
+                continue
+            nxt.append(it)
+        active = nxt
+
+
+def record_stream(
+    shards: Sequence[str],
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    shuffle_block: int = 4096,
+    cycle_length: int = 4,
+    num_epochs: int | None = None,
+    start_slot: int = 0,
+    kind: str | None = None,
+) -> Iterator[tuple[int, int, sa1b.RecordRef]]:
+    """The deterministic record order: yields ``(slot, epoch, ref)`` from ``start_slot``.
+
+    Pure Python, no data read: refs are listed from shard headers only.
+    See the module docstring for the order.
+    """
+    shards = sorted(shards)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    mine = shards[process_index::process_count]
+    if not mine:
+        raise ValueError(f"process {process_index} of {process_count} gets no shard: only {len(shards)} shards")
+    slot = 0
+    epoch = 0
+    while num_epochs is None or epoch < num_epochs:
+        order = np.random.default_rng([seed, epoch, process_index, 1]).permutation(len(mine)) if shuffle else np.arange(len(mine))
+        files = [mine[i] for i in order]
+        n_epoch = 0
+        block_idx = 0
+        for g in range(0, len(files), cycle_length):
+            stream = _round_robin([sa1b.iter_refs(f, kind) for f in files[g:g + cycle_length]])
+            while True:
+                block = []
+                for ref in stream:
+                    block.append(ref)
+                    if len(block) == shuffle_block:
+                        break
+                if not block:
+                    break
+                if shuffle:
+                    perm = np.random.default_rng([seed, epoch, process_index, 2, g, block_idx]).permutation(len(block))
+                    block = [block[i] for i in perm]
+                block_idx += 1
+                for ref in block:
+                    if slot >= start_slot:
+                        yield slot, epoch, ref
+                    slot += 1
+                    n_epoch += 1
+        if n_epoch == 0:
+            raise ValueError(f"shards of process {process_index} hold no record: {mine[:3]}...")
+        epoch += 1
+
+
+class Pipeline:
+    """Iterable of SA-1B training batches (see the module docstring for the contract).
+
+    Args:
+      shards: glob pattern(s) or list of shard paths (tar, folders, TFDS tfrecords).
+      batch_size: B (per process).
+      seed: seed of the order and of the per-sample draws.
+      model_size: S (1024 for SAM; 64/128 for tiny test models).
+      target_size: R (default S // 4).
+      max_masks: K.
+      max_area_frac: masks covering more than this are dropped (0.9).
+      start_step: first batch to produce (resumption; see module docstring).
+      num_epochs: None = repeat forever.
+      process_index, process_count: default to jax's, or (0, 1) without jax.
+      shuffle: shuffle shards and records (off = stored order).
+      shuffle_block: records per shuffle block.
+      cycle_length: shards read round-robin at a time.
+      drop_bad: remove bad records instead of leaving invalid slots.
+      num_parallel_calls: map parallelism (None = AUTOTUNE).
+      prefetch: batches to prefetch (None = AUTOTUNE).
+      jpeg_draft: decode JPEGs at reduced DCT scale when possible.
+      kind: force the shard kind ("tar", "folder", "tfds").
+    Raises:
+      FileNotFoundError: a pattern matches nothing / a path is unreadable.
+      ValueError: bad arguments.
+    """
+
+    def __init__(
+        self,
+        shards: str | Sequence[str],
+        batch_size: int,
+        seed: int = 0,
+        model_size: int = 1024,
+        target_size: int | None = None,
+        max_masks: int = 64,
+        max_area_frac: float = 0.9,
+        start_step: int = 0,
+        num_epochs: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        shuffle: bool = True,
+        shuffle_block: int = 4096,
+        cycle_length: int = 4,
+        drop_bad: bool = False,
+        num_parallel_calls: int | None = None,
+        prefetch: int | None = None,
+        jpeg_draft: bool = True,
+        kind: str | None = None,
+    ):
+        self.shards = sa1b.resolve_shards(shards)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        if process_index is None or process_count is None:
+            pi, pc = default_process()
+            process_index = pi if process_index is None else process_index
+            process_count = pc if process_count is None else process_count
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if len(self.shards) < self.process_count:
+            raise ValueError(f"{len(self.shards)} shards for {self.process_count} processes: each process needs one")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+        self.num_epochs = num_epochs
+        self.shuffle = shuffle
+        self.shuffle_block = shuffle_block
+        self.cycle_length = cycle_length
+        self.drop_bad = drop_bad
+        self.num_parallel_calls = num_parallel_calls
+        self.prefetch = prefetch
+        self.kind = kind
+        self.cfg = PreprocessConfig(
+            model_size=model_size,
+            target_size=target_size,
+            max_masks=max_masks,
+            max_area_frac=max_area_frac,
+            jpeg_draft=jpeg_draft,
+            seed=seed,
+        )
+        self._lock = threading.Lock()
+        self._counts = {name: 0 for name in COUNTER_NAMES}
+
+    # ----------------------------------------------------------------- stats
+    def stats(self) -> dict[str, int]:
+        """Counters by status name (``ok``, ``corrupt_jpeg``, ``truncated_member``,
+        ``bad_json``, ``rle_size_mismatch``, ``no_usable_mask``, ``bad_rle``,
+        ``unpaired_member``) of the samples processed so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    # ------------------------------------------------------------ generators
+    def _records(self) -> Iterator[tuple[int, int, int, bytes, bytes, int]]:
+        start_slot = 0 if self.drop_bad else self.start_step * self.batch_size
+        loader = sa1b.Loader()
+        try:
+            for slot, epoch, ref in record_stream(
+                self.shards,
+                self.seed,
+                self.process_index,
+                self.process_count,
+                self.shuffle,
+                self.shuffle_block,
+                self.cycle_length,
+                self.num_epochs,
+                start_slot,
+                self.kind,
+            ):
+                status = int(ref.status)
+                jpeg = payload = b""
+                if status == Status.OK:
+                    try:
+                        jpeg, payload = loader.load(ref)
+                    except (OSError, EOFError):
+                        status = int(Status.TRUNCATED_MEMBER)
+                yield slot, epoch, status, jpeg, payload, ref.payload_kind
+        finally:
+            loader.close()
+
+    def _process(self, epoch, status, jpeg, payload, payload_kind):
+        sample, st = process_record(bytes(jpeg), bytes(payload), int(payload_kind), int(status), int(epoch), self.cfg)
+        with self._lock:
+            self._counts[st.counter] += 1
+        return tuple(sample[k] for k in BATCH_KEYS) + (np.int32(st),)
+
+    def dataset(self):
+        """The ``tf.data.Dataset`` of batches (dicts of tensors)."""
+        tf = _import_tf()
+        spec = empty_sample(self.cfg)
+        dtypes = {k: tf.as_dtype(v.dtype) for k, v in spec.items()}
+        ds = tf.data.Dataset.from_generator(
+            self._records,
+            output_signature=(
+                tf.TensorSpec((), tf.int64),
+                tf.TensorSpec((), tf.int64),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.string),
+                tf.TensorSpec((), tf.string),
+                tf.TensorSpec((), tf.int32),
+            ),
+        )
+
+        def fn(slot, epoch, status, jpeg, payload, payload_kind):
+            outs = tf.numpy_function(
+                self._process,
+                [epoch, status, jpeg, payload, payload_kind],
+                [dtypes[k] for k in BATCH_KEYS] + [tf.int32],
+                stateful=False,
+            )
+            d = {}
+            for k, t in zip(BATCH_KEYS, outs[:-1]):
+                t.set_shape(spec[k].shape)
+                d[k] = t
+            st = outs[-1]
+            st.set_shape(())
+            d["status"] = st
+            d["slot"] = slot
+            d["epoch"] = epoch
+            return d
+
+        par = tf.data.AUTOTUNE if self.num_parallel_calls is None else self.num_parallel_calls
+        ds = ds.map(fn, num_parallel_calls=par, deterministic=True)
+        if self.drop_bad:
+            ds = ds.filter(lambda d: tf.equal(d["status"], 0))
+        ds = ds.batch(self.batch_size, drop_remainder=True)
+        if self.drop_bad and self.start_step:
+            ds = ds.skip(self.start_step)
+        ds = ds.prefetch(tf.data.AUTOTUNE if self.prefetch is None else self.prefetch)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        ds = ds.with_options(opts)
+        return ds
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self.dataset().as_numpy_iterator():
+            yield batch

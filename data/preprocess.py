@@ -1,0 +1,216 @@
+"""Per-sample preprocessing: SA-1B record -> fixed-shape numpy arrays.
+
+Pure numpy/PIL (no TensorFlow), called from the tf.data map in
+``data.pipeline`` and usable on its own.
+
+Geometry (matches the official ``ResizeLongestSide`` / ``SamPredictor``):
+
+* the image ``(H, W)`` is resized so that its longest side is ``S``
+  (``model_size``, 1024 by default): ``scale = S / max(H, W)``,
+  ``(h', w') = (int(H*scale + 0.5), int(W*scale + 0.5))`` (``resized_hw``);
+  bilinear with antialiasing (PIL; with ``jpeg_draft`` the JPEG is first
+  decoded at the largest DCT reduction 1/2, 1/4 or 1/8 that keeps it at least
+  ``(h', w')``, which is much faster and also antialiased);
+* normalised with pixel mean (123.675, 116.28, 103.53) and std
+  (58.395, 57.12, 57.375) (RGB, 0-255), then zero-padded bottom/right to
+  ``S x S``;
+* coordinates are pixel coordinates of the resized image, the centre of pixel
+  (row i, col j) being ``x = j, y = i`` (the convention of
+  ``SamPredictor.predict(point_coords=...)`` after ``apply_coords``): an
+  original-image point ``(x, y)`` maps to ``(x * w'/W, y * h'/H)``;
+* ``points[k]``: the centre of a pixel drawn uniformly among the
+  full-resolution foreground pixels of mask k, mapped as above;
+* ``boxes[k]``: ``(x0, y0, x1, y1)`` = inclusive min/max column/row of the
+  full-resolution mask (the box SAM's ``batched_mask_to_box`` gives), mapped
+  as above;
+* ``masks[k]``: the target at resolution ``R`` (``target_size``, default
+  ``S // 4`` = 256 for 1024). The ``R x R`` grid covers the padded ``S x S``
+  square (target pixel = ``S/R`` model pixels), the frame of SAM's low-res mask
+  logits (the mask decoder predicts 256x256 logits for a 1024 input, and
+  ``postprocess_masks`` upsamples them to the padded 1024 square before
+  cropping), so the loss can compare logits and targets directly without
+  upsampling 64 masks per image. Each target pixel takes the value of the
+  full-resolution mask pixel under its centre (nearest neighbour), evaluated
+  directly on the RLE runs (``data.rle``); pixels in the padding are 0.
+
+Mask selection: masks that are empty or cover more than ``max_area_frac``
+(90 %) of the image are dropped; up to ``K`` of the rest are drawn at random
+(without replacement, random order) with a generator seeded by
+``(seed, epoch, image_id)``: the draws depend neither on thread scheduling nor
+on the reader (tar, folder and TFDS give identical samples), and change from
+one epoch to the next.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from data import rle
+from data.sa1b import Annotations, PayloadError, parse_payload
+from data.status import Status
+
+__all__ = ["PreprocessConfig", "PIXEL_MEAN", "PIXEL_STD", "preprocess_shape", "process_record", "empty_sample"]
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Static shapes and options of the per-sample transform.
+
+    Attributes:
+      model_size: S, side of the padded square model input.
+      target_size: R, side of the mask targets (None -> S // 4).
+      max_masks: K, masks per image (padded with ``mask_valid = False``).
+      max_area_frac: masks covering more than this fraction are dropped.
+      jpeg_draft: decode JPEGs at a reduced DCT scale when possible.
+      seed: seed of the mask subset / point draws.
+    """
+
+    model_size: int = 1024
+    target_size: int | None = None
+    max_masks: int = 64
+    max_area_frac: float = 0.9
+    jpeg_draft: bool = True
+    seed: int = 0
+
+    @property
+    def target(self) -> int:
+        return self.target_size if self.target_size is not None else self.model_size // 4
+
+
+def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Resized ``(h', w')`` with the longest side ``long_side`` (as ResizeLongestSide)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def empty_sample(cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """All-zero sample with the static shapes (used for skipped records)."""
+    S, R, K = cfg.model_size, cfg.target, cfg.max_masks
+    return {
+        "image": np.zeros((S, S, 3), np.float32),
+        "masks": np.zeros((K, R, R), np.uint8),
+        "mask_valid": np.zeros((K,), bool),
+        "boxes": np.zeros((K, 4), np.float32),
+        "points": np.zeros((K, 2), np.float32),
+        "resized_hw": np.zeros((2,), np.int32),
+        "original_hw": np.zeros((2,), np.int32),
+        "image_id": np.array(-1, np.int64),
+    }
+
+
+class _Skip(Exception):
+    def __init__(self, status: Status):
+        self.status = status
+
+
+def _decode_image(jpeg: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, int, int, int, int]:
+    """-> (resized uint8 (h', w', 3), H, W, h', w')."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(jpeg))
+        W, H = im.size
+        nh, nw = preprocess_shape(H, W, cfg.model_size)
+        if cfg.jpeg_draft and im.format == "JPEG":
+            im.draft("RGB", (nw, nh))
+        im = im.convert("RGB")  # forces the full decode: errors surface here
+        if im.size != (nw, nh):
+            im = im.resize((nw, nh), Image.BILINEAR)
+        arr = np.asarray(im)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise _Skip(Status.CORRUPT_JPEG) from e
+    return arr, H, W, nh, nw
+
+
+def _target_axis(n_target: int, model_size: int, resized: int, original: int) -> np.ndarray:
+    """Source indices of target pixels along one axis (only those inside the image)."""
+    step = model_size / n_target  # model pixels per target pixel
+    centres = (np.arange(n_target) + 0.5) * step  # in resized-image pixel units
+    centres = centres[centres < resized]
+    src = np.floor(centres * (original / resized)).astype(np.int64)
+    return np.minimum(src, original - 1)
+
+
+def _process(jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    try:
+        ann: Annotations = parse_payload(payload, payload_kind)
+    except PayloadError as e:
+        raise _Skip(Status.BAD_JSON) from e
+    if ann.jpeg is not None:
+        jpeg = ann.jpeg
+    img, H, W, nh, nw = _decode_image(jpeg, cfg)
+    if (ann.height, ann.width) != (H, W) or (len(ann.sizes) and ((ann.sizes[:, 0] != H) | (ann.sizes[:, 1] != W)).any()):
+        raise _Skip(Status.RLE_SIZE_MISMATCH)
+    if not ann.counts:
+        raise _Skip(Status.NO_USABLE_MASK)
+
+    # Runs of all masks (numpy, no pixel decode) for the area filter. Malformed
+    # strings are caught here rather than handed to C code.
+    try:
+        all_cnts = [rle.decode_counts(c, H, W) for c in ann.counts]
+    except rle.RleError as e:
+        raise _Skip(Status.BAD_RLE) from e
+    areas = np.array([rle.area(c) for c in all_cnts], np.int64)
+    usable = np.flatnonzero((areas > 0) & (areas <= cfg.max_area_frac * H * W))
+    if usable.size == 0:
+        raise _Skip(Status.NO_USABLE_MASK)
+    rng = np.random.default_rng([cfg.seed, epoch, ann.image_id & 0xFFFFFFFFFFFF, 0xDA7A])
+    K = cfg.max_masks
+    chosen = rng.permutation(usable)[:K]
+
+    runs = [rle.fg_runs(all_cnts[i]) for i in chosen]
+
+    out = empty_sample(cfg)
+    S, R = cfg.model_size, cfg.target
+    sx, sy = nw / W, nh / H
+    n = len(runs)
+    for k, (a, b) in enumerate(runs):
+        x0, y0, x1, y1 = rle.bbox_xyxy(a, b, H)
+        out["boxes"][k] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        py, px = rle.sample_point(a, b, H, rng)
+        out["points"][k] = (px * sx, py * sy)
+    rows = _target_axis(R, S, nh, H)
+    cols = _target_axis(R, S, nw, W)
+    out["masks"][:n, : len(rows), : len(cols)] = rle.sample_grid(runs, H, rows, cols)
+    out["mask_valid"][:n] = True
+
+    image = out["image"]
+    image[:nh, :nw] = (img.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    out["resized_hw"][:] = (nh, nw)
+    out["original_hw"][:] = (H, W)
+    out["image_id"] = np.array(ann.image_id, np.int64)
+    return out
+
+
+def process_record(
+    jpeg: bytes, payload: bytes, payload_kind: int, status: int, epoch: int, cfg: PreprocessConfig
+) -> tuple[dict[str, np.ndarray], Status]:
+    """Turn one raw record into a fixed-shape sample.
+
+    Args:
+      jpeg: JPEG bytes (ignored for TFDS payloads, which carry the image).
+      payload: SA-1B JSON bytes or a serialised TFDS Example.
+      payload_kind: ``data.sa1b.PAYLOAD_JSON`` or ``PAYLOAD_TFDS``.
+      status: reader-level status; non-OK records are not decoded.
+      epoch: epoch of the record (seeds the random draws with the image id).
+      cfg: shapes and options.
+
+    Returns:
+      ``(sample, status)``. ``sample`` has the shapes of :func:`empty_sample`:
+      image (S,S,3) f32, masks (K,R,R) u8, mask_valid (K,) bool, boxes (K,4)
+      f32, points (K,2) f32, resized_hw (2,) i32, original_hw (2,) i32,
+      image_id () i64. For a non-OK status it is all zeros (image_id -1).
+      Never raises on bad data.
+    """
+    if status != Status.OK:
+        return empty_sample(cfg), Status(status)
+    try:
+        return _process(jpeg, payload, payload_kind, epoch, cfg), Status.OK
+    except _Skip as s:
+        return empty_sample(cfg), s.status
