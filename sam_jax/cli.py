@@ -1,0 +1,249 @@
+"""The ``sam-jax`` command line.
+
+::
+
+    sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] --out DIR
+    sam-jax generate IMAGE_OR_FOLDER --out DIR
+    sam-jax convert CHECKPOINT.pth OUT.npz
+
+``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
+``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
+``<stem>.json`` in the SA-1B schema (COCO RLE masks) and ``<stem>_overlay.png``.
+The model is chosen with ``--model-type`` and ``--checkpoint`` (an official
+``.pth`` or a converted ``.npz``); without a checkpoint its weights are random
+and a warning says so. ``--config-json`` (advanced) builds a custom
+``SamConfig`` from a JSON object instead of a named variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in n or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(
+            f"{what} must be {' or '.join(str(k) for k in n)} comma-separated numbers, "
+            f"got {text!r}")
+    return values
+
+
+def _point(text: str) -> list[float]:
+    values = _floats(text, (2, 3), "--point")
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"point label must be 0 or 1, got {text!r}")
+    return values if len(values) == 3 else values + [1.0]
+
+
+def _box(text: str) -> list[float]:
+    return _floats(text, (4,), "--box")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="official .pth or converted .npz weights (default: random weights)")
+    p.add_argument("--model-type", default="vit_h", choices=["vit_b", "vit_l", "vit_h"],
+                   help="model variant (default: vit_h)")
+    p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+
+
+def _custom_config(args: argparse.Namespace):
+    """The ``SamConfig`` of ``--config-json``, or None."""
+    from sam_jax.modeling.sam import SamConfig
+
+    if not args.config_json:
+        return None
+    fields = json.loads(args.config_json)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    try:
+        return SamConfig(**fields)
+    except TypeError as e:
+        raise SystemExit(f"error: bad --config-json: {e}") from None
+
+
+def _load_model(args: argparse.Namespace):
+    from sam_jax.build_sam import build_sam
+
+    variant = _custom_config(args) or args.model_type
+    if args.checkpoint is None:
+        print(f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
+              " model has RANDOM weights; its masks are meaningless", file=sys.stderr)
+    elif not args.checkpoint.is_file():
+        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+    return build_sam(variant, checkpoint=args.checkpoint)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read image {path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+def _segment(args: argparse.Namespace) -> None:
+    from sam_jax.predictor import SamPredictor
+    from sam_jax.visualize import save_overlay
+
+    if not args.point and args.box is None:
+        raise SystemExit("error: give at least one --point or a --box")
+    image = _read_image(args.image)
+    predictor = SamPredictor(_load_model(args))
+    predictor.set_image(image)
+    coords = labels = None
+    if args.point:
+        pts = np.asarray(args.point, np.float64)
+        coords, labels = pts[:, :2], pts[:, 2].astype(np.int32)
+    box = None if args.box is None else np.asarray(args.box, np.float64)
+    masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.image.stem
+    for i, m in enumerate(masks):
+        Image.fromarray(m.astype(np.uint8) * 255).save(args.out / f"{stem}_mask{i}.png")
+    best = int(np.argmax(iou))
+    save_overlay(args.out / f"{stem}_overlay.png", image, masks=masks[best:best + 1],
+                 points=coords, labels=labels, boxes=None if box is None else box[None])
+    (args.out / f"{stem}_scores.json").write_text(json.dumps(
+        {"predicted_iou": [float(v) for v in iou], "best": best}, indent=1))
+    print(f"wrote {len(masks)} masks and an overlay to {args.out} (best mask {best}, "
+          f"predicted IoU {iou[best]:.3f})")
+
+
+def _sa1b_record(records: list[dict], path: Path, image_id: int, shape) -> dict:
+    return {
+        "image": {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]),
+                  "file_name": path.name},
+        "annotations": [{
+            "id": i,
+            "segmentation": r["segmentation"],
+            "bbox": [float(v) for v in r["bbox"]],
+            "area": int(r["area"]),
+            "predicted_iou": float(r["predicted_iou"]),
+            "stability_score": float(r["stability_score"]),
+            "crop_box": [float(v) for v in r["crop_box"]],
+            "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
+        } for i, r in enumerate(records)],
+    }
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from pycocotools import mask as mask_utils
+    from tqdm import tqdm
+
+    from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.visualize import save_overlay
+
+    if args.input.is_dir():
+        paths = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}")
+    elif args.input.is_file():
+        paths = [args.input]
+    else:
+        raise SystemExit(f"error: {args.input} does not exist")
+    generator = SamAutomaticMaskGenerator(
+        _load_model(args), points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area,
+        output_mode="coco_rle")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for image_id, path in enumerate(tqdm(paths, desc="images", unit="img",
+                                         disable=len(paths) == 1)):
+        image = _read_image(path)
+        records = generator.generate(image)
+        doc = _sa1b_record(records, path, image_id, image.shape)
+        (args.out / f"{path.stem}.json").write_text(json.dumps(doc))
+        masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
+                                        .encode())).astype(bool) for r in records]
+        save_overlay(args.out / f"{path.stem}_overlay.png", image,
+                     masks=np.stack(masks) if masks else None)
+        tqdm.write(f"{path.name}: {len(records)} masks")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from sam_jax.checkpoint import convert_checkpoint
+
+    if not args.src.is_file():
+        raise SystemExit(f"error: checkpoint {args.src} does not exist")
+    variant = convert_checkpoint(args.src, args.dst, _custom_config(args) or args.model_type)
+    print(f"wrote {args.dst} ({variant})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam-jax", description="Segment Anything in JAX: prompted segmentation, automatic "
+        "mask generation and checkpoint conversion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment", help="masks for points and/or a box",
+        description="Predict masks for point and box prompts (pixels of the original image). "
+        "Writes <stem>_mask<i>.png (0/255), <stem>_overlay.png (best mask, prompts) and "
+        "<stem>_scores.json (predicted IoU of each mask).")
+    seg.add_argument("image", type=Path, help="input image (any format PIL reads)")
+    seg.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
+                     help="a prompt point; LABEL 1 foreground (default) or 0 background; "
+                     "repeat for several")
+    seg.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
+                     help="a box prompt (XYXY pixels)")
+    seg.add_argument("--single", action="store_true",
+                     help="predict one mask instead of three candidates")
+    seg.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_model_args(seg)
+    seg.set_defaults(func=_segment)
+
+    gen = sub.add_parser(
+        "generate", help="automatic masks for an image or every image in a folder",
+        description="Automatic mask generation from a grid of points. Writes, per image, "
+        "<stem>.json (SA-1B schema, COCO RLE masks) and <stem>_overlay.png.")
+    gen.add_argument("input", type=Path, help="an image or a folder of images")
+    gen.add_argument("--out", type=Path, required=True, help="output folder")
+    gen.add_argument("--points-per-side", type=int, default=32)
+    gen.add_argument("--points-per-batch", type=int, default=64)
+    gen.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    gen.add_argument("--stability-score-thresh", type=float, default=0.95)
+    gen.add_argument("--box-nms-thresh", type=float, default=0.7)
+    gen.add_argument("--crop-n-layers", type=int, default=0)
+    gen.add_argument("--min-mask-region-area", type=int, default=0)
+    _add_model_args(gen)
+    gen.set_defaults(func=_generate)
+
+    conv = sub.add_parser(
+        "convert", help="convert an official .pth checkpoint to .npz",
+        description="Convert an official SAM .pth checkpoint into sam-jax's .npz format "
+        "(read without torch; no code in the file runs).")
+    conv.add_argument("src", type=Path, help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
+    conv.add_argument("dst", type=Path, help="output .npz")
+    conv.add_argument("--model-type", default=None, choices=["vit_b", "vit_l", "vit_h"],
+                      help="variant (default: guessed from the weights)")
+    conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+    conv.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
