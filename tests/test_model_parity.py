@@ -181,3 +181,21 @@ def test_full_size_vit_b_matches(tmp_path):
     assert_close("decoder logits(vit_b, 1024)", low, ref_low)
     assert float(((np.asarray(low) > 0) == (ref_low > 0)).mean()) >= 0.999
     assert float(np.abs(np.asarray(iou) - ref_iou).max()) <= 1e-3
+
+
+@pytest.mark.parametrize("input_size,original_size", [
+    ((1024, 683), (1500, 1000)), ((768, 1024), (600, 800)), ((1024, 1024), (512, 512)),
+    ((1024, 1024), (2048, 2048)), ((171, 256), (300, 451))])
+def test_postprocess_matches_reference_resize_chain(input_size, original_size):
+    """Our one-matrix-per-axis postprocessing equals upsample -> crop -> resize."""
+    import torch.nn.functional as F
+
+    from sam_jax.modeling.sam import postprocess_masks
+
+    low = (5.0 * np.random.default_rng(0).normal(size=(4, 256, 256))).astype(np.float32)
+    ref = F.interpolate(to_torch(low)[:, None], (1024, 1024), mode="bilinear",
+                        align_corners=False)[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False)[:, 0].numpy()
+    ours = np.asarray(postprocess_masks(jnp.asarray(low), input_size, original_size, 1024))
+    assert_close(f"postprocess{input_size}->{original_size}", ours, ref, rel=1e-5)
+    assert float(((ours > 0) == (ref > 0)).mean()) >= 0.9999

@@ -13,11 +13,13 @@ Pixel pre- and mask post-processing are pure functions of this module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam_jax.modeling.common import Dtype
 from sam_jax.modeling.image_encoder import ImageEncoderViT
@@ -151,6 +153,33 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jax.image.resize(x, shape, "bilinear", antialias=False)
 
 
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``(out_size, in_size)`` float64 matrix of a 1-D bilinear resize.
+
+    Half-pixel centres, source positions clamped at the edges, no antialiasing:
+    the weights of ``F.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    # Positions in float32 arithmetic, as the reference kernel computes them.
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo.astype(f32)).astype(np.float64)
+    m = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def postprocess_matrix(low_res: int, image_size: int, input_len: int, original_len: int):
+    """One axis of :func:`postprocess_masks` as a single ``(original_len, low_res)`` matrix."""
+    up = bilinear_matrix(low_res, image_size)[:input_len]  # upsample, then crop the padding
+    return (bilinear_matrix(input_len, original_len) @ up).astype(np.float32)
+
+
 def postprocess_masks(
     low_res_masks: jax.Array,
     input_size: tuple[int, int],
@@ -159,13 +188,18 @@ def postprocess_masks(
 ) -> jax.Array:
     """Low-res logits -> logits at the original image size.
 
-    Upsample to ``image_size``, crop the padding away (``input_size`` is the
-    resized image inside the padded square), then resize to ``original_size``.
-    ``(..., 256, 256) -> (..., H, W)`` float32.
+    The reference upsamples to ``image_size``, crops the padding away
+    (``input_size`` is the resized image inside the padded square) and resizes
+    to ``original_size``. All three steps are linear and separable, so they are
+    applied as one ``(H, r)`` and one ``(W, r)`` matrix: the same result with a
+    fraction of the work (no ``image_size``-square intermediate).
+    ``(..., r, r) -> (..., H, W)`` float32.
     """
-    x = resize_bilinear(low_res_masks.astype(jnp.float32), (image_size, image_size))
-    x = x[..., : input_size[0], : input_size[1]]
-    return resize_bilinear(x, original_size)
+    r = low_res_masks.shape[-1]
+    rows = postprocess_matrix(r, image_size, int(input_size[0]), int(original_size[0]))
+    cols = postprocess_matrix(r, image_size, int(input_size[1]), int(original_size[1]))
+    return jnp.einsum("hy,...yx,wx->...hw", rows, low_res_masks.astype(jnp.float32), cols,
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 def resized_shape(h: int, w: int, long_side: int = 1024) -> tuple[int, int]:
