@@ -214,13 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
         "<stem>.json (SA-1B schema, COCO RLE masks) and <stem>_overlay.png.")
     gen.add_argument("input", type=Path, help="an image or a folder of images")
     gen.add_argument("--out", type=Path, required=True, help="output folder")
-    gen.add_argument("--points-per-side", type=int, default=32)
-    gen.add_argument("--points-per-batch", type=int, default=64)
-    gen.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    gen.add_argument("--stability-score-thresh", type=float, default=0.95)
-    gen.add_argument("--box-nms-thresh", type=float, default=0.7)
-    gen.add_argument("--crop-n-layers", type=int, default=0)
-    gen.add_argument("--min-mask-region-area", type=int, default=0)
+    gen.add_argument("--points-per-side", type=int, default=32,
+                     help="grid points per image side (default 32 = 1024 prompts)")
+    gen.add_argument("--points-per-batch", type=int, default=64,
+                     help="points decoded per call (memory vs speed; default 64)")
+    gen.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                     help="keep masks whose predicted IoU exceeds this (default 0.88)")
+    gen.add_argument("--stability-score-thresh", type=float, default=0.95,
+                     help="keep masks at least this stable under logit offsets (default 0.95)")
+    gen.add_argument("--box-nms-thresh", type=float, default=0.7,
+                     help="box IoU above which duplicate masks are dropped (default 0.7)")
+    gen.add_argument("--crop-n-layers", type=int, default=0,
+                     help="extra layers of zoomed-in crops (layer k has 4^k crops; default 0)")
+    gen.add_argument("--min-mask-region-area", type=int, default=0,
+                     help="fill holes / drop islands smaller than this many pixels (default 0)")
     _add_model_args(gen)
     gen.set_defaults(func=_generate)
 

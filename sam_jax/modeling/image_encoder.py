@@ -116,22 +116,33 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array | None,
     probs = jnp.exp(logits - top).astype(v.dtype).reshape(b, n, t, t)
     # A ones column appended to v makes the value product also return the softmax
     # denominator, so the normalisation is one division of the (B, T, N, D) output.
-    v1 = jnp.concatenate([v, jnp.ones((b, t, n, 1), v.dtype)], axis=-1)
-    out = jnp.einsum("bnts,bsnd->btnd", probs, v1, preferred_element_type=jnp.float32)
-    return (out[..., :-1] / out[..., -1:]).astype(q.dtype)
+    # Operands in (B, N, ., .) order so that the product is a plain batched matmul
+    # (otherwise XLA may transpose the (B, N, T, T) probabilities instead).
+    v1 = jnp.concatenate([v, jnp.ones((b, t, n, 1), v.dtype)], axis=-1).transpose(0, 2, 1, 3)
+    out = jnp.einsum("bnts,bnsd->bntd", probs, v1, preferred_element_type=jnp.float32)
+    out = out[..., :-1] / out[..., -1:]
+    return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with decomposed relative position bias.
 
-    ``(B, H, W, C) -> (B, H, W, C)``; see :func:`attention`. Scores are ``(q * d^-0.5) k^T + rel_h + rel_w``
-    where ``rel_h[qh,qw,kh] = q . Rh[qh,kh]`` and ``rel_w[qh,qw,kw] = q . Rw[qw,kw]``
-    use the unscaled ``q``. ``rel_pos_size`` is the grid side the position
-    tables were made for (14 in window blocks, 64 in global blocks at 1024 input).
+    ``(B, H, W, C) -> (B, H, W, C)``; see :func:`attention`. Scores are
+    ``(q * d^-0.5) k^T + rel_h + rel_w`` where ``rel_h[qh,qw,kh] = q . Rh[qh,kh]`` and
+    ``rel_w[qh,qw,kw] = q . Rw[qw,kw]`` use the unscaled ``q``. ``rel_pos_size`` is
+    the grid side the position tables were made for (14 in window blocks, 64 in
+    global blocks at 1024 input).
+
+    With ``window_size > 0`` attention runs inside non-overlapping windows of the
+    grid zero-padded to a multiple of the window (padded tokens attend and are
+    attended to, unmasked, as in the reference). The projections run on the real
+    tokens only: a zero token's q, k, v is the qkv bias, and the padded outputs are
+    cropped before the output projection, so the result is the reference's.
     """
 
     num_heads: int
     rel_pos_size: int
+    window_size: int = 0
     use_rel_pos: bool = True
     attention_impl: str | None = None
     dtype: Dtype = jnp.float32
@@ -141,9 +152,20 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
-        qkv = dense(3 * c, ("embed", "heads"), self.dtype, self.param_dtype, "qkv")(x)
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, D)
+        qkv_layer = dense(3 * c, ("embed", "heads"), self.dtype, self.param_dtype, "qkv")
+        qkv = qkv_layer(x)  # (B, H, W, 3C)
+        if self.window_size > 0:
+            ws = self.window_size
+            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+            if (hp, wp) != (h, w):
+                zero_token = qkv_layer(jnp.zeros((1, c), x.dtype))[0]  # = the qkv bias
+                real = (jnp.arange(hp)[:, None] < h) & (jnp.arange(wp)[None, :] < w)
+                qkv = jnp.pad(qkv, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+                qkv = jnp.where(real[None, :, :, None], qkv, zero_token)
+            qkv, padded_hw = window_partition(qkv, ws)
+        gb, gh, gw = qkv.shape[:3]
+        qkv = qkv.reshape(gb, gh * gw, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B', T, N, D)
 
         rel_h = rel_w = None
         if self.use_rel_pos:
@@ -152,13 +174,15 @@ class Attention(nn.Module):
                                    table_shape, self.param_dtype)
             rel_pos_w = self.param("rel_pos_w", partitioned(zeros, (None, None)),
                                    table_shape, self.param_dtype)
-            rh = relative_positions(h, h, rel_pos_h).astype(self.dtype)  # (H, H, D)
-            rw = relative_positions(w, w, rel_pos_w).astype(self.dtype)  # (W, W, D)
-            q_grid = q.reshape(b, h, w, self.num_heads, head_dim)
-            rel_h = jnp.einsum("byxnd,ykd->bnyxk", q_grid, rh)  # (B, N, H, W, Hk)
-            rel_w = jnp.einsum("byxnd,xkd->bnyxk", q_grid, rw)  # (B, N, H, W, Wk)
+            rh = relative_positions(gh, gh, rel_pos_h).astype(self.dtype)  # (H', H', D)
+            rw = relative_positions(gw, gw, rel_pos_w).astype(self.dtype)  # (W', W', D)
+            q_grid = q.reshape(gb, gh, gw, self.num_heads, head_dim)
+            rel_h = jnp.einsum("byxnd,ykd->bnyxk", q_grid, rh)  # (B', N, H', W', H')
+            rel_w = jnp.einsum("byxnd,xkd->bnyxk", q_grid, rw)  # (B', N, H', W', W')
         out = attention(q, k, v, rel_h, rel_w, head_dim ** -0.5, self.attention_impl)
-        out = out.reshape(b, h, w, c)
+        out = out.reshape(gb, gh, gw, c)
+        if self.window_size > 0:
+            out = window_unpartition(out, self.window_size, padded_hw, (h, w))
         return dense(c, ("heads", "embed"), self.dtype, self.param_dtype, "proj")(out)
 
 
@@ -197,13 +221,9 @@ class Block(nn.Module):
         c = x.shape[-1]
         shortcut = x
         x = layer_norm(1e-6, self.dtype, self.param_dtype, "norm1")(x)
-        hw = x.shape[1:3]
-        if self.window_size > 0:
-            x, padded_hw = window_partition(x, self.window_size)
-        x = Attention(self.num_heads, self.rel_pos_size, attention_impl=self.attention_impl,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name="attn")(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, padded_hw, hw)
+        x = Attention(self.num_heads, self.rel_pos_size, self.window_size,
+                      attention_impl=self.attention_impl, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="attn")(x)
         drop = DropPath(self.drop_path, name="drop_path")
         x = shortcut + drop(x, deterministic)
         y = layer_norm(1e-6, self.dtype, self.param_dtype, "norm2")(x)
