@@ -132,6 +132,24 @@ class ConvTranspose2x2(nn.Module):
         return y.reshape(b, 2 * h, 2 * w, o) + bias.astype(self.dtype)
 
 
+class MLPBlock(nn.Module):
+    """Linear -> ``activation`` -> Linear (``lin1``, ``lin2``). ``(..., C) -> (..., C)``.
+
+    GELU in the image encoder, ReLU in the two-way transformer.
+    """
+
+    mlp_dim: int
+    activation: Callable[[jax.Array], jax.Array] = gelu
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        x = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "lin1")(x)
+        return dense(c, ("mlp", "embed"), self.dtype, self.param_dtype, "lin2")(self.activation(x))
+
+
 class MLP(nn.Module):
     """``num_layers`` Linear layers with ReLU between them (SAM decoder heads).
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.modeling.common import (
-    Dtype, DropPath, conv, dense, gelu, layer_norm, partitioned, zeros)
+    Dtype, DropPath, MLPBlock, conv, dense, gelu, layer_norm, partitioned, zeros)
 
 
 def resize_rel_pos(table: jax.Array, length: int) -> jax.Array:
@@ -186,21 +186,6 @@ class Attention(nn.Module):
         return dense(c, ("heads", "embed"), self.dtype, self.param_dtype, "proj")(out)
 
 
-class MLPBlock(nn.Module):
-    """Linear -> GELU -> Linear. ``(..., C) -> (..., C)``."""
-
-    mlp_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        x = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "lin1")(x)
-        x = gelu(x)
-        return dense(c, ("mlp", "embed"), self.dtype, self.param_dtype, "lin2")(x)
-
-
 class Block(nn.Module):
     """Pre-norm ViT block; windowed attention when ``window_size > 0``.
 
@@ -227,7 +212,7 @@ class Block(nn.Module):
         drop = DropPath(self.drop_path, name="drop_path")
         x = shortcut + drop(x, deterministic)
         y = layer_norm(1e-6, self.dtype, self.param_dtype, "norm2")(x)
-        y = MLPBlock(int(c * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(y)
+        y = MLPBlock(int(c * self.mlp_ratio), gelu, self.dtype, self.param_dtype, name="mlp")(y)
         x = x + drop(y, deterministic)
         return nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
 

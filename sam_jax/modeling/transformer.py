@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.modeling.common import Dtype, dense, layer_norm
+from sam_jax.modeling.common import Dtype, MLPBlock, dense, layer_norm
 
 
 class Attention(nn.Module):
@@ -53,20 +53,6 @@ class Attention(nn.Module):
                      "out_proj")(out)
 
 
-class MLPBlock(nn.Module):
-    """Linear -> ReLU -> Linear. ``(..., E) -> (..., E)``."""
-
-    mlp_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        e = x.shape[-1]
-        x = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "lin1")(x)
-        return dense(e, ("mlp", "embed"), self.dtype, self.param_dtype, "lin2")(jax.nn.relu(x))
-
-
 class TwoWayAttentionBlock(nn.Module):
     """One block of the two-way transformer.
 
@@ -101,7 +87,7 @@ class TwoWayAttentionBlock(nn.Module):
                                       **kw)(q, k, keys)
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm2")(queries)
 
-        queries = queries + MLPBlock(self.mlp_dim, name="mlp", **kw)(queries)
+        queries = queries + MLPBlock(self.mlp_dim, jax.nn.relu, name="mlp", **kw)(queries)
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm3")(queries)
 
         q, k = queries + query_pe, keys + key_pe
