@@ -51,8 +51,8 @@ def init_variables(module: Sam, rng: jax.Array) -> dict[str, Any]:
     """Random variables of ``module``, boxed with their logical axis names.
 
     Under ``jax.jit`` only the initialisers run (the forward pass is dead code);
-    use ``jax.eval_shape(init_variables, module, rng)`` for shapes and
-    ``nn.get_partition_spec`` for shardings without allocating anything.
+    use ``jax.eval_shape(functools.partial(init_variables, module), rng)`` for
+    shapes and ``nn.get_partition_spec`` for shardings without allocating anything.
     """
     return module.init(rng, *_dummy_inputs(module.config))
 

@@ -1,0 +1,83 @@
+"""Shared training values and the ONE logical-axis-rules table.
+
+Every variant file (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``) calls
+:func:`base_config` and overrides what differs; nothing else defines defaults.
+
+Config keys (``ml_collections.ConfigDict``):
+
+* ``model``: ``variant`` (``vit_b``/``vit_l``/``vit_h`` or ``custom``), ``custom``
+  (SamConfig fields, used when variant is ``custom``), ``drop_path_rate``,
+  ``remat_policy`` (``none``/``full``/a ``jax.checkpoint_policies`` name),
+  ``compute_dtype`` (``bfloat16``/``float32``; params and optimiser state are float32),
+  ``init_checkpoint`` (an official ``.pth``/our ``.npz`` for fine-tuning, ``""`` = scratch).
+* ``sim``: interactive prompt simulation (``train.prompt_simulation``):
+  ``num_passes`` (11), ``num_correction_points`` (8), ``box_prob`` (0.5),
+  ``box_noise_frac`` (0.1), ``box_noise_max`` (20 px), ``point_in_cell``
+  (``uniform``/``centre``).
+* ``loss``: ``focal_weight`` (20), ``dice_weight`` (1), ``iou_weight`` (1),
+  ``focal_alpha`` (0.25), ``focal_gamma`` (2), ``resolution`` (0 = the GT targets'
+  resolution; larger = upsample logits bilinearly and targets by repetition),
+  ``min_target_cells`` (masks with fewer GT cells at the target resolution are ignored).
+* ``optim``: ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``, ``layer_decay``,
+  ``warmup_steps``, ``decay_steps`` (x ``decay_factor`` at each), ``grad_clip_norm``
+  (0 = off).
+* ``mesh``: ``shape`` (dict axis -> size, one ``-1`` = the remaining devices),
+  ``axis_rules`` (the table below), multi-host ``coordinator_address``,
+  ``num_processes``, ``process_id`` (empty/-1 = from env or automatic).
+* ``data``: ``train_dir`` / ``eval_dir`` (SA-1B shards: a directory of ``*.tar`` or a glob), ``masks_per_image``,
+  ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
+  in-memory synthetic batches, no tensorflow).
+* ``train``: ``num_steps``, ``seed``, ``log_every``, ``workdir``;
+  ``ckpt``: ``every``, ``keep``, ``async_save``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis name (as annotated in sam_jax.modeling) -> mesh axis/axes.
+# Weights: ``embed`` is FSDP-sharded, ``mlp``/``heads`` tensor-parallel.
+# Activations: the batch over data x fsdp, the residual stream replicated.
+LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("act_embed", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(variant="vit_b", custom={}, drop_path_rate=0.0, remat_policy="none",
+                   compute_dtype="bfloat16", init_checkpoint="")
+    c.sim = dict(num_passes=11, num_correction_points=8, box_prob=0.5, box_noise_frac=0.1,
+                 box_noise_max=20.0, point_in_cell="uniform", unroll=1)
+    c.loss = dict(focal_weight=20.0, dice_weight=1.0, iou_weight=1.0, focal_alpha=0.25,
+                  focal_gamma=2.0, resolution=0, min_target_cells=1)
+    c.optim = dict(lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, layer_decay=0.8,
+                   warmup_steps=250, decay_steps=(60000, 86666), decay_factor=0.1,
+                   grad_clip_norm=0.0)
+    c.mesh = dict(shape={"data": -1, "fsdp": 1, "tensor": 1},
+                  axis_rules=LOGICAL_AXIS_RULES,
+                  coordinator_address="", num_processes=-1, process_id=-1)
+    c.data = dict(train_dir="", eval_dir="", masks_per_image=64, global_batch_size=256,
+                  seed=0, max_mask_area_frac=0.9, synthetic=False)
+    c.train = dict(num_steps=90000, seed=0, log_every=50, workdir="/tmp/sam_jax_train")
+    c.ckpt = dict(every=1000, keep=3, async_save=True)
+    return c
+
+
+def paper_variant(variant: str, lr: float, layer_decay: float, drop_path: float,
+                  num_steps: int, batch: int) -> ml_collections.ConfigDict:
+    """A paper recipe (REFERENCE section 6): the lr steps sit at 2/3 and ~96% of training."""
+    c = base_config()
+    c.model.variant = variant
+    c.model.drop_path_rate = drop_path
+    c.model.remat_policy = "full"
+    c.optim.lr = lr
+    c.optim.layer_decay = layer_decay
+    c.optim.decay_steps = (num_steps * 2 // 3, num_steps * 26 // 27)
+    c.train.num_steps = num_steps
+    c.data.global_batch_size = batch
+    return c

@@ -1,0 +1,217 @@
+"""Simulated interactive prompting (SAM paper, Appendix A), on device and jittable.
+
+For every mask (the decoder batch is ``n`` = images x masks rows, each row with
+its image's embedding) the model is run ``P = num_passes`` times (11):
+
+* pass 0: the first prompt is a foreground point (the data pipeline's point,
+  uniform inside the GT mask) or, with probability ``box_prob``, a noisy box
+  (:func:`noisy_boxes`); multimask output (3 masks);
+* passes 1..P-1: single-mask output; the previous low-res logits are fed back as
+  the mask prompt (after pass 0: the mask with the highest predicted IoU), with
+  ``stop_gradient``. ``num_correction_points`` (8) of these passes add one point
+  sampled uniformly from the error region of the previous prediction (false
+  negative -> label 1, false positive -> label 0); the others add nothing: the
+  last pass always, the rest at random positions among passes 1..P-2
+  (:func:`pass_schedule`). With the defaults: 8 point passes, one no-point pass
+  at a random position among them and one at the end.
+
+Static shapes: the point array has one slot per pass, ``(n, P, 2)`` / ``(n, P)``;
+a slot not (yet) filled carries ``INVALID_LABEL`` and is excluded from attention.
+A box stays in the prompt for all passes once drawn. If the error region is empty
+(perfect prediction) the pass adds no point.
+
+Error regions are computed at the low-res resolution ``R`` (256 for 1024 input)
+against the GT target at that resolution, restricted to the un-padded image
+(``region_valid``). A sampled cell ``(i, j)`` covers input pixels
+``[s*j, s*j + s)`` (``s = S / R``), whose centres are at ``x = s*j + (s-1)/2``
+(pixel centre convention of the data pipeline: pixel ``(i, j)`` centre at
+``x=j, y=i``); ``point_in_cell="uniform"`` draws ``x`` uniformly in
+``[s*j - 1/2, s*j + s - 1/2)`` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sam_jax.modeling.prompt_encoder import INVALID_LABEL
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    num_passes: int = 11
+    num_correction_points: int = 8
+    box_prob: float = 0.5
+    box_noise_frac: float = 0.1
+    box_noise_max: float = 20.0
+    point_in_cell: str = "uniform"
+    unroll: int = 1  # lax.scan unroll of passes 1..P-1 (faster on CPU, longer compile)
+
+    def __post_init__(self):
+        if self.num_passes < 1:
+            raise ValueError(f"num_passes must be >= 1, got {self.num_passes}")
+        if not 0 <= self.num_correction_points <= self.num_passes - 1:
+            raise ValueError(
+                f"num_correction_points ({self.num_correction_points}) must be in "
+                f"[0, num_passes - 1 = {self.num_passes - 1}]")
+        if self.point_in_cell not in ("uniform", "centre"):
+            raise ValueError(f"point_in_cell must be 'uniform' or 'centre', got {self.point_in_cell!r}")
+
+    @classmethod
+    def from_config(cls, sim) -> "SimConfig":
+        return cls(**{f.name: sim[f.name] for f in dataclasses.fields(cls) if f.name in sim})
+
+
+# decode_fn(coords (n,P,2), labels (n,P), boxes (n,4), box_valid (n,), mask_inputs (n,R,R),
+#           mask_valid (n,), multimask: bool) -> (logits (n,K,R,R), iou (n,K))
+DecodeFn = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def pass_schedule(key: jax.Array, n: int, sim: SimConfig) -> jax.Array:
+    """``(n, P)`` bool: which passes add a new point (pass 0 = the initial prompt, True).
+
+    Of passes 1..P-1, exactly ``num_correction_points`` add a point. The no-point
+    passes are the last one plus the rest drawn uniformly (per row) among 1..P-2.
+    """
+    p = sim.num_passes
+    if p == 1:
+        return jnp.ones((n, 1), bool)
+    no_point = p - 1 - sim.num_correction_points
+    middle = p - 2
+    # Random ranks among the middle passes; the (no_point - 1) lowest get no point.
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n, middle)), axis=1), axis=1)
+    mid_add = ranks >= max(no_point - 1, 0)
+    last_add = jnp.full((n, 1), no_point == 0)
+    return jnp.concatenate([jnp.ones((n, 1), bool), mid_add, last_add], axis=1)
+
+
+def noisy_boxes(key: jax.Array, boxes: jax.Array, sim: SimConfig, image_size: int) -> jax.Array:
+    """GT boxes ``(n, 4)`` XYXY -> noisy boxes: per-coordinate Gaussian noise with std
+    ``box_noise_frac`` x the box side (width for x, height for y), clipped to
+    ``+-box_noise_max`` px; the result is clipped to the ``[0, S-1]`` frame and ordered."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = jnp.stack([w, h, w, h], axis=1)
+    noise = jax.random.normal(key, boxes.shape) * sim.box_noise_frac * side
+    noise = jnp.clip(noise, -sim.box_noise_max, sim.box_noise_max)
+    b = jnp.clip(boxes + noise, 0.0, image_size - 1.0)
+    return jnp.stack([jnp.minimum(b[:, 0], b[:, 2]), jnp.minimum(b[:, 1], b[:, 3]),
+                      jnp.maximum(b[:, 0], b[:, 2]), jnp.maximum(b[:, 1], b[:, 3])], axis=1)
+
+
+def initial_prompts(key: jax.Array, points: jax.Array, boxes: jax.Array, sim: SimConfig,
+                    image_size: int):
+    """The first prompt of each row.
+
+    Args:
+      points: ``(n, 2)`` one foreground point per mask (XY, input frame).
+      boxes: ``(n, 4)`` GT boxes XYXY (input frame).
+    Returns:
+      coords ``(n, P, 2)``, labels ``(n, P)`` int32 (slot 0 = the point, label 1, or
+      ``INVALID_LABEL`` for box rows; other slots invalid), boxes ``(n, 4)`` (noisy),
+      box_valid ``(n,)`` bool.
+    """
+    n, p = points.shape[0], sim.num_passes
+    k_choice, k_noise = jax.random.split(key)
+    use_box = jax.random.bernoulli(k_choice, sim.box_prob, (n,))
+    coords = jnp.zeros((n, p, 2), jnp.float32).at[:, 0].set(points.astype(jnp.float32))
+    labels = jnp.full((n, p), INVALID_LABEL, jnp.int32)
+    labels = labels.at[:, 0].set(jnp.where(use_box, INVALID_LABEL, 1))
+    return coords, labels, noisy_boxes(k_noise, boxes.astype(jnp.float32), sim, image_size), use_box
+
+
+def sample_error_points(key: jax.Array, logits: jax.Array, target: jax.Array,
+                        region_valid: jax.Array | None, image_size: int,
+                        point_in_cell: str = "uniform"):
+    """One point uniformly from each row's error region.
+
+    Args:
+      logits: ``(n, R, R)`` previous low-res logits; target: ``(n, R, R)`` bool GT.
+      region_valid: ``(n, R, R)`` bool (the un-padded image) or None.
+    Returns:
+      coords ``(n, 2)`` XY in the ``S x S`` frame, labels ``(n,)`` int32 (1 = false
+      negative, 0 = false positive), found ``(n,)`` bool (False: empty error region).
+    """
+    n, r = target.shape[0], target.shape[-1]
+    pred = logits > 0
+    error = pred != target
+    if region_valid is not None:
+        error = error & region_valid
+    k_cell, k_in = jax.random.split(key)
+    score = jnp.where(error, jax.random.uniform(k_cell, error.shape), -1.0).reshape(n, r * r)
+    idx = jnp.argmax(score, axis=1)
+    found = jnp.take_along_axis(score, idx[:, None], 1)[:, 0] >= 0
+    i, j = idx // r, idx % r
+    label = jnp.take_along_axis(target.reshape(n, r * r), idx[:, None], 1)[:, 0].astype(jnp.int32)
+    s = image_size / r
+    if point_in_cell == "centre":
+        off = jnp.full((n, 2), (s - 1) / 2)
+    else:
+        off = jax.random.uniform(k_in, (n, 2)) * s - 0.5
+    xy = jnp.stack([j, i], axis=1).astype(jnp.float32) * s + off
+    return xy, label, found
+
+
+def region_valid_from_hw(resized_hw: jax.Array, low_res: int, image_size: int) -> jax.Array:
+    """``(n, 2)`` resized (h, w) in the input frame -> ``(n, R, R)`` bool un-padded cells."""
+    s = image_size / low_res
+    hw = jnp.ceil(resized_hw.astype(jnp.float32) / s)
+    ar = jnp.arange(low_res, dtype=jnp.float32)
+    return (ar[None, :, None] < hw[:, 0, None, None]) & (ar[None, None, :] < hw[:, 1, None, None])
+
+
+def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax.Array,
+             boxes: jax.Array, sim: SimConfig, image_size: int,
+             region_valid: jax.Array | None = None):
+    """Run the ``P`` decoder passes for ``n`` masks.
+
+    Args:
+      decode_fn: see :data:`DecodeFn` (closes over params and image embeddings).
+      target: ``(n, R, R)`` bool GT; points ``(n, 2)``, boxes ``(n, 4)``: GT prompts.
+    Returns a dict:
+      ``first_logits`` ``(n, 3, R, R)``, ``first_iou`` ``(n, 3)`` (pass 0, multimask);
+      ``logits`` ``(P-1, n, R, R)``, ``iou`` ``(P-1, n)`` (passes 1..P-1, single mask);
+      ``coords`` ``(n, P, 2)``, ``labels`` ``(n, P)``, ``boxes`` ``(n, 4)``,
+      ``box_valid`` ``(n,)``, ``add_point`` ``(n, P)`` (the schedule) - the prompts used.
+    """
+    n, r = target.shape[0], target.shape[-1]
+    p = sim.num_passes
+    k_init, k_sched, k_passes = jax.random.split(key, 3)
+    coords, labels, boxes, box_valid = initial_prompts(k_init, points, boxes, sim, image_size)
+    add_point = pass_schedule(k_sched, n, sim)
+
+    no_mask = jnp.zeros((n, r, r), jnp.float32)
+    first_logits, first_iou = decode_fn(coords, labels, boxes, box_valid, no_mask,
+                                        jnp.zeros((n,), bool), True)
+    best = jnp.argmax(first_iou, axis=1)
+    prev = jnp.take_along_axis(first_logits, best[:, None, None, None], 1)[:, 0]
+    out = dict(first_logits=first_logits, first_iou=first_iou, boxes=boxes, box_valid=box_valid,
+               add_point=add_point)
+    if p == 1:
+        out.update(logits=jnp.zeros((0, n, r, r), first_logits.dtype),
+                   iou=jnp.zeros((0, n), first_iou.dtype), coords=coords, labels=labels)
+        return out
+
+    slots = jnp.arange(p)
+
+    def one_pass(carry, xs):
+        coords, labels, prev = carry
+        t, k, add = xs
+        prev = jax.lax.stop_gradient(prev).astype(jnp.float32)
+        xy, lab, found = sample_error_points(k, prev, target, region_valid, image_size,
+                                             sim.point_in_cell)
+        lab = jnp.where(add & found, lab, INVALID_LABEL)
+        here = slots[None, :] == t
+        coords = jnp.where(here[..., None], xy[:, None, :], coords)
+        labels = jnp.where(here, lab[:, None], labels)
+        logits, iou = decode_fn(coords, labels, boxes, box_valid, prev, jnp.ones((n,), bool), False)
+        return (coords, labels, logits[:, 0]), (logits[:, 0], iou[:, 0])
+
+    xs = (jnp.arange(1, p), jax.random.split(k_passes, p - 1), add_point[:, 1:].T)
+    (coords, labels, _), (logits, iou) = jax.lax.scan(one_pass, (coords, labels, prev), xs,
+                                                      unroll=max(1, sim.unroll))
+    out.update(logits=logits, iou=iou, coords=coords, labels=labels)
+    return out

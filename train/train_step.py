@@ -1,0 +1,192 @@
+"""The train state and the pure, jitted, sharded train step.
+
+Batch contract (global arrays; the leading axis sharded over ``batch``):
+``image`` ``(B, S, S, 3)`` float32 preprocessed, ``masks`` ``(B, K, R, R)`` uint8
+GT at low-res ``R = S/4``, ``mask_valid`` ``(B, K)`` bool, ``boxes`` ``(B, K, 4)``
+XYXY and ``points`` ``(B, K, 2)`` XY in the ``S`` frame, ``resized_hw`` ``(B, 2)``.
+Other keys of the data pipeline's batch (ids, original sizes) stay on the host.
+
+Masks with ``mask_valid`` False or fewer than ``loss.min_target_cells`` (>= 1) target
+cells at ``R`` are ignored.
+
+One step: embed the ``B`` images once (drop path active), broadcast each embedding
+to its ``K`` masks (decoder batch ``n = B*K``), run the simulated interactive
+prompting (:mod:`train.prompt_simulation`), the SAM losses (:mod:`train.losses`),
+and one optimiser update (:mod:`train.optimizer`). The RNG of a step is
+``fold_in(state.rng, state.step)``, so a restored state replays exactly.
+
+Use :class:`Trainer` to build everything for a mesh::
+
+    trainer = Trainer(config, mesh)
+    state = trainer.init_state(seed)            # created sharded, never whole on a device
+    state, metrics = trainer.step(state, trainer.to_global(host_batch))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sam_jax.build_sam import get_config as get_sam_config, init_variables
+from sam_jax.modeling.sam import Sam, SamConfig
+from train import sharding as shd
+from train.losses import LossConfig, sam_loss
+from train.optimizer import build_optimizer
+from train.prompt_simulation import SimConfig, region_valid_from_hw, simulate
+
+BATCH_KEYS = ("image", "masks", "mask_valid", "boxes", "points", "resized_hw")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array          # int32 scalar: updates done = the data position
+    params: Any              # float32
+    opt_state: Any           # float32
+    rng: jax.Array           # uint32 raw key data (jax.random.key_data)
+
+
+def sam_config_from(config) -> SamConfig:
+    m = config.model
+    if m.variant == "custom":
+        kw = dict(m.custom)
+        if "encoder_global_attn_indexes" in kw:
+            kw["encoder_global_attn_indexes"] = tuple(kw["encoder_global_attn_indexes"])
+        return SamConfig(**kw)
+    return get_sam_config(m.variant)
+
+
+def build_module(config) -> Sam:
+    """The training module: float32 params, ``model.compute_dtype`` compute, drop path, remat."""
+    dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[config.model.compute_dtype]
+    return Sam(sam_config_from(config), drop_path_rate=float(config.model.drop_path_rate),
+               remat_policy=config.model.remat_policy, dtype=dtype, param_dtype=jnp.float32)
+
+
+def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key):
+    """Scalar loss and metrics for one global batch (see module doc)."""
+    c = module.config
+    b, k, r = batch["masks"].shape[:3]
+    k_drop, k_sim = jax.random.split(key)
+    emb = module.apply({"params": params}, batch["image"], deterministic=False,
+                       method=Sam.embed_images, rngs={"dropout": k_drop})
+    emb = jnp.repeat(emb, k, axis=0)                                       # (n, g, g, E)
+    emb = nn.with_logical_constraint(emb, ("batch", None, None, "act_embed"))
+
+    def decode(coords, labels, boxes, box_valid, mask_inputs, mask_valid, multimask):
+        return module.apply({"params": params}, emb, coords, labels, boxes, mask_inputs,
+                            multimask, box_valid, mask_valid, method=Sam.decode)
+
+    flat = lambda x: x.reshape((b * k,) + x.shape[2:])
+    target = flat(batch["masks"]).astype(bool)
+    region = region_valid_from_hw(jnp.repeat(batch["resized_hw"], k, axis=0), r, c.image_size)
+    out = simulate(decode, k_sim, target, flat(batch["points"]), flat(batch["boxes"]), sim,
+                   c.image_size, region)
+    # Masks whose target has fewer than loss.min_target_cells cells at R (e.g. a tiny
+    # object that vanished at the low resolution) are not trained.
+    cells = target.sum(axis=(1, 2))
+    valid = flat(batch["mask_valid"]) & (cells >= max(loss_cfg.min_target_cells, 1))
+    return sam_loss(out, target, valid, loss_cfg)
+
+
+def train_step(state: TrainState, batch: dict, *, module: Sam, tx, schedule, sim: SimConfig,
+               loss_cfg: LossConfig):
+    """Pure: ``(state, batch) -> (new state, metrics)`` (scalars)."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(functools.partial(compute_loss, module, sim, loss_cfg),
+                                 has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+class Trainer:
+    """Module, optimiser, shardings and the jitted init / step for one mesh."""
+
+    def __init__(self, config, mesh: jax.sharding.Mesh):
+        self.config = config
+        self.mesh = mesh
+        self.rules = shd.rules_tuple(config.mesh.axis_rules)
+        self.module = build_module(config)
+        boxed = jax.eval_shape(functools.partial(init_variables, self.module),
+                               jax.random.key(0))["params"]
+        self.abstract_params = nn.unbox(boxed)
+        self.tx, self.schedule = build_optimizer(config.optim, self.abstract_params,
+                                                 self.module.config.encoder_depth)
+        self.param_shardings = shd.param_shardings(boxed, mesh, self.rules)
+        abstract = jax.eval_shape(self._init, jax.random.key_data(jax.random.key(0)))
+        self.state_shardings = shd.state_shardings(abstract, self.param_shardings, mesh)
+        self.abstract_state = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+            self.state_shardings)
+        self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
+        step = functools.partial(train_step, module=self.module, tx=self.tx,
+                                 schedule=self.schedule, sim=SimConfig.from_config(config.sim),
+                                 loss_cfg=LossConfig.from_config(config.loss))
+        self._step_jit = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
+                                 out_shardings=(self.state_shardings, self.replicated),
+                                 donate_argnums=0)
+
+    def _init(self, rng_data, params=None):
+        key = jax.random.wrap_key_data(rng_data)
+        k_init, k_train = jax.random.split(key)
+        if params is None:
+            params = nn.unbox(init_variables(self.module, k_init)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), rng=jax.random.key_data(k_train))
+
+    def batch_shardings(self) -> dict:
+        return {k: shd.batch_sharding(self.mesh, self.rules, nd)
+                for k, nd in zip(BATCH_KEYS, (4, 4, 2, 3, 3, 2))}
+
+    def _ctx(self):
+        return _Context(self.mesh, self.rules)
+
+    def init_state(self, seed: int, params: Any = None) -> TrainState:
+        """A fresh state created directly sharded (``params``: e.g. an official checkpoint)."""
+        rng = jax.random.key_data(jax.random.key(seed))
+        with self._ctx():
+            if params is None:
+                return self._init_jit(rng)
+            params = jax.device_put(params, self.param_shardings)
+            return jax.jit(self._init, out_shardings=self.state_shardings)(rng, params)
+
+    def to_global(self, host_batch: dict) -> dict:
+        return shd.global_batch({k: host_batch[k] for k in BATCH_KEYS}, self.mesh, self.rules)
+
+    def step(self, state: TrainState, batch: dict):
+        with self._ctx():
+            return self._step_jit(state, batch)
+
+    def lower(self, state, batch):
+        with self._ctx():
+            return self._step_jit.lower(state, batch)
+
+
+class _Context:
+    """Mesh + logical axis rules active while tracing (for ``nn.with_logical_constraint``)."""
+
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules = mesh, rules
+
+    def __enter__(self):
+        self._m = jax.set_mesh(self.mesh)
+        self._r = nn.logical_axis_rules(self.rules)
+        self._m.__enter__()
+        self._r.__enter__()
+
+    def __exit__(self, *exc):
+        self._r.__exit__(*exc)
+        self._m.__exit__(*exc)
+
+
+def host_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
