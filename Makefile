@@ -18,7 +18,7 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 comma := ,
 
 demo: $(VENV)/.installed-data+train
-	$(PY) -m train.demo
+	$(PY) -m train.demo --out out/demo
 
 test: $(VENV)/.installed-data+train+test
 	$(PY) -m pytest -q tests

@@ -269,7 +269,23 @@ def bench_amg(args, official, base: dict) -> None:
                  dtype="float32", ratio=seconds["float32"] / sec_ref)
 
 
-PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg}
+def bench_train(args, official, base: dict) -> None:
+    from train.gpu_check import measure, train_config
+
+    masks, passes = (4, 3) if args.tiny else (64, 11)
+    for name in args.variants:
+        config = train_config(name, args.tiny, masks, passes)
+        for batch in args.batches:
+            try:
+                res = measure(config, batch, args.iters, args.peak_tflops)
+            except Exception as err:  # noqa: BLE001 - out of memory shows as XLA errors
+                res = dict(ok=False, error=f"{type(err).__name__}: {str(err)[:300]}")
+            emit(**base, bench="train_step", impl="sam-jax", variant=name, batch=batch,
+                 masks_per_image=masks, passes=passes, dtype=config.model.compute_dtype, **res)
+
+
+PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg,
+         "train": bench_train}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", default="auto",
                         help="attention implementations to sweep: auto,xla,cudnn,decomposed")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="dense bf16 peak of the device, for MFU (H100/H200: 989)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
     args = parser.parse_args(argv)

@@ -36,6 +36,10 @@ def test_suite_produces_every_figure():
         for prompts in (1, 64):
             assert ("prompt+decoder", dtype, None, prompts, None) in ours
         assert ("amg", dtype, None, None, None) in ours
+    train = [r for r in lines if r.get("bench") == "train_step"]
+    assert {r["batch"] for r in train} == {1, 2} and all(r["ok"] for r in train)
+    for r in train:
+        assert r["images_per_s"] > 0 and r["tflops_per_step"] > 0 and "peak_gib" in r
     for r in lines:
         if r.get("impl") == "sam-jax" and r["bench"] == "image_encoder":
             assert r["ms_per_image"] > 0 and r["tflops"] > 0

@@ -23,7 +23,8 @@ import sys
 import time
 
 
-def _config(variant: str, tiny: bool, masks: int, passes: int):
+def train_config(variant: str, tiny: bool, masks: int, passes: int):
+    """The config the check trains: the paper recipe in bfloat16 with full remat (or tiny)."""
     if tiny:
         from configs.tiny import get_config
 
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     variants = ["tiny"] if a.tiny else a.variants.split(",")
     print(json.dumps(dict(device=str(jax.devices()[0]), backend=jax.default_backend())), flush=True)
     for variant in variants:
-        config = _config(variant, a.tiny, a.masks, a.passes)
+        config = train_config(variant, a.tiny, a.masks, a.passes)
         best, batch = None, a.start_batch
         while batch <= a.max_batch:
             try:
