@@ -54,8 +54,7 @@ def official_sam(config: SamConfig, seed: int = 0):
     with torch.no_grad():
         for name, p in sam.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight",
-                              "norm_final_attn.weight")) or (p.ndim == 1 and "weight" in name):
+            if p.ndim == 1 and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * noise)  # LayerNorm scales
             elif "rel_pos" in name or "pos_embed" in name:
                 p.copy_(0.1 * noise)
