@@ -93,41 +93,22 @@ class Official:
 
     @staticmethod
     def load():
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
         try:
             import torch
-            from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder,
-                                                   Sam, TwoWayTransformer)
+            import segment_anything  # noqa: F401 - the reference package
+            from reference_sam import official_sam  # the official model for a SamConfig (pytest)
         except ImportError:
             return None
+
         o = Official()
-        o.torch, o.classes = torch, (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                     TwoWayTransformer)
+        o.torch, o.official_sam = torch, official_sam
         o.device = "cuda" if torch.cuda.is_available() else "cpu"
         return o
 
     def build(self, c: SamConfig):
-        import functools
-
-        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer = self.classes
-        torch = self.torch
-        e, g = c.prompt_embed_dim, c.embedding_size
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                depth=c.encoder_depth, embed_dim=c.encoder_embed_dim, img_size=c.image_size,
-                mlp_ratio=4, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-                num_heads=c.encoder_num_heads, patch_size=c.patch_size, qkv_bias=True,
-                use_rel_pos=True, global_attn_indexes=tuple(c.encoder_global_attn_indexes),
-                window_size=c.window_size, out_chans=e),
-            prompt_encoder=PromptEncoder(embed_dim=e, image_embedding_size=(g, g),
-                                         input_image_size=(c.image_size, c.image_size),
-                                         mask_in_chans=16),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3, transformer=TwoWayTransformer(
-                    depth=c.decoder_depth, embedding_dim=e, mlp_dim=c.decoder_mlp_dim,
-                    num_heads=c.decoder_heads),
-                transformer_dim=e, iou_head_depth=3, iou_head_hidden_dim=256),
-            pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-        return sam.to(self.device).eval()
+        """The official SAM for ``c`` with random weights, on the torch device."""
+        return self.official_sam(c).to(self.device).eval()
 
     def sync(self):
         if self.device == "cuda":

@@ -35,7 +35,7 @@ from PIL import Image
 from sam_jax.amg import bucket_size
 from sam_jax.build_sam import SamModel
 from sam_jax.modeling.prompt_encoder import INVALID_LABEL, PAD_LABEL
-from sam_jax.modeling.sam import (MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, Sam,
+from sam_jax.modeling.sam import (MASK_THRESHOLD, Sam, normalize,
                                   postprocess_masks, resized_shape)
 
 
@@ -79,7 +79,7 @@ def _embed(module: Sam, params: Any, images: jax.Array, sizes: jax.Array) -> jax
     """``(B, S, S, 3)`` uint8 (image top-left, rest arbitrary), ``(B, 2)`` valid (h, w)
     -> ``(B, S/16, S/16, 256)``: normalise, zero the padding, encode."""
     s = images.shape[1]
-    x = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    x = normalize(images)
     inside = ((jnp.arange(s)[None, :, None] < sizes[:, 0, None, None])
               & (jnp.arange(s)[None, None, :] < sizes[:, 1, None, None]))
     x = jnp.where(inside[..., None], x, 0.0)

@@ -131,6 +131,11 @@ class Sam(nn.Module):
         return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output)
 
 
+def normalize(images: jax.Array) -> jax.Array:
+    """RGB pixels (0-255) -> float32 normalised by SAM's pixel mean and std. ``(..., 3)``."""
+    return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+
+
 def preprocess(images: jax.Array, image_size: int = 1024) -> jax.Array:
     """Normalise RGB pixels and zero-pad them bottom/right to ``image_size``.
 
@@ -140,7 +145,7 @@ def preprocess(images: jax.Array, image_size: int = 1024) -> jax.Array:
     b, h, w, c = images.shape
     if c != 3 or max(h, w) > image_size:
         raise ValueError(f"expected (B, h, w, 3) with h, w <= {image_size}, got {images.shape}")
-    x = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    x = normalize(images)
     return jnp.pad(x, ((0, 0), (0, image_size - h), (0, image_size - w), (0, 0)))
 
 
@@ -208,5 +213,5 @@ def resized_shape(h: int, w: int, long_side: int = 1024) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-__all__ = ["Sam", "SamConfig", "preprocess", "postprocess_masks", "resize_bilinear",
+__all__ = ["Sam", "SamConfig", "normalize", "preprocess", "postprocess_masks", "resize_bilinear",
            "resized_shape", "PIXEL_MEAN", "PIXEL_STD", "MASK_THRESHOLD"]
