@@ -8,12 +8,14 @@ IoU predictions within 1e-3; bfloat16 masks agreeing with float32 on >= 98 %.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from reference_sam import TINY, official_and_ours, to_torch, torch
 from sam_jax.build_sam import VARIANTS
+from sam_jax.modeling.image_encoder import attention, decomposed_attention
 
 MAX_DIFFS: dict[str, float] = {}
 
@@ -161,6 +163,37 @@ def test_bfloat16_masks_agree_with_float32(tiny, embeddings):
     print(f"bfloat16 vs float32 mask agreement: {agreement:.4%}")
     MAX_DIFFS["bf16 mask agreement"] = agreement
     assert agreement >= 0.98
+
+
+@pytest.mark.parametrize("chunk_bytes,use_rel", [
+    (1 << 30, True),  # one chunk: all 4 images
+    (80_000, True),  # 2 images per chunk
+    (20_000, True),  # one image, 2 of the 4 heads
+    (5_000, True),  # one head, 3 of the 6 query rows
+    (1, True),  # one query row per chunk
+    (3_000, False)])  # no relative positions: chunks of 12 single-query rows
+def test_chunked_decomposed_attention_equals_dot_product_attention(chunk_bytes, use_rel):
+    """Every chunking of the CPU attention path gives jax.nn.dot_product_attention's
+    values and gradients (the parity tests above use the default chunk only)."""
+    b, h, w, n, d = 4, 6, 8, 4, 8
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(b, h * w, n, d)), jnp.float32) for _ in range(3))
+    rel = None, None
+    if use_rel:
+        rel = (jnp.asarray(rng.normal(size=(b, n, h, w, h)), jnp.float32),
+               jnp.asarray(rng.normal(size=(b, n, h, w, w)), jnp.float32))
+
+    def loss(fn, *args):
+        return jnp.sum(jnp.sin(fn(*args, *rel, 0.3)))
+
+    ours = lambda q, k, v, rh, rw, s: decomposed_attention(q, k, v, rh, rw, s, chunk_bytes)
+    reference = lambda q, k, v, rh, rw, s: attention(q, k, v, rh, rw, s, "xla")
+    np.testing.assert_allclose(ours(q, k, v, *rel, 0.3), reference(q, k, v, *rel, 0.3),
+                               atol=2e-6)
+    grads = jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
+    for g, r in zip(grads, want):
+        np.testing.assert_allclose(g, r, atol=1e-5)
 
 
 @pytest.mark.slow
