@@ -41,7 +41,8 @@ def official_sam(config: SamConfig, seed: int = 0):
         window_size=config.window_size, out_chans=e)
     prompt = sa_modeling.PromptEncoder(
         embed_dim=e, image_embedding_size=(grid, grid),
-        input_image_size=(config.image_size, config.image_size), mask_in_chans=16)
+        input_image_size=(config.image_size, config.image_size),
+        mask_in_chans=config.mask_in_chans)
     decoder = sa_modeling.MaskDecoder(
         num_multimask_outputs=3,
         transformer=sa_modeling.TwoWayTransformer(

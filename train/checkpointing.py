@@ -64,11 +64,13 @@ class Checkpointer:
                 log.warning("checkpoint step %d in %s unreadable (%s: %s); moved aside, trying "
                             "an older one", step, self.directory, type(e).__name__, e)
                 self._move_aside(step)
-        for name in os.listdir(self.directory):
-            if name.isdigit() and int(name) > restored_step:
-                log.warning("checkpoint step %s in %s incomplete (not committed); moved aside",
-                            name, self.directory)
-                self._move_aside(int(name))
+        uncommitted = sorted(int(n) for n in os.listdir(self.directory)
+                             if n.isdigit() and int(n) > restored_step)
+        _barrier("ckpt_listed")  # every process lists before process 0 renames anything
+        for step in uncommitted:
+            log.warning("checkpoint step %d in %s incomplete (not committed); moved aside",
+                        step, self.directory)
+            self._move_aside(step)
         return restored
 
     def _move_aside(self, step: int) -> None:
@@ -78,9 +80,7 @@ class Checkpointer:
             src = os.path.join(self.directory, str(step))
             if os.path.isdir(src):
                 os.replace(src, f"{src}.unreadable-{os.getpid()}")
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"ckpt_move_aside_{step}")
+        _barrier(f"ckpt_move_aside_{step}")
         self.manager.reload()
 
     def latest_step(self) -> int | None:
@@ -92,6 +92,13 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 class PreemptionFlag:
