@@ -106,13 +106,16 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 class ConvTranspose2x2(nn.Module):
-    """Transposed convolution with kernel 2 and stride 2 (doubles H and W).
+    """Transposed convolution with kernel 2 and stride 2, in blocked layout.
 
-    With stride equal to the kernel size the output blocks do not overlap, so
-    the layer is one einsum: ``out[b, 2i+a, 2j+c, o] = sum_ci x[b,i,j,ci] *
-    kernel[a,c,ci,o] + bias[o]``.
+    With stride equal to the kernel size the output blocks do not overlap: each
+    input pixel ``(i, j)`` produces the 2x2 output pixels ``(2i+a, 2j+c)`` as
+    ``x[..., i, j, :] @ kernel[a, c] + bias``. The layer returns these blocks
+    without interleaving them into a ``(2H, 2W)`` map, so that stacked layers and
+    per-pixel ops (LayerNorm, GELU) skip the transposes of their large outputs; the
+    caller interleaves the final result.
 
-    Shapes: ``(B, H, W, Cin) -> (B, 2H, 2W, features)``.
+    Shapes: ``(..., Cin) -> (..., 2, 2, features)`` (axes ``a``, ``c`` of the block).
     """
 
     features: int
@@ -126,10 +129,8 @@ class ConvTranspose2x2(nn.Module):
             "kernel", partitioned(default_kernel_init, (None, None, None, None)),
             (2, 2, cin, self.features), self.param_dtype)
         bias = self.param("bias", partitioned(zeros, (None,)), (self.features,), self.param_dtype)
-        x = x.astype(self.dtype)
-        y = jnp.einsum("bhwi,acio->bhawco", x, kernel.astype(self.dtype))
-        b, h, _, w, _, o = y.shape
-        return y.reshape(b, 2 * h, 2 * w, o) + bias.astype(self.dtype)
+        y = jnp.einsum("...i,acio->...aco", x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
 class MLPBlock(nn.Module):

@@ -47,7 +47,9 @@ class MaskDecoder(nn.Module):
           image_embeddings: ``(B, 64, 64, E)``, or ``(1, 64, 64, E)`` shared by all prompts.
           image_pe: ``(64, 64, E)``.
           sparse_prompt_embeddings: ``(B, T, E)``.
-          dense_prompt_embeddings: ``(B, 64, 64, E)``.
+          dense_prompt_embeddings: ``(B, 64, 64, E)``, or ``(1, 64, 64, E)`` shared by all
+            prompts (with a shared image embedding, the image tokens of the first
+            transformer block are then projected once, not once per prompt).
           multimask_output: return the 3 multimask outputs (else the single one).
           token_valid: optional ``(B, T)`` validity of the sparse tokens.
         Returns:
@@ -79,16 +81,19 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1:1 + n_masks, :]
 
         h, w = image_embeddings.shape[1:3]
-        src = src.reshape(b, h, w, e)
-        # Checkpoint keys output_upscaling.{0,1,3}; 2 and 4 are GELUs.
-        up = ConvTranspose2x2(e // 4, name="output_upscaling_0", **kw)(src)
+        src = jnp.broadcast_to(src.reshape(-1, h, w, e), (b, h, w, e))
+        # Checkpoint keys output_upscaling.{0,1,3}; 2 and 4 are GELUs. Two 2x upscalings
+        # in blocked layout: pixel (y, x) = (4i + 2a + p, 4j + 2c + q) of the 4h x 4w
+        # map is up[:, i, j, a, c, p, q]; only the small mask logits get interleaved.
+        up = ConvTranspose2x2(e // 4, name="output_upscaling_0", **kw)(src)  # (B,h,w,2,2,e/4)
         up = gelu(layer_norm(1e-6, self.dtype, self.param_dtype, "output_upscaling_1")(up))
-        up = gelu(ConvTranspose2x2(e // 8, name="output_upscaling_3", **kw)(up))  # (B,4h,4w,e/8)
+        up = gelu(ConvTranspose2x2(e // 8, name="output_upscaling_3", **kw)(up))
 
         hyper_in = jnp.stack([
             MLP(e, e // 8, 3, name=f"output_hypernetworks_mlps_{i}", **kw)(mask_tokens_out[:, i])
             for i in range(n_masks)], axis=1)  # (B, n_masks, e/8)
-        masks = jnp.einsum("bkc,byxc->bkyx", hyper_in, up)
+        masks = jnp.einsum("bko,bijacpqo->bkiapjcq", hyper_in, up)
+        masks = masks.reshape(b, n_masks, 4 * h, 4 * w)
         iou_pred = MLP(self.iou_head_hidden_dim, n_masks, self.iou_head_depth,
                        name="iou_prediction_head", **kw)(iou_token_out)
 

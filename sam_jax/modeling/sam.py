@@ -120,6 +120,10 @@ class Sam(nn.Module):
         """
         sparse, token_valid, dense = self.prompt_encoder(
             point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid)
+        if mask_inputs is None and image_embeddings.shape[0] == 1:
+            # Every row has the same image and dense embedding: the decoder then computes
+            # the image side of its first block once for all prompts.
+            dense = dense[:1]
         return self.mask_decoder(
             image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
             multimask_output, token_valid)

@@ -24,7 +24,8 @@ class Attention(nn.Module):
 
     ``q (B, Tq, E), k (B, Tk, E), v (B, Tk, E) -> (B, Tq, E)``; the inner width is
     ``E / downsample_rate`` split into ``num_heads``. ``key_valid (B, Tk)``
-    excludes keys from attention.
+    excludes keys from attention. An input with batch 1 is projected once and
+    broadcast to the batch of the others.
     """
 
     embedding_dim: int
@@ -46,6 +47,8 @@ class Attention(nn.Module):
             return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
 
         q, k, v = project(q, "q_proj"), project(k, "k_proj"), project(v, "v_proj")
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (jnp.broadcast_to(x, (b,) + x.shape[1:]) for x in (q, k, v))
         mask = None if key_valid is None else key_valid[:, None, None, :]
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim ** -0.5)
         out = out.reshape(*out.shape[:-2], inner)
@@ -70,7 +73,9 @@ class TwoWayAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, queries, keys, query_pe, key_pe, token_valid=None):
-        """``queries (B, T, E), keys (B, HW, E), query_pe (B, T, E), key_pe (1|B, HW, E)``."""
+        """``queries (B, T, E), keys (1|B, HW, E), query_pe (B, T, E), key_pe (1|B, HW, E)``.
+
+        Returns ``(B, T, E)`` queries and ``(B, HW, E)`` keys."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         e, heads, rate = self.embedding_dim, self.num_heads, self.attention_downsample_rate
 
@@ -101,7 +106,7 @@ class TwoWayTransformer(nn.Module):
     """Stack of :class:`TwoWayAttentionBlock` and a final token->image attention.
 
     Args to ``__call__``:
-      image_embedding: ``(B, H, W, E)``.
+      image_embedding: ``(B, H, W, E)``, or ``(1, H, W, E)`` shared by all prompts.
       image_pe: ``(H, W, E)`` positional encoding of the image grid.
       point_embedding: ``(B, T, E)`` tokens.
       token_valid: optional ``(B, T)`` bool.
