@@ -13,7 +13,8 @@ Config keys (``ml_collections.ConfigDict``):
 * ``sim``: interactive prompt simulation (``train.prompt_simulation``):
   ``num_passes`` (11), ``num_correction_points`` (8), ``box_prob`` (0.5),
   ``box_noise_frac`` (0.1), ``box_noise_max`` (20 px), ``point_in_cell``
-  (``uniform``/``centre``).
+  (``uniform``/``centre``), ``unroll`` (of the pass loop), ``remat`` (recompute each
+  decoder pass in the backward pass: less memory for more masks or images).
 * ``loss``: ``focal_weight`` (20), ``dice_weight`` (1), ``iou_weight`` (1),
   ``focal_alpha`` (0.25), ``focal_gamma`` (2), ``resolution`` (0 = the GT targets'
   resolution; larger = upsample logits bilinearly and targets by repetition),
@@ -52,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(variant="vit_b", custom={}, drop_path_rate=0.0, remat_policy="none",
                    compute_dtype="bfloat16", init_checkpoint="")
     c.sim = dict(num_passes=11, num_correction_points=8, box_prob=0.5, box_noise_frac=0.1,
-                 box_noise_max=20.0, point_in_cell="uniform", unroll=1)
+                 box_noise_max=20.0, point_in_cell="uniform", unroll=1, remat=False)
     c.loss = dict(focal_weight=20.0, dice_weight=1.0, iou_weight=1.0, focal_alpha=0.25,
                   focal_gamma=2.0, resolution=0, min_target_cells=1)
     c.optim = dict(lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, layer_decay=0.8,

@@ -1,15 +1,18 @@
 """Throughput / memory check of the train step on one accelerator (no tensorflow).
 
-For each variant (``vit_b``, ``vit_h``; bfloat16 compute, remat ``full``, 64 masks x
-11 passes per image, in-memory synthetic batches) the per-device batch is doubled
-until the step no longer compiles or runs (out of memory), then the largest that
-fits is reported. One JSON line per tried batch::
+For each variant (``vit_b``, ``vit_h``; bfloat16 compute, encoder remat ``full``,
+decoder passes recomputed in the backward pass (``sim.remat``; ``--no-sim-remat``
+keeps them), 64 masks x 11 passes per image, in-memory synthetic batches) the
+per-device batch is doubled until the step no longer compiles or runs (out of
+memory), then the largest that fits is reported. One JSON line per tried batch::
 
-    {"variant", "batch", "ok", "images_per_s", "step_s", "peak_gib", "tflops_per_step",
-     "mfu", "error"}
+    {"variant", "batch", "sim_remat", "ok", "images_per_s", "step_s", "peak_gib",
+     "tflops_per_step", "mfu", "error"}
 
 MFU = (FLOPs of the compiled step from ``cost_analysis()``) / step time / peak
-FLOP/s (``--peak-tflops``, default 989 = H100/H200 dense bf16).
+FLOP/s (``--peak-tflops``, default 989 = H100/H200 dense bf16 on the spec sheet;
+the anchors measured 793 through JAX). The compiled step's FLOPs include the
+recomputation that remat adds, so this is hardware-FLOP utilisation.
 
     python -m train.gpu_check                     # vit_b and vit_h on the device
     python -m train.gpu_check --tiny              # the tiny config on CPU (smoke test)
@@ -23,7 +26,7 @@ import sys
 import time
 
 
-def train_config(variant: str, tiny: bool, masks: int, passes: int):
+def train_config(variant: str, tiny: bool, masks: int, passes: int, sim_remat: bool = True):
     """The config the check trains: the paper recipe in bfloat16 with full remat (or tiny)."""
     if tiny:
         from configs.tiny import get_config
@@ -38,6 +41,7 @@ def train_config(variant: str, tiny: bool, masks: int, passes: int):
         c.model.remat_policy = "full"
         c.sim.unroll = 1
     c.data.masks_per_image = masks
+    c.sim.remat = sim_remat
     c.sim.num_passes, c.sim.num_correction_points = passes, max(0, passes - 3)
     c.mesh.shape = {"data": 1, "fsdp": 1, "tensor": 1}
     return c
@@ -84,20 +88,23 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--no-sim-remat", dest="sim_remat", action="store_false",
+                   help="keep the decoder passes' activations instead of recomputing them")
     a = p.parse_args(argv)
     import jax
 
     variants = ["tiny"] if a.tiny else a.variants.split(",")
     print(json.dumps(dict(device=str(jax.devices()[0]), backend=jax.default_backend())), flush=True)
     for variant in variants:
-        config = train_config(variant, a.tiny, a.masks, a.passes)
+        config = train_config(variant, a.tiny, a.masks, a.passes, a.sim_remat)
         best, batch = None, a.start_batch
         while batch <= a.max_batch:
             try:
                 res = measure(config, batch, a.steps, a.peak_tflops)
             except Exception as e:  # noqa: BLE001 - OOM shows up as various XLA errors
                 res = dict(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
-            print(json.dumps(dict(variant=variant, batch=batch, **res)), flush=True)
+            print(json.dumps(dict(variant=variant, batch=batch, sim_remat=a.sim_remat, **res)),
+                  flush=True)
             if not res["ok"]:
                 break
             best, batch = dict(res, batch=batch), batch * 2

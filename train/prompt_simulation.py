@@ -49,6 +49,9 @@ class SimConfig:
     box_noise_max: float = 20.0
     point_in_cell: str = "uniform"
     unroll: int = 1  # lax.scan unroll of passes 1..P-1 (faster on CPU, longer compile)
+    # Recompute each decoder pass in the backward pass instead of keeping its
+    # activations (for 64 masks x 11 passes these outweigh the image encoder's).
+    remat: bool = False
 
     def __post_init__(self):
         if self.num_passes < 1:
@@ -179,6 +182,8 @@ def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax
     """
     n, r = target.shape[0], target.shape[-1]
     p = sim.num_passes
+    if sim.remat:
+        decode_fn = jax.checkpoint(decode_fn, static_argnums=(6,))
     k_init, k_sched, k_passes = jax.random.split(key, 3)
     coords, labels, boxes, box_valid = initial_prompts(k_init, points, boxes, sim, image_size)
     add_point = pass_schedule(k_sched, n, sim)
