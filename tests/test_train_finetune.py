@@ -16,8 +16,8 @@ import pytest
 
 from configs.tiny import get_config
 from reference_sam import official_sam, torch
-from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.build_sam import build_sam
+from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from train.loop import run
 from train.train_step import build_module, sam_config_from
 
