@@ -40,10 +40,6 @@ class LossConfig:
     resolution: int = 0
     min_target_cells: int = 1   # used by the train step: smaller GT targets are ignored
 
-    @classmethod
-    def from_config(cls, c) -> "LossConfig":
-        return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c})
-
 
 def focal_loss(logits: jax.Array, target: jax.Array, alpha: float = 0.25,
                gamma: float = 2.0) -> jax.Array:

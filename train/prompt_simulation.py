@@ -63,10 +63,6 @@ class SimConfig:
         if self.point_in_cell not in ("uniform", "centre"):
             raise ValueError(f"point_in_cell must be 'uniform' or 'centre', got {self.point_in_cell!r}")
 
-    @classmethod
-    def from_config(cls, sim) -> "SimConfig":
-        return cls(**{f.name: sim[f.name] for f in dataclasses.fields(cls) if f.name in sim})
-
 
 # decode_fn(coords (n,P,2), labels (n,P), boxes (n,4), box_valid (n,), mask_inputs (n,R,R),
 #           mask_valid (n,), multimask: bool) -> (logits (n,K,R,R), iou (n,K))

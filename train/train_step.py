@@ -24,6 +24,7 @@ Use :class:`Trainer` to build everything for a mesh::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -59,6 +60,11 @@ def sam_config_from(config) -> SamConfig:
             kw["encoder_global_attn_indexes"] = tuple(kw["encoder_global_attn_indexes"])
         return SamConfig(**kw)
     return get_sam_config(m.variant)
+
+
+def _dataclass_from(cls, section):
+    """``cls`` (a dataclass) from the matching keys of a config section."""
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section})
 
 
 def build_module(config) -> Sam:
@@ -129,8 +135,8 @@ class Trainer:
         self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
         step = functools.partial(train_step, module=self.module, tx=self.tx,
-                                 schedule=self.schedule, sim=SimConfig.from_config(config.sim),
-                                 loss_cfg=LossConfig.from_config(config.loss))
+                                 schedule=self.schedule, sim=_dataclass_from(SimConfig, config.sim),
+                                 loss_cfg=_dataclass_from(LossConfig, config.loss))
         self._step_jit = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
                                  out_shardings=(self.state_shardings, self.replicated),
                                  donate_argnums=0)
