@@ -19,8 +19,9 @@ A drop-in for ``segment_anything.SamPredictor`` (numpy in, numpy out):
   batched call; ``use_image(i)`` then selects which one prompts refer to.
 
 Embedding and decoding are the inference core's jitted functions
-(:class:`~sam_jax.sam_model.SamModel`), called with inputs of few distinct shapes: every image is padded to ``S x S`` before the jit (so all image
-sizes share one compilation), image batches are split into powers of two, and
+(:class:`~sam_jax.sam_model.SamModel`), called with inputs of few distinct
+shapes: every image is padded to ``S x S`` before the jit (so all image sizes
+share one compilation), image batches are split into powers of two, and
 prompt rows and points per row are padded up to powers of two with
 ``INVALID_LABEL`` slots, which the model excludes from attention exactly.
 """
@@ -40,7 +41,6 @@ from sam_jax.modeling.prompt_encoder import INVALID_LABEL, PAD_LABEL
 from sam_jax.modeling.sam import MASK_THRESHOLD, postprocess_masks
 from sam_jax.sam_model import SamModel
 from sam_jax.sam_model import compile_counts as core_compile_counts
-
 
 # ----------------------------------------------------------------------------- jitted pieces
 # Embedding and decoding are the inference core's (``SamModel.embed_images`` / ``.decode``).
