@@ -27,7 +27,11 @@ Config keys (``ml_collections.ConfigDict``):
   ``num_processes``, ``process_id`` (empty/-1 = from env or automatic).
 * ``data``: ``train_dir`` / ``eval_dir`` (SA-1B shards: a directory of ``*.tar`` or a glob), ``masks_per_image``,
   ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
-  in-memory synthetic batches, no tensorflow).
+  in-memory synthetic batches, no tensorflow), ``synthetic_images`` (> 0: a finite
+  synthetic corpus of that many images instead of an endless stream), ``fraction``
+  (train on this fraction of the images, chosen by image id: ``data.subsets``);
+  ``mixture`` (a stage mixture ``((glob, integer weight), ...)`` read instead of
+  ``train_dir``, each shard ``weight`` times per epoch).
 * ``train``: ``num_steps``, ``seed``, ``log_every``, ``workdir``;
   ``ckpt``: ``every``, ``keep``, ``async_save``.
 """
@@ -63,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
                   axis_rules=LOGICAL_AXIS_RULES,
                   coordinator_address="", num_processes=-1, process_id=-1)
     c.data = dict(train_dir="", eval_dir="", masks_per_image=64, global_batch_size=256,
-                  seed=0, max_mask_area_frac=0.9, synthetic=False)
+                  seed=0, max_mask_area_frac=0.9, synthetic=False,
+                  synthetic_images=0, fraction=1.0, mixture=())
     c.train = dict(num_steps=90000, seed=0, log_every=50, workdir="/tmp/sam_jax_train")
     c.ckpt = dict(every=1000, keep=3, async_save=True)
     return c

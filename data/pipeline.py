@@ -72,6 +72,7 @@ import numpy as np
 from data import sa1b
 from data.preprocess import PreprocessConfig, empty_sample, process_record
 from data.status import COUNTER_NAMES, Status
+from data.subsets import in_fraction, is_mixture, record_image_id, weighted_shards
 
 __all__ = ["Pipeline", "record_stream", "default_process"]
 
@@ -121,11 +122,13 @@ def record_stream(
     num_epochs: int | None = None,
     start_slot: int = 0,
     kind: str | None = None,
+    fraction: float = 1.0,
 ) -> Iterator[tuple[int, int, sa1b.RecordRef]]:
     """The deterministic record order: yields ``(slot, epoch, ref)`` from ``start_slot``.
 
     Pure Python, no data read: refs are listed from shard headers only.
-    See the module docstring for the order.
+    See the module docstring for the order. ``fraction < 1`` keeps only the images of
+    that subset (by image id, :func:`data.subsets.in_fraction`) before slots are counted.
     """
     shards = sorted(shards)
     if not 0 <= process_index < process_count:
@@ -145,6 +148,8 @@ def record_stream(
             while True:
                 block = []
                 for ref in stream:
+                    if fraction < 1.0 and not in_fraction(record_image_id(ref.key), fraction):
+                        continue
                     block.append(ref)
                     if len(block) == shuffle_block:
                         break
@@ -168,7 +173,8 @@ class Pipeline:
     """Iterable of SA-1B training batches (see the module docstring for the contract).
 
     Args:
-      shards: glob pattern(s) or list of shard paths (tar, folders, TFDS tfrecords).
+      shards: glob pattern(s) or list of shard paths (tar, folders, TFDS tfrecords), or a
+        mixture ``((glob, integer weight), ...)`` (each shard read ``weight`` times per epoch).
       batch_size: B (per process).
       seed: seed of the order and of the per-sample draws.
       model_size: S (1024 for SAM; 64/128 for tiny test models).
@@ -186,6 +192,8 @@ class Pipeline:
       prefetch: batches to prefetch (None = AUTOTUNE).
       jpeg_draft: decode JPEGs at reduced DCT scale when possible.
       kind: force the shard kind ("tar", "folder", "tfds").
+      fraction: train on this fraction of the images, chosen by image id (the same
+        subset for every seed and process; nested across fractions).
     Raises:
       FileNotFoundError: a pattern matches nothing / a path is unreadable.
       ValueError: bad arguments.
@@ -212,8 +220,14 @@ class Pipeline:
         prefetch: int | None = None,
         jpeg_draft: bool = True,
         kind: str | None = None,
+        fraction: float = 1.0,
     ):
-        self.shards = sa1b.resolve_shards(shards)
+        if is_mixture(shards):
+            self.shards = weighted_shards(shards)
+        else:
+            self.shards = sa1b.resolve_shards(shards)
+        in_fraction(0, fraction)  # validates it
+        self.fraction = float(fraction)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if start_step < 0:
@@ -273,6 +287,7 @@ class Pipeline:
                 self.num_epochs,
                 start_slot,
                 self.kind,
+                self.fraction,
             ):
                 status = int(ref.status)
                 jpeg = payload = b""

@@ -91,7 +91,17 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
     if per_process * jax.process_count() != config.data.global_batch_size:
         raise ValueError(f"global batch {config.data.global_batch_size} does not divide over "
                          f"{jax.process_count()} processes")
+    fraction = config.data.get("fraction", 1.0)
+    if config.data.synthetic and config.data.get("synthetic_images", 0) > 0:
+        from data.subsets import synthetic_corpus_batches
+        return synthetic_corpus_batches(
+            config.data.synthetic_images, fraction, config.data.seed, per_process,
+            config.data.masks_per_image, image_size, start_step, jax.process_index(),
+            jax.process_count()), None
     if config.data.synthetic:
+        if fraction < 1.0:
+            raise ValueError("data.fraction needs a finite corpus: set data.synthetic_images "
+                             "(or train on SA-1B shards)")
         from train.synthetic_batch import make_batch
 
         def gen():
@@ -101,11 +111,13 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
                 yield make_batch(seed, per_process, config.data.masks_per_image, image_size)
                 step += 1
         return gen(), None
-    if not config.data.train_dir:
-        raise ValueError("set data.train_dir (SA-1B shards) or data.synthetic=True")
+    mixture = tuple(config.data.get("mixture", ()))
+    if not config.data.train_dir and not mixture:
+        raise ValueError("set data.train_dir (SA-1B shards), data.mixture or data.synthetic=True")
     from data.pipeline import Pipeline  # tensorflow only here
 
-    pipe = Pipeline(shard_pattern(config.data.train_dir), batch_size=per_process,
+    shards = mixture or shard_pattern(config.data.train_dir)
+    pipe = Pipeline(shards, batch_size=per_process, fraction=fraction,
                     seed=config.data.seed, model_size=image_size,
                     max_masks=config.data.masks_per_image,
                     max_area_frac=config.data.max_mask_area_frac, start_step=start_step,
