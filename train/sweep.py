@@ -85,8 +85,9 @@ class Sweep:
     eval: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def expanded(self) -> list[Cell]:
-        """The cells to run: each cell once per seed (a ``seed`` axis only if several)."""
-        out, seen = [], set()
+        """The cells to run: each cell once per seed (a ``seed`` axis only if several);
+        a cell listed twice with the same overrides runs once."""
+        out, seen = [], {}
         for cell in self.cells:
             for seed in self.seeds:
                 axes, ov = dict(cell.axes), dict(cell.overrides)
@@ -95,8 +96,10 @@ class Sweep:
                     ov.update({"train.seed": seed, "data.seed": seed})
                 c = Cell(axes, ov)
                 if c.name in seen:
-                    raise ValueError(f"two cells named {c.name!r}")
-                seen.add(c.name)
+                    if seen[c.name] != c.overrides:
+                        raise ValueError(f"two different cells named {c.name!r}")
+                    continue  # the same cell listed twice (e.g. the default of each axis)
+                seen[c.name] = c.overrides
                 out.append(c)
         return out
 
@@ -124,6 +127,27 @@ def product(**axes: Mapping[Any, Mapping[str, Any]] | tuple[str, Iterable]) -> l
             overrides.update(ov)
         cells.append(Cell({name: label for name, label, _ in combo}, overrides))
     return cells
+
+
+def recipe(config_file: str, base: str) -> dict[str, Any]:
+    """The dotted overrides that turn config file ``base`` into ``config_file`` (e.g. the
+    ViT-B recipe on a ViT-H base: variant, lr, layer decay, drop path, steps, batch)."""
+    from train.loop import load_config
+
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            if hasattr(v, "items"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = (flat(load_config(os.path.join(REPO, f))) for f in (config_file, base))
+    extra = sorted(set(a) ^ set(b))
+    if extra:
+        raise ValueError(f"{config_file} and {base} differ in their keys: {extra}")
+    return {k: v for k, v in a.items() if v != b[k]}
 
 
 def load_sweep(path: str) -> Sweep:
@@ -367,6 +391,19 @@ def _select(sweep: Sweep, only: Iterable[str]) -> list[Cell]:
     return cells
 
 
+def shell_join(args: list[str]) -> str:
+    """A shell command line: ``$NAME`` in the multi-host flags is expanded by the shell
+    (double quotes); other arguments are quoted literally, in double quotes where they
+    hold single quotes (Python string literals) and nothing the shell would expand."""
+    out = []
+    for a in args:
+        if re.search(r"=\$[A-Z_]+$", a) or ("'" in a and not re.search(r'["$`\\!]', a)):
+            out.append(f'"{a}"')
+        else:
+            out.append(shlex.quote(a))
+    return " ".join(out)
+
+
 def print_commands(sweep: Sweep, sweep_file: str, workdir: str, out=None) -> None:
     """One multi-host training command per cell, then the eval commands and the report."""
     out = out or sys.stdout
@@ -376,12 +413,7 @@ def print_commands(sweep: Sweep, sweep_file: str, workdir: str, out=None) -> Non
           "of process 0, NUM_PROCESSES and PROCESS_ID set (on a TPU pod, drop the three mesh flags: "
           "jax finds them); then the eval lines (one host each) and the report.", file=out)
     for cell in cells:
-        print(shlex.join(train_command(sweep, cell, workdir, multihost=True)).replace(
-            "'--config.mesh.coordinator_address=$COORDINATOR'",
-            '"--config.mesh.coordinator_address=$COORDINATOR"').replace(
-            "'--config.mesh.num_processes=$NUM_PROCESSES'", '"--config.mesh.num_processes=$NUM_PROCESSES"'
-        ).replace("'--config.mesh.process_id=$PROCESS_ID'", '"--config.mesh.process_id=$PROCESS_ID"'),
-            file=out)
+        print(shell_join(train_command(sweep, cell, workdir, multihost=True)), file=out)
     for cell in cells:
         print(shlex.join(["python", "-m", "train.sweep", "eval", sweep_file, "--workdir", workdir,
                           "--cell", cell.name]), file=out)

@@ -1,13 +1,13 @@
 """A CPU-scale family of the Figure 13 ablations (paper section 7.6): the tiny SAM at
 three encoder widths on two fractions of a 500-image synthetic corpus.
 
-6 cells of 400 steps (4 images x 4 masks, 3 decoder passes), each scored by
+6 cells of 300 steps (4 images x 4 masks, 3 decoder passes), each scored by
 single-point mIoU on 32 held-out synthetic images. Committed results:
 ``benchmarks/results/sweep-cpu-2026-11-30/``.
 """
 from train.sweep import Sweep, product
 
-WIDTHS = (32, 64, 128)
+WIDTHS = (16, 32, 64)
 FRACTIONS = (0.1, 1.0)
 
 
@@ -18,7 +18,7 @@ def get_sweep() -> Sweep:
             "data.synthetic": True, "data.synthetic_images": 500,
             "data.global_batch_size": 4, "data.masks_per_image": 4,
             "sim.num_passes": 3, "sim.num_correction_points": 1, "sim.unroll": 3,
-            "train.num_steps": 400, "train.log_every": 50, "ckpt.every": 100,
+            "train.num_steps": 300, "train.log_every": 50, "ckpt.every": 100,
         },
         cells=product(
             width={w: {"model.custom.encoder_embed_dim": w} for w in WIDTHS},
