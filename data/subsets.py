@@ -32,8 +32,16 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["image_unit", "in_fraction", "fraction_ids", "record_image_id", "is_mixture",
-           "weighted_shards", "synthetic_corpus_batches", "CORPUS_SEED_BASE"]
+__all__ = [
+    "CORPUS_SEED_BASE",
+    "fraction_ids",
+    "image_unit",
+    "in_fraction",
+    "is_mixture",
+    "record_image_id",
+    "synthetic_corpus_batches",
+    "weighted_shards",
+]
 
 # Corpus image ``i`` is generated from seed CORPUS_SEED_BASE + i: far from the seeds of the
 # streaming synthetic batches and of train.evaluate's held-out batches (10**6 + i).

@@ -8,8 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from data.subsets import (fraction_ids, image_unit, in_fraction, is_mixture, record_image_id,
-                          synthetic_corpus_batches, weighted_shards)
+from data.subsets import (
+    fraction_ids,
+    image_unit,
+    in_fraction,
+    is_mixture,
+    record_image_id,
+    synthetic_corpus_batches,
+    weighted_shards,
+)
 
 N = 20000
 
@@ -70,7 +77,7 @@ def test_weighted_shards_repeat_each_stage(tmp_path):
 
 
 def test_synthetic_corpus_fraction_and_resume():
-    kw = dict(num_images=60, seed=3, batch_size=2, masks_per_image=2, image_size=32)
+    kw = {"num_images": 60, "seed": 3, "batch_size": 2, "masks_per_image": 2, "image_size": 32}
     kept = set(fraction_ids(range(60), 0.25).tolist())
     it = synthetic_corpus_batches(fraction=0.25, **kw)
     batches = [next(it) for _ in range(len(kept))]  # two epochs of the subset

@@ -37,6 +37,15 @@ SWEEP = textwrap.dedent(f"""
 """)
 
 
+def _text(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _json(path):
+    return json.loads(_text(path))
+
+
 def test_product_and_names():
     cells = sw.product(size={"vit_b": {"model.variant": "vit_b"}, "vit_h": {"model.variant": "vit_h"}},
                        fraction=("data.fraction", [0.1, 1.0]))
@@ -79,7 +88,7 @@ def test_paper_sweep_resolves_and_prints_cluster_commands(tmp_path, capsys):
     assert (size_b.model.variant, size_b.optim.layer_decay, size_b.train.num_steps) == ("vit_b", 0.6, 180000)
     small = sw.resolve(sweep, cells[names.index("stages-auto_only_images-0.1M_size-vit_h")], "/w")
     assert small.data.fraction * 11e6 == pytest.approx(1e5)
-    saved = json.load(open(tmp_path / cells[0].name / "config.json"))
+    saved = _json(tmp_path / cells[0].name / "config.json")
     assert saved["config"]["train"]["workdir"] == cfg.train.workdir
 
 
@@ -113,34 +122,34 @@ def test_sweep_run_kill_resume_report(tmp_path):
     assert not os.path.exists(os.path.join(second, "checkpoints"))
 
     assert sw.main(["run", str(sweep_file), "--workdir", str(work)]) == 0
-    seg1 = json.load(open(os.path.join(first, "timing.json")))["segments"]
+    seg1 = _json(os.path.join(first, "timing.json"))["segments"]
     assert len(seg1) == 1 and 2 <= seg1[0]["start_step"] < STEPS and seg1[0]["end_step"] == STEPS
-    seg2 = json.load(open(os.path.join(second, "timing.json")))["segments"]
+    seg2 = _json(os.path.join(second, "timing.json"))["segments"]
     assert [(s["start_step"], s["end_step"]) for s in seg2] == [(0, STEPS)]
-    assert f'"start_step": {seg1[0]["start_step"]}' in open(os.path.join(first, "train.log")).read()
+    assert f'"start_step": {seg1[0]["start_step"]}' in _text(os.path.join(first, "train.log"))
     # the first cell's metrics hold steps from before the kill and after the resume
-    logged = [json.loads(ln)["step"] for ln in open(os.path.join(first, "metrics.jsonl"))]
+    logged = [json.loads(ln)["step"] for ln in _text(os.path.join(first, "metrics.jsonl")).splitlines()]
     assert logged[0] == 1 and logged[-1] == STEPS and min(logged) == 1
 
     # a third run finds every cell done and trains nothing
     assert sw.main(["run", str(sweep_file), "--workdir", str(work)]) == 0
-    assert len(json.load(open(os.path.join(first, "timing.json")))["segments"]) == 1
+    assert len(_json(os.path.join(first, "timing.json"))["segments"]) == 1
 
     assert sw.main(["report", str(work)]) == 0
-    rows = list(csv.DictReader(open(work / "results.csv")))
+    rows = list(csv.DictReader(_text(work / "results.csv").splitlines()))
     assert [r["fraction"] for r in rows] == ["0.5", "1.0"]
     for row, cell_dir in zip(rows, (first, second)):
-        scores = json.load(open(os.path.join(cell_dir, "scores.json")))
+        scores = _json(os.path.join(cell_dir, "scores.json"))
         assert scores["scorer"] == "single_point"
         miou = scores["metrics"]["miou_1pt"]
         assert 0.0 < miou <= 1.0 and scores["metrics"]["num_masks"] > 0
         assert float(row["miou_1pt"]) == pytest.approx(miou, rel=1e-9)
         assert int(row["steps"]) == STEPS and int(row["images_seen"]) == STEPS * 2
-        timing = json.load(open(os.path.join(cell_dir, "timing.json")))["segments"]
+        timing = _json(os.path.join(cell_dir, "timing.json"))["segments"]
         assert float(row["train_wall_s"]) == pytest.approx(sum(s["wall_s"] for s in timing))
         assert float(row["train_cpu_s"]) > 0
         assert row["seeds"] == "1"
-    md = open(work / "results.md").read()
+    md = _text(work / "results.md")
     assert md.count("\n| ") == 3 and f"{float(rows[0]['miou_1pt']):.4f}" in md
     from PIL import Image
 

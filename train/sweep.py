@@ -300,8 +300,8 @@ def train_cell(sweep: Sweep, cell: Cell, workdir: str, config) -> dict:
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     end = latest_checkpoint(cell_dir)
-    timing["segments"].append(dict(start_step=start, end_step=end, returncode=rc,
-                                   wall_s=time.perf_counter() - t0, cpu_s=_child_cpu() - c0))
+    timing["segments"].append({"start_step": start, "end_step": end, "returncode": rc,
+                                   "wall_s": time.perf_counter() - t0, "cpu_s": _child_cpu() - c0})
     write_json(os.path.join(cell_dir, TIMING), timing)
     if rc != 0 or end < config.train.num_steps:
         raise RuntimeError(f"cell {cell.name}: training stopped at step {end} of "
@@ -315,16 +315,16 @@ def score_cell(sweep: Sweep, cell: Cell, workdir: str, config, scorer: str | Non
     name = scorer or sweep.scorer
     t0, c0 = time.perf_counter(), _self_cpu()
     metrics = SCORERS[name](config, cell_dir, sweep)
-    ev = dict(wall_s=time.perf_counter() - t0, cpu_s=_self_cpu() - c0)
+    ev = {"wall_s": time.perf_counter() - t0, "cpu_s": _self_cpu() - c0}
     write_json(os.path.join(cell_dir, SCORES), dict(scorer=name, metrics=metrics, **ev))
     timing = read_json(os.path.join(cell_dir, TIMING), {"segments": []})
     steps = config.train.num_steps
-    done = dict(cell=cell.name, axes=cell.axes, overrides=cell.overrides, scorer=name,
-                metrics=metrics, steps=steps, images_seen=steps * config.data.global_batch_size,
-                train_wall_s=sum(s["wall_s"] for s in timing["segments"]),
-                train_cpu_s=sum(s["cpu_s"] for s in timing["segments"]),
-                eval_wall_s=ev["wall_s"], eval_cpu_s=ev["cpu_s"],
-                segments=len(timing["segments"]))
+    done = {"cell": cell.name, "axes": cell.axes, "overrides": cell.overrides, "scorer": name,
+                "metrics": metrics, "steps": steps, "images_seen": steps * config.data.global_batch_size,
+                "train_wall_s": sum(s["wall_s"] for s in timing["segments"]),
+                "train_cpu_s": sum(s["cpu_s"] for s in timing["segments"]),
+                "eval_wall_s": ev["wall_s"], "eval_cpu_s": ev["cpu_s"],
+                "segments": len(timing["segments"])}
     write_json(os.path.join(cell_dir, DONE), done)
     return done
 
@@ -334,9 +334,9 @@ def prepare_cell(sweep: Sweep, cell: Cell, workdir: str):
     config = resolve(sweep, cell, workdir)
     cell_dir = os.path.join(workdir, cell.name)
     os.makedirs(cell_dir, exist_ok=True)
-    write_json(os.path.join(cell_dir, CONFIG), dict(
-        base=base_path(sweep), axes=cell.axes, overrides=cell_overrides(sweep, cell, workdir),
-        config=json.loads(config.to_json_best_effort())))
+    write_json(os.path.join(cell_dir, CONFIG), {
+        "base": base_path(sweep), "axes": cell.axes, "overrides": cell_overrides(sweep, cell, workdir),
+        "config": json.loads(config.to_json_best_effort())})
     return config
 
 
@@ -404,16 +404,27 @@ def shell_join(args: list[str]) -> str:
     return " ".join(out)
 
 
-def print_commands(sweep: Sweep, sweep_file: str, workdir: str, out=None) -> None:
-    """One multi-host training command per cell, then the eval commands and the report."""
+LAUNCHERS = ("generic", "tpu", "slurm")
+
+
+def print_commands(sweep: Sweep, sweep_file: str, workdir: str, launcher: str = "generic",
+                   out=None) -> None:
+    """One multi-host training command per cell, then the eval commands and the report.
+
+    ``generic``: the lines carry the mesh flags with ``$COORDINATOR`` (host:port of process
+    0), ``$NUM_PROCESSES`` and ``$PROCESS_ID``, set by the scheduler's job script on each
+    host; ``tpu``/``slurm``: no mesh flags (``jax.distributed.initialize()`` reads them from
+    the TPU pod / Slurm environment)."""
     out = out or sys.stdout
-    workdir = os.path.abspath(workdir) if not workdir.startswith(("gs://", "s3://")) else workdir
+    workdir = os.path.abspath(workdir)
     cells = sweep.expanded()
-    print("# sam-jax sweep: run each training line on every host of its job, with COORDINATOR=host:port "
-          "of process 0, NUM_PROCESSES and PROCESS_ID set (on a TPU pod, drop the three mesh flags: "
-          "jax finds them); then the eval lines (one host each) and the report.", file=out)
+    where = ("with COORDINATOR=host:port of process 0, NUM_PROCESSES and PROCESS_ID set"
+             if launcher == "generic" else f"({launcher}: jax finds the processes)")
+    print(f"# sam-jax sweep, {len(cells)} cells: run each training line on every host of its job "
+          f"{where}; then the eval lines (one host each) and the report.", file=out)
     for cell in cells:
-        print(shell_join(train_command(sweep, cell, workdir, multihost=True)), file=out)
+        print(shell_join(train_command(sweep, cell, workdir, multihost=launcher == "generic")),
+              file=out)
     for cell in cells:
         print(shlex.join(["python", "-m", "train.sweep", "eval", sweep_file, "--workdir", workdir,
                           "--cell", cell.name]), file=out)
@@ -507,15 +518,15 @@ def write_report(workdir: str) -> dict[str, str]:
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k, "") for k in cols})
-    paths = dict(csv=os.path.join(workdir, "results.csv"), md=os.path.join(workdir, "results.md"),
-                 png=os.path.join(workdir, "figure13.png"))
+    paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
+                 "png": os.path.join(workdir, "figure13.png")}
     _write_text(paths["csv"], buf.getvalue())
     total_wall = sum(d["train_wall_s"] + d["eval_wall_s"] for d in done)
     total_cpu = sum(d["train_cpu_s"] + d["eval_cpu_s"] for d in done)
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(_fmt(r.get(k, "")) for k in cols) + " |" for r in rows]
-    md += ["", f"{len(done)} cells finished, scorer `{done[0]['scorer']}`; total wall {total_wall:.0f} s, "
-               f"CPU {total_cpu:.0f} s (training + evaluation)."]
+    md += ["", (f"{len(done)} cells finished, scorer `{done[0]['scorer']}`; total wall {total_wall:.0f} s, "
+               f"CPU {total_cpu:.0f} s (training + evaluation).")]
     if pending:
         md.append(f"Unfinished: {', '.join(pending)}.")
     _write_text(paths["md"], "\n".join(md) + "\n")
@@ -591,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scorer", choices=sorted(SCORERS), default=None)
     r.add_argument("--print-commands", action="store_true",
                    help="print one multi-host launch command per cell instead of running")
+    r.add_argument("--launcher", choices=LAUNCHERS, default="generic",
+                   help="with --print-commands: generic (mesh flags from $COORDINATOR, "
+                        "$NUM_PROCESSES, $PROCESS_ID) or tpu/slurm (jax finds them)")
     e = sub.add_parser("eval", help="score trained cells (after cluster training) and mark them done")
     e.add_argument("sweep")
     e.add_argument("--workdir", required=True)
@@ -610,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run" and args.print_commands:
             for cell in sweep.expanded():
                 prepare_cell(sweep, cell, args.workdir)
-            print_commands(sweep, args.sweep, args.workdir)
+            print_commands(sweep, args.sweep, args.workdir, args.launcher)
             return 0
         if args.command == "run":
             failed = run_sweep(sweep, args.workdir, args.cell, args.scorer)

@@ -23,5 +23,5 @@ def get_sweep() -> Sweep:
         cells=product(
             width={w: {"model.custom.encoder_embed_dim": w} for w in WIDTHS},
             fraction=("data.fraction", FRACTIONS)),
-        eval=dict(synthetic_batches=8, batch_size=4),
+        eval={"synthetic_batches": 8, "batch_size": 4},
     )

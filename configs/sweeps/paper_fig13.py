@@ -33,14 +33,14 @@ STAGES = {
 }
 IMAGES = {"0.1M": 100_000, "1M": 1_000_000, "11M": SA1B_IMAGES}
 SIZES = ("vit_b", "vit_l", "vit_h")
-DEFAULT = dict(stages="auto_only", images="11M", size="vit_h")
+DEFAULT = {"stages": "auto_only", "images": "11M", "size": "vit_h"}
 
 
 def _axes(**vary):
-    levels = dict(
-        stages={k: {"data.mixture": v} for k, v in STAGES.items()},
-        images={k: {"data.fraction": n / SA1B_IMAGES} for k, n in IMAGES.items()},
-        size={s: recipe(f"configs/{s}.py", "configs/vit_h.py") for s in SIZES})
+    levels = {
+        "stages": {k: {"data.mixture": v} for k, v in STAGES.items()},
+        "images": {k: {"data.fraction": n / SA1B_IMAGES} for k, n in IMAGES.items()},
+        "size": {s: recipe(f"configs/{s}.py", "configs/vit_h.py") for s in SIZES}}
     return {a: (levels[a] if a in vary else {DEFAULT[a]: levels[a][DEFAULT[a]]}) for a in levels}
 
 
@@ -50,5 +50,5 @@ def get_sweep() -> Sweep:
         overrides={"data.train_dir": AUTO, "data.eval_dir": os.path.join(DATA, "sa1b_heldout")},
         cells=(product(**_axes(stages=True)) + product(**_axes(images=True))
                + product(**_axes(size=True))),
-        eval=dict(batch_size=8),
+        eval={"batch_size": 8},
     )
