@@ -155,3 +155,31 @@ def test_sweep_run_kill_resume_report(tmp_path):
 
     png = np.asarray(Image.open(work / "figure13.png"))
     assert png.ndim == 3 and png.shape[0] > 100 and png.std() > 0
+
+
+def test_report_merges_seeds_into_mean_and_error_bar(tmp_path):
+    sweep = sw.Sweep(base="configs/tiny.py", cells=sw.product(width=("model.custom.encoder_embed_dim", [16, 32])),
+                     seeds=(0, 1, 2))
+    sw.write_sweep_json(sweep, str(tmp_path))
+    values = {}
+    for i, cell in enumerate(sweep.expanded()):
+        d = tmp_path / cell.name
+        d.mkdir()
+        sw.write_json(str(d / "config.json"), {"axes": cell.axes})
+        miou = 0.1 * cell.axes["width"] / 16 + 0.01 * cell.axes["seed"]
+        values.setdefault(cell.axes["width"], []).append(miou)
+        sw.write_json(str(d / "done.json"), {
+            "cell": cell.name, "index": i, "axes": cell.axes, "scorer": "single_point",
+            "metrics": {"miou_1pt": miou, "num_masks": 5, "step": 10}, "steps": 10, "images_seen": 40,
+            "train_wall_s": 1.0 + i, "train_cpu_s": 2.0, "eval_wall_s": 0.5, "eval_cpu_s": 0.5})
+    (tmp_path / "unfinished").mkdir()
+    sw.write_json(str(tmp_path / "unfinished" / "config.json"), {"axes": {"width": 64}})
+    paths = sw.write_report(str(tmp_path))
+    rows = list(csv.DictReader(_text(paths["csv"]).splitlines()))
+    assert [r["width"] for r in rows] == ["16", "32"] and [r["seeds"] for r in rows] == ["3", "3"]
+    for r in rows:
+        v = values[int(r["width"])]
+        assert float(r["miou_1pt"]) == pytest.approx(np.mean(v))
+        assert float(r["miou_1pt_std"]) == pytest.approx(np.std(v, ddof=1))
+    assert float(rows[1]["train_wall_s"]) == pytest.approx(np.mean([4.0, 5.0, 6.0]))
+    assert "Unfinished: unfinished." in _text(paths["md"])

@@ -61,6 +61,7 @@ class Cell:
 
     axes: dict[str, Any]
     overrides: dict[str, Any]
+    levels: dict[str, tuple] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
@@ -84,6 +85,21 @@ class Sweep:
     scorer: str = "single_point"
     eval: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def axis_levels(self) -> dict[str, list]:
+        """Each axis' values in the order the sweep declares them (for tables and plots)."""
+        out: dict[str, list] = {}
+        for cell in self.cells:
+            for axis, label in cell.axes.items():
+                levels = list(cell.levels.get(axis, (label,)))
+                have = out.setdefault(axis, [])
+                if len(levels) > len(have):
+                    out[axis] = levels + [x for x in have if x not in levels]
+                else:
+                    have += [x for x in levels if x not in have]
+        if len(self.seeds) > 1:
+            out[SEED_AXIS] = list(self.seeds)
+        return out
+
     def expanded(self) -> list[Cell]:
         """The cells to run: each cell once per seed (a ``seed`` axis only if several);
         a cell listed twice with the same overrides runs once."""
@@ -94,7 +110,7 @@ class Sweep:
                 if len(self.seeds) > 1:
                     axes[SEED_AXIS] = seed
                     ov.update({"train.seed": seed, "data.seed": seed})
-                c = Cell(axes, ov)
+                c = Cell(axes, ov, cell.levels)
                 if c.name in seen:
                     if seen[c.name] != c.overrides:
                         raise ValueError(f"two different cells named {c.name!r}")
@@ -120,12 +136,13 @@ def product(**axes: Mapping[Any, Mapping[str, Any]] | tuple[str, Iterable]) -> l
         if not ax:
             raise ValueError(f"axis {name!r} has no value")
         levels.append([(name, label, dict(ov)) for label, ov in ax.items()])
+    order = {lv[0][0]: tuple(label for _, label, _ in lv) for lv in levels}
     cells = []
     for combo in itertools.product(*levels):
         overrides: dict[str, Any] = {}
         for _, _, ov in combo:
             overrides.update(ov)
-        cells.append(Cell({name: label for name, label, _ in combo}, overrides))
+        cells.append(Cell({name: label for name, label, _ in combo}, overrides, order))
     return cells
 
 
@@ -214,7 +231,7 @@ def write_json(path: str, obj: Any) -> None:
     """Atomic JSON write (temp file + ``os.replace``)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=_jsonable)
+        json.dump(obj, f, indent=1, default=_jsonable)
     os.replace(tmp, path)
 
 
@@ -301,7 +318,7 @@ def train_cell(sweep: Sweep, cell: Cell, workdir: str, config) -> dict:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     end = latest_checkpoint(cell_dir)
     timing["segments"].append({"start_step": start, "end_step": end, "returncode": rc,
-                                   "wall_s": time.perf_counter() - t0, "cpu_s": _child_cpu() - c0})
+                               "wall_s": time.perf_counter() - t0, "cpu_s": _child_cpu() - c0})
     write_json(os.path.join(cell_dir, TIMING), timing)
     if rc != 0 or end < config.train.num_steps:
         raise RuntimeError(f"cell {cell.name}: training stopped at step {end} of "
@@ -319,12 +336,14 @@ def score_cell(sweep: Sweep, cell: Cell, workdir: str, config, scorer: str | Non
     write_json(os.path.join(cell_dir, SCORES), dict(scorer=name, metrics=metrics, **ev))
     timing = read_json(os.path.join(cell_dir, TIMING), {"segments": []})
     steps = config.train.num_steps
-    done = {"cell": cell.name, "axes": cell.axes, "overrides": cell.overrides, "scorer": name,
-                "metrics": metrics, "steps": steps, "images_seen": steps * config.data.global_batch_size,
-                "train_wall_s": sum(s["wall_s"] for s in timing["segments"]),
-                "train_cpu_s": sum(s["cpu_s"] for s in timing["segments"]),
-                "eval_wall_s": ev["wall_s"], "eval_cpu_s": ev["cpu_s"],
-                "segments": len(timing["segments"])}
+    index = next((i for i, c in enumerate(sweep.expanded()) if c.name == cell.name), -1)
+    done = {"cell": cell.name, "index": index, "axes": cell.axes, "overrides": cell.overrides,
+            "scorer": name, "metrics": metrics, "steps": steps,
+            "images_seen": steps * config.data.global_batch_size,
+            "train_wall_s": sum(s["wall_s"] for s in timing["segments"]),
+            "train_cpu_s": sum(s["cpu_s"] for s in timing["segments"]),
+            "eval_wall_s": ev["wall_s"], "eval_cpu_s": ev["cpu_s"],
+            "segments": len(timing["segments"])}
     write_json(os.path.join(cell_dir, DONE), done)
     return done
 
@@ -340,11 +359,19 @@ def prepare_cell(sweep: Sweep, cell: Cell, workdir: str):
     return config
 
 
+def write_sweep_json(sweep: Sweep, workdir: str) -> None:
+    """``<workdir>/sweep.json``: the axes and their declared value order (read by the report)."""
+    write_json(os.path.join(workdir, "sweep.json"), {
+        "base": base_path(sweep), "axes": sweep.axis_levels(), "scorer": sweep.scorer,
+        "cells": [c.name for c in sweep.expanded()]})
+
+
 def run_sweep(sweep: Sweep, workdir: str, only: Iterable[str] = (), scorer: str | None = None,
               progress: bool = True) -> list[str]:
     """Run every cell not yet done, in sequence; returns the names of the cells that failed."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    write_sweep_json(sweep, workdir)
     cells = _select(sweep, only)
     failed = []
     bar = None
@@ -441,6 +468,7 @@ def collect(workdir: str) -> tuple[list[dict], list[str]]:
             continue
         marker = read_json(os.path.join(d, DONE))
         (done.append(marker) if marker else pending.append(name))
+    done.sort(key=lambda d: (d.get("index", -1), d["cell"]))  # the sweep's order
     return done, pending
 
 
@@ -519,7 +547,7 @@ def write_report(workdir: str) -> dict[str, str]:
     for r in rows:
         w.writerow({k: r.get(k, "") for k in cols})
     paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
-                 "png": os.path.join(workdir, "figure13.png")}
+             "png": os.path.join(workdir, "figure13.png")}
     _write_text(paths["csv"], buf.getvalue())
     total_wall = sum(d["train_wall_s"] + d["eval_wall_s"] for d in done)
     total_cpu = sum(d["train_cpu_s"] + d["eval_cpu_s"] for d in done)
@@ -530,8 +558,9 @@ def write_report(workdir: str) -> dict[str, str]:
     if pending:
         md.append(f"Unfinished: {', '.join(pending)}.")
     _write_text(paths["md"], "\n".join(md) + "\n")
-    plot(rows, [c for c in cols if c in done[0]["axes"] or any(c in d["axes"] for d in done)],
-         _metric_keys(done), paths["png"])
+    order = (read_json(os.path.join(workdir, "sweep.json")) or {}).get("axes", {})
+    plot(rows, [c for c in cols if any(c in d["axes"] for d in done)], _metric_keys(done),
+         paths["png"], order)
     return paths
 
 
@@ -542,7 +571,8 @@ def _write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str) -> None:
+def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str,
+         order: Mapping[str, list] | None = None) -> None:
     """Figure 13's layout: one panel per axis, mIoU against the axis value; one line per
     combination of the other axes' values; error bars where there are several seeds."""
     import matplotlib
@@ -557,7 +587,10 @@ def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str) -> No
         lines: dict[tuple, list[dict]] = {}
         for r in rows:
             lines.setdefault(tuple(str(r[a]) for a in others), []).append(r)
-        labels = _ordered({str(r[name]) for r in rows}, rows, name)
+        if any(len(rs) > 1 for rs in lines.values()):  # one-axis-at-a-time sweeps: the axis' own line
+            lines = {k: rs for k, rs in lines.items() if len(rs) > 1}
+        labels = _ordered({str(r[name]) for rs in lines.values() for r in rs}, rows, name,
+                          (order or {}).get(name))
         for key, rs in sorted(lines.items()):
             rs = sorted(rs, key=lambda r: labels.index(str(r[name])))
             x = [labels.index(str(r[name])) for r in rs]
@@ -566,7 +599,8 @@ def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str) -> No
             err = None if all(math.isnan(e) for e in err) else [0 if math.isnan(e) else e for e in err]
             lab = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or None
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=lab)
-        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 6 else 0,
+                      fontsize=8)
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -579,14 +613,17 @@ def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str) -> No
     os.replace(tmp, path)
 
 
-def _ordered(labels: set[str], rows: list[dict], name: str) -> list[str]:
-    """Axis values in numeric order when they are numbers, else in first-seen order."""
+def _ordered(labels: set[str], rows: list[dict], name: str, declared: list | None = None) -> list[str]:
+    """Axis values in the sweep's declared order, else numeric when they are numbers, else in
+    first-seen order."""
+    if declared and labels <= {str(x) for x in declared}:
+        return [str(x) for x in declared if str(x) in labels]
     try:
         return sorted(labels, key=float)
     except ValueError:
         seen = []
         for r in rows:
-            if str(r[name]) not in seen:
+            if str(r[name]) in labels and str(r[name]) not in seen:
                 seen.append(str(r[name]))
         return seen
 
@@ -622,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         sweep = load_sweep(args.sweep)
         if args.command == "run" and args.print_commands:
+            os.makedirs(args.workdir, exist_ok=True)
+            write_sweep_json(sweep, os.path.abspath(args.workdir))
             for cell in sweep.expanded():
                 prepare_cell(sweep, cell, args.workdir)
             print_commands(sweep, args.sweep, args.workdir, args.launcher)
