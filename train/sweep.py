@@ -16,7 +16,8 @@ Commands::
 
 ``run`` trains the cells one after another, each as ``python -m train`` in its own
 workdir ``DIR/<cell>`` (resolved ``config.json``, ``metrics.jsonl``, checkpoints,
-``train.log``), then scores it on a fixed held-out set (:data:`SCORERS`; a scorer
+``train.log``; compiled programs are shared through the persistent cache
+``DIR/jax_cache``), then scores it on a fixed held-out set (:data:`SCORERS`; a scorer
 is a function ``(config, workdir, sweep) -> dict of metrics``) into
 ``scores.json`` and writes the done marker ``done.json`` (atomically, last). A
 second ``run`` skips the cells with a done marker and resumes the others from
@@ -311,6 +312,8 @@ def train_cell(sweep: Sweep, cell: Cell, workdir: str, config) -> dict:
     cmd = train_command(sweep, cell, workdir, python=sys.executable)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    # cells of one shape (fraction, seed and stage axes) and resumed cells compile once
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, "jax_cache"))
     t0, c0 = time.perf_counter(), _child_cpu()
     with open(os.path.join(cell_dir, "train.log"), "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
