@@ -317,6 +317,11 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     graph = helper.make_graph(g.nodes, "sam_decoder", inputs, outputs, g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="sam-jax")
+    meta = {"variant": getattr(model, "variant", "custom"), "image_size": s,
+            "embedding_size": gs, "low_res_size": r, "return_single_mask": return_single_mask,
+            "use_stability_score": use_stability_score,
+            "return_extra_metrics": return_extra_metrics}
+    helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
     if opset == 17:
         proto.ir_version = 8  # the IR of opset 17 (ONNX 1.12), for older runtimes
     onnx.checker.check_model(proto)
