@@ -34,8 +34,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -315,5 +316,5 @@ def run(args: argparse.Namespace, model) -> None:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-__all__ = ["ExportedModule", "load_exported", "export_part", "export_stablehlo", "PARTS",
-           "PLATFORMS"]
+__all__ = ["PARTS", "PLATFORMS", "ExportedModule", "export_part", "export_stablehlo",
+           "load_exported"]
