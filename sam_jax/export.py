@@ -112,6 +112,11 @@ class ExportedModule:
         values = list(args) + [kwargs[n] for n in names[len(args):]]
         values = [np.asarray(v, dtype=spec["dtype"]) if not hasattr(v, "devices") else v
                   for v, spec in zip(values, self.metadata["inputs"])]
+        for v, spec in zip(values, self.metadata["inputs"]):
+            want = spec["shape"]
+            if len(v.shape) != len(want) or any(
+                    isinstance(w, int) and w != d for w, d in zip(want, v.shape)):
+                raise ValueError(f"{spec['name']} must have shape {tuple(want)}, got {v.shape}")
         if self._weights is not None:
             values = [self._weights] + values
         return dict(zip(self.output_names, self.exported.call(*values)))

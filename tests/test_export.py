@@ -152,12 +152,20 @@ def tiny(tmp_path_factory):
     return sam, model, d
 
 
-def test_cli_export_tiny_reload_in_fresh_process(tiny):
+@pytest.fixture(scope="module")
+def tiny_artifacts(tiny):
+    """The tiny model exported by the command line (StableHLO, weights baked, and ONNX)."""
+    pytest.importorskip("onnx")
+    d = tiny[2]
+    cli.main(["export", "--out", str(d / "artifacts"), "--format", "stablehlo", "onnx",
+              "--checkpoint", str(d / "tiny.npz"), "--config-json", CONFIG])
+    return d / "artifacts"
+
+
+def test_cli_export_tiny_reload_in_fresh_process(tiny, tiny_artifacts):
     pytest.importorskip("onnxruntime")
     _, model, d = tiny
-    out = d / "artifacts"
-    cli.main(["export", "--out", str(out), "--format", "stablehlo", "onnx",
-              "--checkpoint", str(d / "tiny.npz"), "--config-json", CONFIG])
+    out = tiny_artifacts
     enc_meta = json.loads((out / "image_encoder.json").read_text())
     dec_meta = json.loads((out / "mask_decoder.json").read_text())
     s, g, e = TINY.image_size, TINY.embedding_size, TINY.prompt_embed_dim
@@ -350,7 +358,7 @@ def test_onnx_matches_official_onnx_export(tiny):
                 assert_close(f"onnx vs official onnx (single={single}, n={n}): {name}", a, b)
 
 
-def test_export_errors(tiny, monkeypatch, capsys):
+def test_export_errors(tiny, tiny_artifacts, monkeypatch):
     _, _, d = tiny
     base = ["export", "--out", str(d / "bad"), "--checkpoint", str(d / "tiny.npz"),
             "--config-json", CONFIG]
@@ -360,5 +368,8 @@ def test_export_errors(tiny, monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "sam_jax.onnx_export", raising=False)
     with pytest.raises(SystemExit, match=r"needs the 'export' extra \(pip install"):
         cli.main(base + ["--format", "onnx"])
+    decoder = sam_export.load_exported(tiny_artifacts / "mask_decoder.stablehlo")
+    with pytest.raises(ValueError, match=r"image_embeddings must have shape \(1, 16, 16, 64\)"):
+        decoder(np.zeros((1, 8, 8, 64)), *([np.zeros(1)] * 6))
     with pytest.raises(FileNotFoundError, match="are both needed"):
         sam_export.load_exported(d / "missing.stablehlo")
