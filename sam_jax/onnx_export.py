@@ -127,16 +127,27 @@ def _nhwc(g: _Graph, x: str) -> str:
     return g.op("Transpose", x, perm=[0, 2, 3, 1])
 
 
-def _embed_points(g: _Graph, coords: str, labels: str, pe_matrix: np.ndarray, tables: dict,
+def _fourier(g: _Graph, unit_xy: str, gaussian: str) -> str:
+    """Random Fourier features ``sin, cos(2 pi (2 xy - 1) G)`` of ``(..., 2)`` in [0, 1]."""
+    c = g.op("Sub", g.op("Mul", unit_xy, g.const(2.0)), g.const(1.0))
+    c = g.op("Mul", g.op("MatMul", c, gaussian), g.const(2.0 * math.pi))
+    return g.op("Concat", g.op("Sin", c), g.op("Cos", c), axis=-1)
+
+
+def _dense_pe(g: _Graph, size: int, gaussian: str) -> str:
+    """Fourier features of every cell centre of the ``size x size`` grid: ``(1, size^2, E)``."""
+    centres = (np.arange(size, dtype=np.float32) + 0.5) / size
+    x, y = np.meshgrid(centres, centres, indexing="xy")
+    return _fourier(g, g.const(np.stack([x, y], -1).reshape(1, size * size, 2), "grid"), gaussian)
+
+
+def _embed_points(g: _Graph, coords: str, labels: str, gaussian: str, tables: dict,
                   image_size: int) -> str:
     """Sparse tokens ``(1, N, E)``: random Fourier features of the point plus its kind."""
-    c = g.op("Div", g.op("Add", coords, g.const(0.5)), g.const(float(image_size)))
-    c = g.op("Sub", g.op("Mul", c, g.const(2.0)), g.const(1.0))
-    c = g.op("Mul", g.op("MatMul", c, g.const(_f32(pe_matrix), "gaussian")),
-             g.const(2.0 * math.pi))
-    pe = g.op("Concat", g.op("Sin", c), g.op("Cos", c), axis=-1)
+    pe = _fourier(g, g.op("Div", g.op("Add", coords, g.const(0.5)), g.const(float(image_size))),
+                  gaussian)
     lab = g.op("Unsqueeze", labels, g.ints([-1]))
-    zeros = g.const(np.zeros(pe_matrix.shape[1] * 2, np.float32))
+    zeros = g.const(np.zeros(len(tables[-1]), np.float32))
     pe = g.op("Where", g.op("Equal", lab, g.const(-1.0)), g.const(tables[-1], "not_a_point"), pe)
     for k in range(4):
         kind = g.op("Where", g.op("Equal", lab, g.const(float(k))),
@@ -202,13 +213,6 @@ def _numpy_params(model) -> dict:
         k: model.params[k] for k in ("prompt_encoder", "mask_decoder")})
 
 
-def _dense_pe(model) -> np.ndarray:
-    """Positional encoding of the embedding grid from our own module: ``(g*g, E)``."""
-    pe = model.module.apply({"params": model.params},
-                            method=lambda m: m.prompt_encoder.get_dense_pe())
-    return np.asarray(pe, np.float32).reshape(-1, pe.shape[-1])
-
-
 def build_onnx_model(model, *, return_single_mask: bool = False,
                      use_stability_score: bool = False, return_extra_metrics: bool = False,
                      opset: int = 17) -> onnx.ModelProto:
@@ -235,7 +239,7 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     # Prompt encoder.
     tables = {-1: pp["not_a_point_embed"]["embedding"][0]}
     tables.update({k: pp[f"point_embeddings_{k}"]["embedding"][0] for k in range(4)})
-    gaussian = pp["pe_layer"]["positional_encoding_gaussian_matrix"]
+    gaussian = g.const(pp["pe_layer"]["positional_encoding_gaussian_matrix"], "gaussian")
     sparse = _embed_points(g, "point_coords", "point_labels", gaussian, tables, s)
     dense = _embed_mask(g, "mask_input", "has_mask_input", pp, pp["no_mask_embed"]["embedding"][0])
 
@@ -245,7 +249,7 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     tokens = g.op("Concat", g.const(output_tokens[None], "output_tokens"), sparse, axis=1)
     image = g.op("Reshape", _nhwc(g, "image_embeddings"), g.ints([0, gs * gs, e]))
     keys = g.op("Add", image, g.op("Reshape", dense, g.ints([0, gs * gs, e])))
-    key_pe = g.const(_dense_pe(model)[None], "image_pe")
+    key_pe = _dense_pe(g, gs, gaussian)
     queries, query_pe = tokens, tokens
     for i in range(c.decoder_depth):
         lp = tp[f"layers_{i}"]
