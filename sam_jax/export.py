@@ -43,6 +43,9 @@ import numpy as np
 PARTS = ("image_encoder", "mask_decoder")
 PLATFORMS = ("cpu", "cuda", "tpu")
 FORMAT = "sam-jax-stablehlo/1"
+# The serialised module is a flatbuffer (2 GiB at most): vit_h's encoder (2.4 GiB) needs
+# its weights as inputs.
+_MAX_BAKED_BYTES = 1900 * 2**20
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -203,6 +206,11 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
     fn, params = _part_function(model, part)
     params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), params)
     leaves, treedef = jax.tree.flatten(params)
+    nbytes = sum(x.size * 4 for x in leaves)
+    if weights == "constants" and nbytes > _MAX_BAKED_BYTES:
+        raise ValueError(f"the {part} weights take {nbytes / 2**30:.1f} GiB, more than a "
+                         "serialised module can hold (2 GiB): use weights='inputs' "
+                         "(--weights inputs)")
     inputs, outputs = _part_signature(config, part)
     scope = export.SymbolicScope()
     symbols = {}

@@ -364,6 +364,10 @@ def test_export_errors(tiny, tiny_artifacts, monkeypatch):
             "--config-json", CONFIG]
     with pytest.raises(SystemExit, match="platforms must be among"):
         cli.main(base + ["--platforms", "cpu,gpu"])
+    monkeypatch.setattr(sam_export, "_MAX_BAKED_BYTES", 1000)
+    with pytest.raises(SystemExit, match="use weights='inputs'"):
+        cli.main(base + ["--parts", "mask_decoder"])
+    monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "onnx", None)
     monkeypatch.delitem(sys.modules, "sam_jax.onnx_export", raising=False)
     with pytest.raises(SystemExit, match=r"needs the 'export' extra \(pip install"):
