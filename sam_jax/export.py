@@ -290,8 +290,10 @@ def export_stablehlo(model, out_dir: str | os.PathLike, *, parts: Sequence[str] 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``sam-jax export`` (model arguments are added by the CLI)."""
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--format", nargs="+", choices=["stablehlo", "onnx"], default=["stablehlo"],
-                   help="artifact formats (default: stablehlo)")
+    p.add_argument("--format", nargs="+", choices=["stablehlo", "onnx", "onnx-encoder"],
+                   default=["stablehlo"],
+                   help="artifact formats (default: stablehlo); onnx is the decoder, "
+                   "onnx-encoder (optional, needs jax2onnx) the image encoder")
     p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
                    help="StableHLO parts to export (default: both)")
     p.add_argument("--weights", choices=["constants", "inputs"], default="constants",
@@ -312,16 +314,22 @@ def run(args: argparse.Namespace, model) -> None:
     """``sam-jax export``: write the requested artifacts for ``model``."""
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     written: list[Path] = []
-    if "onnx" in args.format:
+    if {"onnx", "onnx-encoder"} & set(args.format):
         try:
-            from sam_jax.onnx_export import export_onnx
+            from sam_jax import onnx_export
         except ImportError as e:
             raise SystemExit(f"error: ONNX export needs the 'export' extra "
                              f"(pip install 'sam-jax[export]'): {e}") from None
-        written.append(export_onnx(
+    if "onnx" in args.format:
+        written.append(onnx_export.export_onnx(
             model, args.out / "sam_decoder.onnx", return_single_mask=args.return_single_mask,
             use_stability_score=args.use_stability_score,
             return_extra_metrics=args.return_extra_metrics, opset=args.opset))
+    if "onnx-encoder" in args.format:
+        try:
+            written.append(onnx_export.export_encoder_onnx(model, args.out / "sam_encoder.onnx"))
+        except ImportError as e:
+            raise SystemExit(f"error: {e}") from None
     if "stablehlo" in args.format:
         written += export_stablehlo(model, args.out, parts=args.parts, weights=args.weights,
                                     platforms=platforms)

@@ -332,6 +332,40 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     return proto
 
 
+def build_encoder_onnx(model) -> onnx.ModelProto:
+    """Optional: the image encoder as ONNX through the jax2onnx converter.
+
+    ``pixels (b, 3, S, S)`` preprocessed as for the StableHLO encoder, NCHW ->
+    ``image_embeddings (b, E, S/16, S/16)``, ready for the decoder's input; ``b``
+    dynamic. jax2onnx is not a declared dependency: it pins
+    ``orbax-checkpoint<0.11.37``, so install it beside ours with
+    ``pip install --no-deps jax2onnx onnx-ir``.
+    """
+    try:
+        from jax2onnx import to_onnx
+    except ImportError as e:
+        raise ImportError("the ONNX image encoder needs jax2onnx "
+                          "(pip install --no-deps jax2onnx onnx-ir)") from e
+    import jax
+
+    from sam_jax.modeling.sam import Sam
+
+    params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32),
+                          model.params["image_encoder"])
+    if sum(x.size * 4 for x in jax.tree.leaves(params)) > 1900 * 2**20:
+        raise ValueError("the image encoder's weights exceed the 2 GiB of one ONNX protobuf")
+    module = model.module.clone(attention_impl="xla")  # platform-neutral, any batch
+
+    def encode(pixels):
+        return module.apply({"params": {"image_encoder": params}}, pixels,
+                            method=Sam.embed_images)
+
+    s = model.config.image_size
+    return to_onnx(encode, [("b", s, s, 3)], inputs_as_nchw=[0], outputs_as_nchw=[0],
+                   input_names=["pixels"], output_names=["image_embeddings"],
+                   model_name="sam_image_encoder")
+
+
 def export_onnx(model, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write :func:`build_onnx_model` of ``model`` to ``path`` (atomically)."""
     from sam_jax.export import _atomic_write
@@ -341,4 +375,13 @@ def export_onnx(model, path: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
-__all__ = ["build_onnx_model", "export_onnx"]
+def export_encoder_onnx(model, path: str | os.PathLike) -> Path:
+    """Write :func:`build_encoder_onnx` of ``model`` to ``path`` (atomically)."""
+    from sam_jax.export import _atomic_write
+
+    path = Path(path)
+    _atomic_write(path, build_encoder_onnx(model).SerializeToString())
+    return path
+
+
+__all__ = ["build_encoder_onnx", "build_onnx_model", "export_encoder_onnx", "export_onnx"]

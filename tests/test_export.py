@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from reference_sam import TINY, official_and_ours, torch
 
+import sam_jax
 from sam_jax import cli
 from sam_jax import export as sam_export
 from sam_jax.amg import calculate_stability_score
@@ -358,6 +359,22 @@ def test_onnx_matches_official_onnx_export(tiny):
                 assert_close(f"onnx vs official onnx (single={single}, n={n}): {name}", a, b)
 
 
+def test_onnx_encoder_through_jax2onnx(tiny, tmp_path):
+    """The optional encoder export (jax2onnx is not a declared dependency)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    from sam_jax.onnx_export import export_encoder_onnx
+
+    _, model, _ = tiny
+    sess = ort.InferenceSession(str(export_encoder_onnx(model, tmp_path / "encoder.onnx")))
+    s = TINY.image_size
+    assert [(x.name, x.shape) for x in sess.get_inputs()] == [("pixels", ["b", 3, s, s])]
+    pixels = np.random.default_rng(4).normal(size=(2, s, s, 3)).astype(np.float32)
+    out = sess.run(None, {"pixels": pixels.transpose(0, 3, 1, 2)})[0]
+    assert_close("onnx encoder (jax2onnx) vs live", out.transpose(0, 2, 3, 1),
+                 model.embed_images(pixels))
+
+
 def test_export_errors(tiny, tiny_artifacts, monkeypatch):
     _, _, d = tiny
     base = ["export", "--out", str(d / "bad"), "--checkpoint", str(d / "tiny.npz"),
@@ -368,8 +385,12 @@ def test_export_errors(tiny, tiny_artifacts, monkeypatch):
     with pytest.raises(SystemExit, match="use weights='inputs'"):
         cli.main(base + ["--parts", "mask_decoder"])
     monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)
+    with pytest.raises(SystemExit, match=r"the ONNX image encoder needs jax2onnx \(pip install"):
+        cli.main(base + ["--format", "onnx-encoder"])
     monkeypatch.setitem(sys.modules, "onnx", None)
     monkeypatch.delitem(sys.modules, "sam_jax.onnx_export", raising=False)
+    monkeypatch.delattr(sam_jax, "onnx_export", raising=False)
     with pytest.raises(SystemExit, match=r"needs the 'export' extra \(pip install"):
         cli.main(base + ["--format", "onnx"])
     decoder = sam_export.load_exported(tiny_artifacts / "mask_decoder.stablehlo")
