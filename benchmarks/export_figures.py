@@ -55,10 +55,10 @@ def main() -> None:
     from reference_sam import TINY, official_and_ours, torch
     from segment_anything.utils.onnx import SamOnnxModel
 
-    from sam_jax.build_sam import VARIANTS
-    from sam_jax.export import export_part, load_exported
-    from sam_jax.modeling.sam import postprocess_masks, resized_shape
-    from sam_jax.onnx_export import export_onnx
+    from sam_jax.export import export_onnx, export_part, load_exported
+    from sam_jax.geometry import resized_shape
+    from sam_jax.modeling.sam import postprocess_masks
+    from sam_jax.modeling.variants import VARIANTS
 
     out = args.out or Path(tempfile.mkdtemp(prefix="sam_export_"))
     out.mkdir(parents=True, exist_ok=True)

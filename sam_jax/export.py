@@ -254,10 +254,11 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
         "jax_version": jax.__version__,
     }
     if part == "image_encoder":
-        from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD
+        from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
 
         meta["preprocess"] = {
-            "pixel_mean": list(PIXEL_MEAN), "pixel_std": list(PIXEL_STD),
+            "pixel_mean": [round(float(v), 4) for v in PIXEL_MEAN],
+            "pixel_std": [round(float(v), 4) for v in PIXEL_STD],
             "steps": "resize the longest side to image_size (bilinear), (rgb - mean) / std, "
                      "zero-pad bottom/right to image_size x image_size, NHWC float32"}
     else:
@@ -283,6 +284,24 @@ def export_stablehlo(model, out_dir: str | os.PathLike, *, parts: Sequence[str] 
                      platforms: Sequence[str] = PLATFORMS) -> list[Path]:
     """Export each of ``parts`` with :func:`export_part`; returns the artifact paths."""
     return [export_part(model, p, out_dir, weights=weights, platforms=platforms) for p in parts]
+
+
+def export_onnx(model, path: str | os.PathLike, **options: Any) -> Path:
+    """Write the ONNX decoder (:func:`sam_jax.onnx_export.build_onnx_model`) to ``path``."""
+    from sam_jax.onnx_export import build_onnx_model
+
+    path = Path(path)
+    _atomic_write(path, build_onnx_model(model, **options).SerializeToString())
+    return path
+
+
+def export_encoder_onnx(model, path: str | os.PathLike) -> Path:
+    """Write the optional ONNX image encoder (:func:`sam_jax.onnx_export.build_encoder_onnx`)."""
+    from sam_jax.onnx_export import build_encoder_onnx
+
+    path = Path(path)
+    _atomic_write(path, build_encoder_onnx(model).SerializeToString())
+    return path
 
 
 # ----------------------------------------------------------------------------- command line
@@ -316,18 +335,18 @@ def run(args: argparse.Namespace, model) -> None:
     written: list[Path] = []
     if {"onnx", "onnx-encoder"} & set(args.format):
         try:
-            from sam_jax import onnx_export
+            import onnx  # noqa: F401
         except ImportError as e:
             raise SystemExit(f"error: ONNX export needs the 'export' extra "
                              f"(pip install 'sam-jax[export]'): {e}") from None
     if "onnx" in args.format:
-        written.append(onnx_export.export_onnx(
+        written.append(export_onnx(
             model, args.out / "sam_decoder.onnx", return_single_mask=args.return_single_mask,
             use_stability_score=args.use_stability_score,
             return_extra_metrics=args.return_extra_metrics, opset=args.opset))
     if "onnx-encoder" in args.format:
         try:
-            written.append(onnx_export.export_encoder_onnx(model, args.out / "sam_encoder.onnx"))
+            written.append(export_encoder_onnx(model, args.out / "sam_encoder.onnx"))
         except ImportError as e:
             raise SystemExit(f"error: {e}") from None
     if "stablehlo" in args.format:
@@ -337,5 +356,5 @@ def run(args: argparse.Namespace, model) -> None:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-__all__ = ["PARTS", "PLATFORMS", "ExportedModule", "export_part", "export_stablehlo",
-           "load_exported"]
+__all__ = ["PARTS", "PLATFORMS", "ExportedModule", "export_encoder_onnx", "export_onnx",
+           "export_part", "export_stablehlo", "load_exported"]

@@ -32,8 +32,6 @@ the graph from ``orig_im_size``, so one model serves images of any aspect ratio.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -366,22 +364,4 @@ def build_encoder_onnx(model) -> onnx.ModelProto:
                    model_name="sam_image_encoder")
 
 
-def export_onnx(model, path: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write :func:`build_onnx_model` of ``model`` to ``path`` (atomically)."""
-    from sam_jax.export import _atomic_write
-
-    path = Path(path)
-    _atomic_write(path, build_onnx_model(model, **kwargs).SerializeToString())
-    return path
-
-
-def export_encoder_onnx(model, path: str | os.PathLike) -> Path:
-    """Write :func:`build_encoder_onnx` of ``model`` to ``path`` (atomically)."""
-    from sam_jax.export import _atomic_write
-
-    path = Path(path)
-    _atomic_write(path, build_encoder_onnx(model).SerializeToString())
-    return path
-
-
-__all__ = ["build_encoder_onnx", "build_onnx_model", "export_encoder_onnx", "export_onnx"]
+__all__ = ["build_encoder_onnx", "build_onnx_model"]

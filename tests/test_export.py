@@ -24,13 +24,14 @@ import numpy as np
 import pytest
 from reference_sam import TINY, official_and_ours, torch
 
-import sam_jax
 from sam_jax import cli
 from sam_jax import export as sam_export
 from sam_jax.amg import calculate_stability_score
-from sam_jax.build_sam import VARIANTS, SamModel, init_variables
 from sam_jax.checkpoint import save_params
-from sam_jax.modeling.sam import Sam, postprocess_masks, resized_shape
+from sam_jax.geometry import resized_shape
+from sam_jax.modeling.sam import Sam, postprocess_masks
+from sam_jax.modeling.variants import VARIANTS, init_variables
+from sam_jax.sam_model import SamModel
 
 CONFIG = json.dumps(dataclasses.asdict(TINY))
 
@@ -235,12 +236,10 @@ def vit_b():
 
 def test_vit_b_shapes_reload_in_fresh_process(vit_b, tmp_path):
     pytest.importorskip("onnxruntime")
-    from sam_jax.onnx_export import export_onnx
-
     encoder, decoder = vit_b
     enc_path = sam_export.export_part(encoder, "image_encoder", tmp_path, weights="constants")
     dec_path = sam_export.export_part(decoder, "mask_decoder", tmp_path, weights="inputs")
-    onnx_path = export_onnx(decoder, tmp_path / "decoder.onnx")
+    onnx_path = sam_export.export_onnx(decoder, tmp_path / "decoder.onnx")
     dec_meta = json.loads(dec_path.with_suffix(".json").read_text())
     assert dec_meta["inputs"][0]["shape"] == [1, 64, 64, 256]
     assert dec_meta["outputs"][0]["shape"] == ["b", 4, 256, 256]
@@ -363,10 +362,8 @@ def test_onnx_encoder_through_jax2onnx(tiny, tmp_path):
     """The optional encoder export (jax2onnx is not a declared dependency)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("jax2onnx")
-    from sam_jax.onnx_export import export_encoder_onnx
-
     _, model, _ = tiny
-    sess = ort.InferenceSession(str(export_encoder_onnx(model, tmp_path / "encoder.onnx")))
+    sess = ort.InferenceSession(str(sam_export.export_encoder_onnx(model, tmp_path / "encoder.onnx")))
     s = TINY.image_size
     assert [(x.name, x.shape) for x in sess.get_inputs()] == [("pixels", ["b", 3, s, s])]
     pixels = np.random.default_rng(4).normal(size=(2, s, s, 3)).astype(np.float32)
@@ -389,8 +386,6 @@ def test_export_errors(tiny, tiny_artifacts, monkeypatch):
     with pytest.raises(SystemExit, match=r"the ONNX image encoder needs jax2onnx \(pip install"):
         cli.main(base + ["--format", "onnx-encoder"])
     monkeypatch.setitem(sys.modules, "onnx", None)
-    monkeypatch.delitem(sys.modules, "sam_jax.onnx_export", raising=False)
-    monkeypatch.delattr(sam_jax, "onnx_export", raising=False)
     with pytest.raises(SystemExit, match=r"needs the 'export' extra \(pip install"):
         cli.main(base + ["--format", "onnx"])
     decoder = sam_export.load_exported(tiny_artifacts / "mask_decoder.stablehlo")
