@@ -5,7 +5,7 @@ runs ``data.pipeline.Pipeline`` (K=64, model size 1024, targets 256) and prints
 one JSON line: images/s, images/s per core used, cores, plus a per-stage
 profile of the per-sample transform measured single-threaded.
 
-    python benchmarks/data_throughput.py [--images 24] [--batches 6] [--dir /tmp/sa1b_bench]
+    python -m benchmarks.data_throughput [--images 24] [--batches 6] [--dir /tmp/sa1b_bench]
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import argparse
 import glob
 import json
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _profile(shard: str, n: int) -> dict:

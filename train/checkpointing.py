@@ -83,9 +83,6 @@ class Checkpointer:
         _barrier(f"ckpt_move_aside_{step}")
         self.manager.reload()
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
