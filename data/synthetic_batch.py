@@ -47,7 +47,7 @@ def make_batch(seed: int, batch_size: int, masks_per_image: int, image_size: int
     s, r, k = image_size, image_size // 4, masks_per_image
     out = empty_batch(batch_size, s, r, k)
     out["resized_hw"][:] = out["original_hw"][:] = s
-    out["image_id"] = np.arange(batch_size, dtype=np.int64) + seed * batch_size
+    out["image_id"][:] = [(seed * batch_size + i) % 2**63 for i in range(batch_size)]
     nv = k if num_valid is None else num_valid
     for i in range(batch_size):
         img, masks = make_image(rng, s, k)
