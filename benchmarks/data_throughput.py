@@ -19,17 +19,19 @@ import time
 
 def _profile(shard: str, n: int) -> dict:
     """Single-thread time per stage (ms/image) of the transform."""
-    import numpy as np
-    from PIL import Image
     import io
 
+    import numpy as np
+    from PIL import Image
+
     from data import rle, sa1b
-    from data.preprocess import PreprocessConfig, process_record, preprocess_shape
+    from data.preprocess import PreprocessConfig, preprocess_shape, process_record
 
     cfg = PreprocessConfig()
     loader = sa1b.Loader()
     refs = [r for r in sa1b.iter_refs(shard)][:n]
-    t = {"read": 0.0, "json": 0.0, "jpeg_decode_resize": 0.0, "rle_runs_all": 0.0, "targets_boxes_points": 0.0, "total_transform": 0.0}
+    t = dict.fromkeys(("read", "json", "jpeg_decode_resize", "rle_runs_all", "targets_boxes_points",
+                       "total_transform"), 0.0)
     for r in refs:
         t0 = time.perf_counter()
         jpg, payload = loader.load(r)
@@ -39,7 +41,7 @@ def _profile(shard: str, n: int) -> dict:
         im = Image.open(io.BytesIO(jpg))
         nh, nw = preprocess_shape(im.size[1], im.size[0], 1024)
         im.draft("RGB", (nw, nh))
-        arr = np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
+        np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
         t3 = time.perf_counter()
         cnts = [rle.decode_counts(c, ann.height, ann.width) for c in ann.counts]
         t4 = time.perf_counter()

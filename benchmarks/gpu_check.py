@@ -50,8 +50,8 @@ def train_config(variant: str, tiny: bool, masks: int, passes: int, sim_remat: b
 def measure(config, batch: int, steps: int, peak_tflops: float) -> dict:
     import jax
 
-    from train.sharding import make_mesh
     from data.synthetic_batch import make_batch
+    from train.sharding import make_mesh
     from train.train_step import Trainer
 
     trainer = Trainer(config, make_mesh(dict(config.mesh.shape), jax.devices()[:1]))

@@ -73,7 +73,7 @@ def official_and_ours(config: SamConfig, tmp_path, seed: int = 0, **kwargs):
     return sam, build_sam(config, checkpoint=path, **kwargs)
 
 
-def to_torch(x) -> "torch.Tensor":
+def to_torch(x) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))
 
 

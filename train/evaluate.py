@@ -24,7 +24,7 @@ import functools
 import json
 import os
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
