@@ -25,7 +25,7 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
 AMG figures are measured for it in the same run and a ``ratio`` line gives
-ours / theirs. ``--tiny`` runs everything on tiny configs for one iteration (CI
+ours / theirs. ``--tiny`` runs everything on the tiny SAM at 128 px (``configs.tiny``) for one iteration (CI
 checks that every figure is produced; values are not checked).
 
 Usage::
@@ -57,7 +57,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs.tiny import TINY  # noqa: E402
+from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.build_sam import VARIANTS, build_sam  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 
