@@ -38,5 +38,5 @@ part encoder 200 "$py" -m benchmarks.run --parts encoder --variants vit_h,vit_b 
   --batches 8,1 --dtypes bfloat16 --impls auto,xla "${tiny[@]}"
 part decoder_amg 100 "$py" -m benchmarks.run --parts decoder,amg --variants vit_h \
   --dtypes bfloat16 "${tiny[@]}"
-part train 180 "$py" -m train.gpu_check --variants vit_b,vit_h "${train_tiny[@]}"
+part train 180 "$py" -m benchmarks.gpu_check --variants vit_b,vit_h "${train_tiny[@]}"
 cat "$out/machine.txt"

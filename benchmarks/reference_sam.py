@@ -16,8 +16,9 @@ import numpy as np
 import segment_anything.modeling as sa_modeling
 import torch
 
-from sam_jax.build_sam import SamModel, build_sam
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD, SamConfig
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
+from sam_jax.modeling.sam import SamConfig
+from sam_jax.sam_model import SamModel, build_sam
 
 
 def official_sam(config: SamConfig, seed: int = 0):

@@ -58,8 +58,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
-from sam_jax.build_sam import VARIANTS, build_sam  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
+from sam_jax.modeling.variants import VARIANTS  # noqa: E402
+from sam_jax.sam_model import build_sam  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -6,7 +6,7 @@ Every variant file (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``) calls
 Config keys (``ml_collections.ConfigDict``):
 
 * ``model``: ``variant`` (``vit_b``/``vit_l``/``vit_h``), ``overrides`` (SamConfig
-  fields that replace the variant's, through ``sam_jax.build_sam.get_config``), ``drop_path_rate``,
+  fields that replace the variant's, through ``sam_jax.modeling.variants.get_config``), ``drop_path_rate``,
   ``remat_policy`` (``none``/``full``/a ``jax.checkpoint_policies`` name),
   ``compute_dtype`` (``bfloat16``/``float32``; params and optimiser state are float32),
   ``init_checkpoint`` (an official ``.pth``/our ``.npz`` for fine-tuning, ``""`` = scratch).

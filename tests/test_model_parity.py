@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.reference_sam import official_and_ours, to_torch, torch
 from configs.tiny import TINY
-from sam_jax.build_sam import VARIANTS
+from sam_jax.modeling.variants import VARIANTS
 from sam_jax.modeling.image_encoder import attention, decomposed_attention
 
 MAX_DIFFS: dict[str, float] = {}

@@ -34,8 +34,7 @@ import numpy as np
 import optax
 
 from data.batch import DEVICE_KEYS, batch_rank
-from sam_jax.build_sam import get_config as get_sam_config
-from sam_jax.build_sam import init_variables
+from sam_jax.modeling.variants import get_config as get_sam_config, init_variables
 from sam_jax.modeling.sam import Sam, SamConfig
 from train import sharding as shd
 from train.losses import LossConfig, sam_loss
@@ -52,10 +51,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 def sam_config_from(config) -> SamConfig:
     """The SamConfig of ``model.variant`` with ``model.overrides`` applied."""
-    kw = dict(config.model.overrides)
-    if "encoder_global_attn_indexes" in kw:
-        kw["encoder_global_attn_indexes"] = tuple(kw["encoder_global_attn_indexes"])
-    return get_sam_config(config.model.variant).replace(**kw)
+    return get_sam_config(config.model.variant, **config.model.overrides)
 
 
 def _dataclass_from(cls, section):
