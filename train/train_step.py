@@ -34,8 +34,9 @@ import numpy as np
 import optax
 
 from data.batch import DEVICE_KEYS, batch_rank
-from sam_jax.modeling.variants import get_config as get_sam_config, init_variables
 from sam_jax.modeling.sam import Sam, SamConfig
+from sam_jax.modeling.variants import get_config as get_sam_config
+from sam_jax.modeling.variants import init_variables
 from train import sharding as shd
 from train.losses import LossConfig, sam_loss
 from train.optimizer import build_optimizer
