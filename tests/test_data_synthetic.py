@@ -164,3 +164,14 @@ def test_import_data_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_format_and_synthetic_batches_import_without_jax():
+    code = (
+        "import sys, data.batch, data.synthetic_batch, data.pipeline;"
+        "b = data.synthetic_batch.make_batch(1, 2, 3, 64);"
+        "assert {k: (v.dtype, v.ndim) for k, v in b.items()} == "
+        "{k: (d, data.batch.batch_rank(k)) for k, (d, _) in data.batch.FIELDS.items()};"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'tensorflow')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
