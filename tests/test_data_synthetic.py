@@ -147,15 +147,11 @@ def test_cli_writes_shards(tmp_path):
     assert js == sample_json(generate_image(3, 2, 64), 3)
 
 
-def test_sa1b_size_generation_is_fast_enough():
-    import time
-
-    t = time.perf_counter()
+def test_sa1b_size_generation_shape_and_mask_count():
+    # Its speed is a benchmark figure (benchmarks.data_throughput), not an assertion here.
     s = generate_image(0, 0, 1500, aspect=1.5)
-    dt = time.perf_counter() - t
     assert s.image.shape == (1500, 2250, 3) or s.image.shape == (2250, 1500, 3)
     assert 70 <= s.num_masks <= 160
-    assert dt < 4.0  # ~0.8 s on one core; generous for a loaded CI machine
 
 
 def test_import_data_does_not_import_tensorflow():
