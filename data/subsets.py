@@ -121,7 +121,7 @@ def synthetic_corpus_batches(num_images: int, fraction: float, seed: int, batch_
     is image ``perm_e[t mod n]`` of epoch ``e = t // n``, ``perm_e`` a permutation of the
     ``n`` kept ids drawn from ``(seed, e)``. Resuming at ``start_step`` continues exactly.
     """
-    from train.synthetic_batch import make_batch
+    from data.synthetic_batch import make_batch
 
     kept = fraction_ids(range(num_images), fraction)
     n = len(kept)

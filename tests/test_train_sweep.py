@@ -20,13 +20,17 @@ from train import sweep as sw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
+# a 64 px SAM with one windowed and one global block (the sweep pins its architecture)
+ARCH = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
+            image_size=64, window_size=4, prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2,
+            decoder_heads=4, decoder_mlp_dim=64)
 SWEEP = textwrap.dedent(f"""
     from train.sweep import Sweep, product
 
     def get_sweep():
         return Sweep(
             base="configs/tiny.py",
-            overrides={{"model.custom.image_size": 64, "data.synthetic": True,
+            overrides={{"model.overrides": {ARCH!r}, "data.synthetic": True,
                         "data.synthetic_images": 24, "data.global_batch_size": 2,
                         "data.masks_per_image": 2, "sim.num_passes": 2,
                         "sim.num_correction_points": 1, "sim.unroll": 2,
@@ -74,7 +78,7 @@ def test_paper_sweep_resolves_and_prints_cluster_commands(tmp_path, capsys):
     # a printed command reads back as the cell's config (the shell expands the mesh flags)
     import shlex
 
-    from train.loop import load_config
+    from configs import load_config
     i = names.index("stages-+auto_oversampled_images-11M_size-vit_h")
     line = lines[i].replace("$COORDINATOR", "10.0.0.1:1234").replace("$NUM_PROCESSES", "4")
     args = shlex.split(line.replace("$PROCESS_ID", "2"))
@@ -150,7 +154,8 @@ def test_sweep_run_kill_resume_report(tmp_path):
         assert float(row["train_cpu_s"]) > 0
         assert row["seeds"] == "1"
     md = _text(work / "results.md")
-    assert sum(ln.startswith("| ") for ln in md.splitlines()) == 3 and f"{float(rows[0]['miou_1pt']):.4f}" in md
+    assert sum(ln.startswith("| ") for ln in md.splitlines()) == 3  # header + 2 rows
+    assert f"{float(rows[0]['miou_1pt']):.4f}" in md
     from PIL import Image
 
     png = np.asarray(Image.open(work / "figure13.png"))
@@ -158,8 +163,8 @@ def test_sweep_run_kill_resume_report(tmp_path):
 
 
 def test_report_merges_seeds_into_mean_and_error_bar(tmp_path):
-    sweep = sw.Sweep(base="configs/tiny.py", cells=sw.product(width=("model.custom.encoder_embed_dim", [16, 32])),
-                     seeds=(0, 1, 2))
+    width = ("model.overrides.encoder_embed_dim", [16, 32])
+    sweep = sw.Sweep(base="configs/tiny.py", cells=sw.product(width=width), seeds=(0, 1, 2))
     sw.write_sweep_json(sweep, str(tmp_path))
     values = {}
     for i, cell in enumerate(sweep.expanded()):

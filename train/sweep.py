@@ -150,7 +150,7 @@ def product(**axes: Mapping[Any, Mapping[str, Any]] | tuple[str, Iterable]) -> l
 def recipe(config_file: str, base: str) -> dict[str, Any]:
     """The dotted overrides that turn config file ``base`` into ``config_file`` (e.g. the
     ViT-B recipe on a ViT-H base: variant, lr, layer decay, drop path, steps, batch)."""
-    from train.loop import load_config
+    from configs import load_config
 
     def flat(c, prefix=""):
         out = {}
@@ -221,7 +221,7 @@ def _literal(v) -> str:
 
 def resolve(sweep: Sweep, cell: Cell, workdir: str):
     """The cell's full training config (``ml_collections.ConfigDict``)."""
-    from train.loop import load_config
+    from configs import load_config
 
     return load_config(os.path.join(REPO, base_path(sweep)),
                        [a[len("--config."):] for a in override_args(cell_overrides(sweep, cell, workdir))])
