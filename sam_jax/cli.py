@@ -5,6 +5,7 @@
     sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] --out DIR
     sam-jax generate IMAGE_OR_FOLDER --out DIR
     sam-jax convert CHECKPOINT.pth OUT.npz
+    sam-jax annotate IMAGES_DIR --out ANNOTATIONS_DIR [--prefill]   (see sam_jax.annotate)
 
 ``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
 ``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
@@ -124,28 +125,12 @@ def _segment(args: argparse.Namespace) -> None:
           f"predicted IoU {iou[best]:.3f})")
 
 
-def _sa1b_record(records: list[dict], path: Path, image_id: int, shape) -> dict:
-    return {
-        "image": {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]),
-                  "file_name": path.name},
-        "annotations": [{
-            "id": i,
-            "segmentation": r["segmentation"],
-            "bbox": [float(v) for v in r["bbox"]],
-            "area": int(r["area"]),
-            "predicted_iou": float(r["predicted_iou"]),
-            "stability_score": float(r["stability_score"]),
-            "crop_box": [float(v) for v in r["crop_box"]],
-            "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-        } for i, r in enumerate(records)],
-    }
-
-
 def _generate(args: argparse.Namespace) -> None:
     from pycocotools import mask as mask_utils
     from tqdm import tqdm
 
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.sa1b_json import sa1b_record
     from sam_jax.visualize import save_overlay
 
     if args.input.is_dir():
@@ -167,7 +152,7 @@ def _generate(args: argparse.Namespace) -> None:
                                          disable=len(paths) == 1)):
         image = _read_image(path)
         records = generator.generate(image)
-        doc = _sa1b_record(records, path, image_id, image.shape)
+        doc = sa1b_record(records, path.name, image_id, image.shape)
         (args.out / f"{path.stem}.json").write_text(json.dumps(doc))
         masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
                                         .encode())).astype(bool) for r in records]
@@ -183,6 +168,12 @@ def _convert(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: checkpoint {args.src} does not exist")
     variant = convert_checkpoint(args.src, args.dst, _custom_config(args) or args.model_type)
     print(f"wrote {args.dst} ({variant})")
+
+
+def _annotate(args: argparse.Namespace) -> None:
+    from sam_jax import annotate
+
+    annotate.main(args, _load_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="variant (default: guessed from the weights)")
     conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     conv.set_defaults(func=_convert)
+
+    from sam_jax import annotate
+
+    ann = sub.add_parser(
+        "annotate", help="browser annotation tool: click, SAM draws the mask (SA-1B JSON out)",
+        description="Serve a local web page for SAM-assisted annotation of a folder of images; "
+        "every accepted mask is saved as SA-1B JSON in --out. --stats summarises a folder of them.")
+    annotate.add_arguments(ann)
+    _add_model_args(ann)
+    ann.set_defaults(func=_annotate)
     return parser
 
 
