@@ -121,6 +121,19 @@ function current() {
 
 // ------------------------------------------------------------------ drawing
 
+// Paint mask m into RGBA data: fill at alpha `fill`, its outline opaque.
+function paintMask(data, m, r, g, b, fill) {
+  const w = S.w, h = S.h;
+  for (let i = 0; i < m.length; i++) {
+    if (!m[i]) continue;
+    const x = i % w, y = (i - x) / w;
+    const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+      !m[i - 1] || !m[i + 1] || !m[i - w] || !m[i + w];
+    const j = 4 * i;
+    data[j] = r; data[j + 1] = g; data[j + 2] = b; data[j + 3] = edge ? 255 : fill;
+  }
+}
+
 function renderAccepted() {
   acceptedLayer.width = S.w; acceptedLayer.height = S.h;
   const c = acceptedLayer.getContext("2d");
@@ -128,9 +141,7 @@ function renderAccepted() {
   for (const a of S.anns) {
     const m = cocoToMask(a.segmentation, S.w, S.h);
     const [r, g, b] = rgb(a.id);
-    for (let i = 0; i < m.length; i++) {
-      if (m[i]) { const j = 4 * i; data.data[j] = r; data.data[j + 1] = g; data.data[j + 2] = b; data.data[j + 3] = 110; }
-    }
+    paintMask(data.data, m, r, g, b, 110);
   }
   c.putImageData(data, 0, 0);
 }
@@ -142,9 +153,8 @@ function renderCurrent() {
   let area = 0;
   if (m) {
     const data = c.createImageData(S.w, S.h);
-    for (let i = 0; i < m.length; i++) {
-      if (m[i]) { area++; const j = 4 * i; data.data[j] = 30; data.data[j + 1] = 144; data.data[j + 2] = 255; data.data[j + 3] = 150; }
-    }
+    for (let i = 0; i < m.length; i++) area += m[i];
+    paintMask(data.data, m, 30, 144, 255, 150);
     c.putImageData(data, 0, 0);
   }
   $("maskinfo").textContent = m ? `current mask: ${area} px` : "";
@@ -317,6 +327,7 @@ async function openImage(index) {
     if (S.name !== name) return;
     S.img = img; S.w = img.naturalWidth; S.h = img.naturalHeight;
     canvas.width = S.w; canvas.height = S.h;
+    fit();
     resetObject();
     showView(v);
     await refreshCounter();
@@ -324,6 +335,16 @@ async function openImage(index) {
     document.body.dataset.ready = name;
   } catch (e) { status(e.message, true); }
 }
+
+// Show the image as large as the stage allows (pixels stay square); clicks are mapped back.
+function fit() {
+  if (!S.w) return;
+  const stage = $("stage"), pad = 16;
+  const scale = Math.min((stage.clientWidth - pad) / S.w, (stage.clientHeight - pad) / S.h);
+  canvas.style.width = `${Math.max(1, Math.floor(S.w * scale))}px`;
+  canvas.style.height = `${Math.max(1, Math.floor(S.h * scale))}px`;
+}
+window.addEventListener("resize", fit);
 
 // ------------------------------------------------------------------ input
 
@@ -406,6 +427,8 @@ document.addEventListener("keydown", (ev) => {
   else if (k === "e") { setMode("eraser"); }
 });
 
+// Keys belong to the page, not to the last button clicked (Enter would press it again).
+document.addEventListener("click", (ev) => { const b = ev.target.closest("button"); if (b) b.blur(); });
 $("prev").addEventListener("click", () => openImage(S.index - 1));
 $("next").addEventListener("click", () => openImage(S.index + 1));
 $("accept").addEventListener("click", accept);
