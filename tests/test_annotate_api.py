@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,23 @@ def test_decode_feeds_logits_back_and_embeds_once(folder):
     assert iou(runs_to_mask(r3["mask"]["counts"], H, W), gt["a.png"] == 2) == 1.0
     assert r2["decode_id"] != r1["decode_id"]
     assert engine.embeds == 1 and StubPredictor.set_image_calls == 1 and engine.decodes == 3
+
+
+def test_warmup_decodes_the_page_prompt_shapes_once_per_size(folder):
+    root, _ = folder
+    app = create_app(root / "images", root / "out_warm", make_predictor=StubPredictor, warmup=True)
+    c = TestClient(app)
+    engine = app.state.engine
+    c.post("/api/open", json={"image": "a.png"})
+    calls = engine._cache["a.png"][0].calls
+    assert [(None if k["points"] is None else len(k["points"]), k["mask_input"] is not None,
+             k["box"] is not None, k["multimask"]) for k in calls] == [
+        (1, False, False, True), (2, True, False, False), (4, True, False, False),
+        (8, True, False, False), (None, False, True, False)]
+    c.post("/api/open", json={"image": "b.png"})  # same size: no second warm-up
+    assert len(engine._cache["b.png"][0].calls) == 0 and engine.decodes == 0
+    r = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1]]}).json()
+    assert r["area"] > 0 and engine.decodes == 1
 
 
 def test_accept_delete_undo_write_sa1b(folder):
@@ -406,9 +424,8 @@ def test_cli_annotate_serves_on_localhost(folder):
         line = proc.stdout.readline()
         assert "open http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
         url = line.split("open ")[1].split()[0]
-        import httpx
-
-        listing = httpx.get(url + "api/images", timeout=30).json()
+        with urllib.request.urlopen(url + "api/images", timeout=30) as r:
+            listing = json.loads(r.read())
         assert listing["total"] == 3
     finally:
         proc.terminate()

@@ -78,7 +78,7 @@ def main(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], An
             stability_score_thresh=args.prefill_stability_thresh, output_mode="coco_rle")
     app = server.create_app(args.images, args.out, make_predictor=lambda: SamPredictor(model),
                             generator=generator, cache_bytes=int(args.cache_mb * 2**20),
-                            max_body_bytes=int(args.max_request_mb * 2**20))
+                            max_body_bytes=int(args.max_request_mb * 2**20), warmup=True)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"annotating {args.images} -> {args.out}: open http://{shown}:{port}/ (Ctrl+C stops)",

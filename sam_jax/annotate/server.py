@@ -179,13 +179,18 @@ class Engine:
         ``get_image_embedding``), e.g. ``lambda: SamPredictor(model)``.
       cache_bytes: memory budget of the cached embeddings (at least one is kept).
       generator: object with ``generate(image) -> records``, or None.
+      warmup: after embedding an image of a size not seen before, decode the prompt
+        shapes the page sends (1 point; 2, 4 and 8 points with a mask input; a box), so
+        that compiling them happens while the image opens rather than on the first clicks.
     """
 
     def __init__(self, make_predictor: Callable[[], Any], cache_bytes: int = 1 << 30,
-                 generator: Any | None = None) -> None:
+                 generator: Any | None = None, warmup: bool = False) -> None:
         self.make_predictor = make_predictor
         self.cache_bytes = int(cache_bytes)
         self.generator = generator
+        self.warmup = warmup
+        self._warm_sizes: set[tuple[int, ...]] = set()
         self.lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._decodes: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -204,8 +209,12 @@ class Engine:
             self._cache.move_to_end(name)
             return self._cache[name][0]
         predictor = self.make_predictor()
-        predictor.set_image(load(name))
+        image = load(name)
+        predictor.set_image(image)
         self.embeds += 1
+        if self.warmup and image.shape not in self._warm_sizes:
+            _warm(predictor, image.shape[0], image.shape[1])
+            self._warm_sizes.add(image.shape)
         nbytes = int(np.asarray(predictor.get_image_embedding()).nbytes)
         self._cache[name] = (predictor, nbytes)
         while len(self._cache) > 1 and self.cached_bytes > self.cache_bytes:
@@ -233,14 +242,14 @@ class Engine:
             coords = labels = None
             if len(points):
                 coords, labels = points[:, :2], points[:, 2].astype(np.int32)
-            logits, iou, low_res = predictor.predict(
+            masks, iou, low_res = predictor.predict(
                 point_coords=coords, point_labels=labels, box=box,
-                mask_input=None if prev is None else prev["low_res"], multimask_output=multimask,
-                return_logits=True)
+                mask_input=None if prev is None else prev["low_res"], multimask_output=multimask)
             best = int(np.argmax(iou))
-            mask = np.asarray(logits[best]) > 0.0
+            mask = np.asarray(masks[best], bool)
+            # of the low-res logits: the full-resolution ones would cost more than the decode
             stability = float(np.nan_to_num(np.asarray(
-                calculate_stability_score(np.asarray(logits[best:best + 1]), 0.0, 1.0))[0]))
+                calculate_stability_score(np.asarray(low_res[best:best + 1]), 0.0, 1.0))[0]))
             ms = (time.perf_counter() - t0) * 1e3
             self.decodes += 1
         decode_id = secrets.token_hex(8)
@@ -263,6 +272,17 @@ class Engine:
             records = self.generator.generate(image)
         anns = sa1b_record(records, name, 0, image.shape)["annotations"]
         return [{k: v for k, v in a.items() if k != "id"} for a in anns]
+
+
+def _warm(predictor: Any, h: int, w: int) -> None:
+    """Decode the prompt shapes of a typical object once (see ``Engine``'s ``warmup``)."""
+    centre = np.array([[w / 2, h / 2]])
+    _, _, low = predictor.predict(centre, np.ones(1, np.int32), multimask_output=True)
+    prev = np.zeros_like(low[:1])
+    for n in (2, 4, 8):
+        predictor.predict(np.repeat(centre, n, 0), np.ones(n, np.int32), mask_input=prev,
+                          multimask_output=False)
+    predictor.predict(box=np.array([0.0, 0.0, w / 2, h / 2]), multimask_output=False)
 
 
 # ----------------------------------------------------------------------------- request parsing
@@ -373,7 +393,8 @@ def _replay(messages: list[dict], receive):
 
 def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                make_predictor: Callable[[], Any], generator: Any | None = None,
-               cache_bytes: int = 1 << 30, max_body_bytes: int = 16 << 20) -> Starlette:
+               cache_bytes: int = 1 << 30, max_body_bytes: int = 16 << 20,
+               warmup: bool = False) -> Starlette:
     """The annotation tool as a Starlette app.
 
     Args:
@@ -383,11 +404,12 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       generator: with ``generate(image)`` (``coco_rle`` records), prefills each image once.
       cache_bytes: memory budget of cached image embeddings.
       max_body_bytes: largest request body accepted.
+      warmup: compile the usual prompt shapes when an image of a new size opens (``Engine``).
     """
     folder = ImageFolder(images_dir)
     folder.names()  # fail early on duplicate stems
     store = AnnotationStore(out_dir)
-    engine = Engine(make_predictor, cache_bytes, generator)
+    engine = Engine(make_predictor, cache_bytes, generator, warmup)
 
     def stem(name: str) -> str:
         return Path(name).stem

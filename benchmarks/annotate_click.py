@@ -1,0 +1,88 @@
+"""Server-side latency of one click in the annotation tool (vit_b, CPU, random weights).
+
+Runs the real app (``sam_jax.annotate.server.create_app`` with ``SamPredictor``)
+through Starlette's test client on a synthetic image: opens the image (the one
+embedding), then clicks. Each click is ``POST /api/decode`` with all points so
+far and the previous decode's low-res logits as the mask input, as the page
+sends them. Prints one JSON line per figure: ``server_ms`` is the time the
+server spends in the model call (``predict`` + stability score, reported by the
+API), ``request_ms`` the whole request in-process (validation, decode, mask
+encoding, JSON). First clicks compile; the medians are over the warm clicks.
+
+    python benchmarks/annotate_click.py [--variant vit_b] [--size 1500x2250] [--clicks 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
+                str(Path(__file__).resolve().parents[1] / "tests")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--variant", default="vit_b")
+    ap.add_argument("--size", default="1500x2250", help="image HxW (SA-1B images are about 1500x2250)")
+    ap.add_argument("--clicks", type=int, default=12)
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="do not compile the usual prompt shapes while the image opens")
+    args = ap.parse_args()
+
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from annotate_stub import synthetic_scene
+    from sam_jax import SamPredictor, build_sam
+    from sam_jax.annotate.server import create_app
+
+    h, w = (int(v) for v in args.size.split("x"))
+    image, labels = synthetic_scene(h, w)
+    model = build_sam(args.variant)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
+        Image.fromarray(image).save(tmp / "images" / "scene.png")
+        app = create_app(tmp / "images", tmp / "out", make_predictor=lambda: SamPredictor(model),
+                         warmup=args.warmup)
+        c = TestClient(app)
+        t = time.perf_counter()
+        assert c.post("/api/open", json={"image": "scene.png"}).status_code == 200
+        print(json.dumps({"what": "open (embedding + warm-up)" if args.warmup else "open (embedding)",
+                          "variant": args.variant, "size": [h, w],
+                          "seconds": round(time.perf_counter() - t, 3)}), flush=True)
+        rng = np.random.default_rng(0)
+        points, prev, rows = [], None, []
+        for i in range(args.clicks):
+            if i % 4 == 0:  # a new object every 4 clicks: first click has no mask input
+                points, prev = [], None
+            label = 1 if i % 4 != 3 else 0
+            points.append([float(rng.uniform(0, w - 1)), float(rng.uniform(0, h - 1)), label])
+            t = time.perf_counter()
+            r = c.post("/api/decode", json={"image": "scene.png", "points": points, "mask_input": prev})
+            request_ms = (time.perf_counter() - t) * 1e3
+            assert r.status_code == 200, r.text
+            r = r.json()
+            prev = r["decode_id"]
+            rows.append({"click": i, "points": len(points), "mask_input": i % 4 != 0,
+                         "server_ms": r["ms"], "request_ms": round(request_ms, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+        assert app.state.engine.embeds == 1
+        warm = rows[4:] if len(rows) > 4 else rows[1:]
+        print(json.dumps({
+            "what": "click", "variant": args.variant, "size": [h, w], "warm_clicks": len(warm),
+            "median_server_ms": round(statistics.median(r["server_ms"] for r in warm), 1),
+            "median_request_ms": round(statistics.median(r["request_ms"] for r in warm), 1),
+            "first_click_ms": rows[0]["request_ms"], "embeddings": app.state.engine.embeds}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
