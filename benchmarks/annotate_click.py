@@ -7,7 +7,10 @@ far and the previous decode's low-res logits as the mask input, as the page
 sends them. Prints one JSON line per figure: ``server_ms`` is the time the
 server spends in the model call (``predict`` + stability score, reported by the
 API), ``request_ms`` the whole request in-process (validation, decode, mask
-encoding, JSON). First clicks compile; the medians are over the warm clicks.
+encoding, JSON), ``cpu_ms`` the process's CPU time during the request (all
+threads; on a shared machine the least inflated figure). The medians are over
+the clicks after the first object (the page's prompt shapes are compiled while
+the image opens, unless ``--no-warmup``).
 
     python benchmarks/annotate_click.py [--variant vit_b] [--size 1500x2250] [--clicks 12]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -27,26 +31,31 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
                 str(Path(__file__).resolve().parents[1] / "tests")]
 
+from annotate_stub import synthetic_scene
+from PIL import Image
+from starlette.testclient import TestClient
+
+from sam_jax import SamPredictor, build_sam
+from sam_jax.annotate.server import create_app
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variant", default="vit_b")
-    ap.add_argument("--size", default="1500x2250", help="image HxW (SA-1B images are about 1500x2250)")
+    ap.add_argument("--size", default="1500x2250,768x1024",
+                    help="image sizes HxW, comma-separated (SA-1B images are about 1500x2250)")
     ap.add_argument("--clicks", type=int, default=12)
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="do not compile the usual prompt shapes while the image opens")
     args = ap.parse_args()
-
-    from PIL import Image
-    from starlette.testclient import TestClient
-
-    from annotate_stub import synthetic_scene
-    from sam_jax import SamPredictor, build_sam
-    from sam_jax.annotate.server import create_app
-
-    h, w = (int(v) for v in args.size.split("x"))
-    image, labels = synthetic_scene(h, w)
     model = build_sam(args.variant)
+    for size in args.size.split(","):
+        h, w = (int(v) for v in size.split("x"))
+        _measure(args, model, h, w)
+
+
+def _measure(args: argparse.Namespace, model, h: int, w: int) -> None:
+    image, _ = synthetic_scene(h, w)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "images").mkdir()
@@ -66,14 +75,16 @@ def main() -> None:
                 points, prev = [], None
             label = 1 if i % 4 != 3 else 0
             points.append([float(rng.uniform(0, w - 1)), float(rng.uniform(0, h - 1)), label])
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             r = c.post("/api/decode", json={"image": "scene.png", "points": points, "mask_input": prev})
             request_ms = (time.perf_counter() - t) * 1e3
+            cpu_ms = (time.process_time() - cpu) * 1e3
             assert r.status_code == 200, r.text
             r = r.json()
             prev = r["decode_id"]
             rows.append({"click": i, "points": len(points), "mask_input": i % 4 != 0,
-                         "server_ms": r["ms"], "request_ms": round(request_ms, 2)})
+                         "server_ms": r["ms"], "request_ms": round(request_ms, 2),
+                         "cpu_ms": round(cpu_ms, 2)})
             print(json.dumps(rows[-1]), flush=True)
         assert app.state.engine.embeds == 1
         warm = rows[4:] if len(rows) > 4 else rows[1:]
@@ -81,7 +92,9 @@ def main() -> None:
             "what": "click", "variant": args.variant, "size": [h, w], "warm_clicks": len(warm),
             "median_server_ms": round(statistics.median(r["server_ms"] for r in warm), 1),
             "median_request_ms": round(statistics.median(r["request_ms"] for r in warm), 1),
-            "first_click_ms": rows[0]["request_ms"], "embeddings": app.state.engine.embeds}), flush=True)
+            "median_cpu_ms": round(statistics.median(r["cpu_ms"] for r in warm), 1),
+            "first_click_ms": rows[0]["request_ms"], "embeddings": app.state.engine.embeds,
+            "load_average": [round(v, 1) for v in os.getloadavg()]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,4 +105,4 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
-__all__ = ["sa1b_record", "encode_mask", "decode_mask", "mask_record", "write_json_atomic"]
+__all__ = ["decode_mask", "encode_mask", "mask_record", "sa1b_record", "write_json_atomic"]

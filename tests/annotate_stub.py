@@ -76,7 +76,7 @@ class StubPredictor:
                 if k:
                     mask = (mask | (lab == k)) if fg else (mask & (lab != k))
         elif box is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            x0, y0, x1, y1 = (round(float(v)) for v in box)
             inside = lab[y0:y1 + 1, x0:x1 + 1]
             ks, n = np.unique(inside[inside > 0], return_counts=True)
             if len(ks):

@@ -17,15 +17,14 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
+from annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
+from starlette.testclient import TestClient
 
-from annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene  # noqa: E402
-
-from sam_jax import cli  # noqa: E402
-from sam_jax.annotate.server import create_app, mask_to_runs, runs_to_mask  # noqa: E402
-from sam_jax.annotate.store import AnnotationStore, annotation_stats, image_id_of  # noqa: E402
-from sam_jax.modeling.sam import SamConfig  # noqa: E402
-from sam_jax.sa1b_json import decode_mask  # noqa: E402
+from sam_jax import cli
+from sam_jax.annotate.server import create_app, mask_to_runs, runs_to_mask
+from sam_jax.annotate.store import AnnotationStore, annotation_stats, image_id_of
+from sam_jax.modeling.sam import SamConfig
+from sam_jax.sa1b_json import decode_mask
 
 H, W = 150, 200
 SMALL = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
@@ -163,7 +162,7 @@ def test_accept_delete_undo_write_sa1b(folder):
     ann2 = _doc(root, "out_edit", "a")["annotations"][1]
     x, y = ann2["point_coords"][0]
     assert ann2["predicted_iou"] == 1.0 and drawn[int(y), int(x)] and second == first + 1
-    ids = lambda: [a["id"] for a in _doc(root, "out_edit", "a")["annotations"]]  # noqa: E731
+    ids = lambda: [a["id"] for a in _doc(root, "out_edit", "a")["annotations"]]
     assert c.post("/api/delete", json={"image": "a.png", "id": first}).status_code == 200
     assert ids() == [second]
     assert c.post("/api/undo", json={"image": "a.png"}).json()["undone"] == "delete"
@@ -304,8 +303,8 @@ BAD_INPUTS = [
     ("accept empty mask", "/api/accept", {"image": "a.png", "mask": {"counts": [H * W]}}, 422, "empty"),
     ("accept negative seconds", "/api/accept", {"image": "a.png", "mask": {"counts": [1, H * W - 1]},
                                                 "seconds": -3}, 422, "seconds must be in"),
-    ("accept NaN seconds", "/api/accept", b'{"image": "a.png", "mask": {"counts": [1, 29999]}, '
-     b'"seconds": NaN}', 422, "NaN"),
+    ("accept NaN seconds", "/api/accept", (b'{"image": "a.png", "mask": {"counts": [1, 29999]}, '
+                                           b'"seconds": NaN}'), 422, "NaN"),
     ("delete id a string", "/api/delete", {"image": "a.png", "id": "1"}, 422, "integer"),
     ("delete unknown id", "/api/delete", {"image": "a.png", "id": 999}, 404, "no annotation with id 999"),
     ("undo unknown image", "/api/undo", {"image": "x.png"}, 404, "unknown image"),
@@ -345,7 +344,7 @@ def test_stats_export_and_the_pipeline_reader(folder, capsys):
     from data.preprocess import PreprocessConfig, process_record
     from data.status import Status
 
-    root, gt = folder
+    root, _ = folder
     c = _client(root, "out_export", generator=StubGenerator(keep=(2,)))
     for name, secs in [("a.png", 3.0), ("b.png", 5.0)]:
         c.post("/api/open", json={"image": name})

@@ -16,13 +16,11 @@ import os
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
+from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -17,7 +17,8 @@ module only parses arguments, so the rest of the command line works without it.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -38,8 +38,9 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -52,8 +53,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sam_jax.amg import calculate_stability_score, mask_to_rle, rle_to_mask
-from sam_jax.annotate.store import (AnnotationStore, NothingToUndo, StoreError, export_shard,
-                                    image_id_of)
+from sam_jax.annotate.store import AnnotationStore, NothingToUndo, StoreError, export_shard, image_id_of
 from sam_jax.cli import IMAGE_SUFFIXES
 from sam_jax.sa1b_json import mask_record, sa1b_record
 
@@ -616,5 +616,15 @@ def make_server(app: Starlette, sock: socket.socket, log_level: str = "warning")
                                          timeout_graceful_shutdown=2))
 
 
-__all__ = ["create_app", "Engine", "ImageFolder", "BadRequest", "BodyLimit", "bind", "make_server",
-           "mask_to_runs", "runs_to_mask", "STATIC_DIR"]
+__all__ = [
+    "STATIC_DIR",
+    "BadRequest",
+    "BodyLimit",
+    "Engine",
+    "ImageFolder",
+    "bind",
+    "create_app",
+    "make_server",
+    "mask_to_runs",
+    "runs_to_mask",
+]

@@ -29,8 +29,9 @@ import statistics
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sam_jax.sa1b_json import write_json_atomic
 
@@ -82,13 +83,14 @@ class AnnotationStore:
             raise StoreError(f"cannot read {p.name}: {e}") from None
         try:
             doc = json.loads(text)
-            if not isinstance(doc, dict) or not isinstance(doc.get("image"), dict):
-                raise ValueError("no 'image' object")
-            if not isinstance(doc.get("annotations"), list):
-                raise ValueError("no 'annotations' list")
         except ValueError as e:
-            raise StoreError(f"annotation file {p.name} is not an SA-1B document ({e}); "
-                             "fix or move it away") from None
+            doc, problem = None, f"bad JSON: {e}"
+        else:
+            problem = ("no 'image' object" if not isinstance(doc, dict) or not isinstance(doc.get("image"), dict)
+                       else "no 'annotations' list" if not isinstance(doc.get("annotations"), list) else None)
+        if problem:
+            raise StoreError(f"annotation file {p.name} is not an SA-1B document ({problem}); "
+                             "fix or move it away")
         return doc
 
     # ------------------------------------------------------------------ writing
@@ -229,8 +231,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     spm = stats["seconds_per_manual_mask"]
     lines = [
         f"images annotated:        {stats['images_annotated']}",
-        f"masks:                   {stats['masks']} ({stats['manual_masks']} manual, "
-        f"{stats['auto_masks']} auto)",
+        (f"masks:                   {stats['masks']} ({stats['manual_masks']} manual, "
+         f"{stats['auto_masks']} auto)"),
         f"masks per image:         {stats['masks_per_image']:.2f}",
         "seconds per manual mask: " + ("-" if spm is None else
                                        f"{spm:.2f} (median {stats['median_seconds_per_manual_mask']:.2f})"),
@@ -299,5 +301,13 @@ def _write_pairs(tar: tarfile.TarFile, store: AnnotationStore,
     return n_images, n_masks
 
 
-__all__ = ["AnnotationStore", "StoreError", "NothingToUndo", "image_id_of", "annotation_stats",
-           "format_stats", "export_shard", "SOURCES"]
+__all__ = [
+    "SOURCES",
+    "AnnotationStore",
+    "NothingToUndo",
+    "StoreError",
+    "annotation_stats",
+    "export_shard",
+    "format_stats",
+    "image_id_of",
+]
