@@ -329,8 +329,17 @@ def test_bad_inputs_get_4xx_with_a_message(folder, capsys):
         table.append(f"{what}: {r.status_code} {msg}")
         assert r.status_code == status, (what, r.status_code, msg)
         assert needle in msg, (what, msg)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG not really")
+    try:
+        for path in ("/api/open", "/api/decode"):
+            r = c.post(path, json={"image": "broken.png", "points": [[1, 1, 1]]})
+            assert r.status_code == 422 and "cannot read image" in r.json()["error"]
+            table.append(f"corrupt image file ({path}): {r.status_code} {r.json()['error']}")
+    finally:
+        (root / "images" / "broken.png").unlink()
     r = c.get("/api/decode")
     assert r.status_code == 405 and r.json()["error"]
+    table.append(f"GET on a POST endpoint: {r.status_code} {r.json()['error']}")
     assert c.get("/api/nothing").status_code == 404
     assert not (root / "out_bad" / "a.json").exists()  # nothing bad was stored
     with capsys.disabled():

@@ -147,7 +147,7 @@ class ImageFolder:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"))
         except (OSError, ValueError) as e:
-            raise BadRequest(422, f"cannot read image {name!r}: {e}") from None
+            raise BadRequest(422, f"cannot read image {name!r}: {str(e).replace(str(path), name)}") from None
 
     def size(self, name: str) -> tuple[int, int]:
         """``(H, W)`` (read from the header once)."""
@@ -157,7 +157,7 @@ class ImageFolder:
                 with Image.open(path) as im:
                     self._sizes[name] = (im.height, im.width)
             except (OSError, ValueError) as e:
-                raise BadRequest(422, f"cannot read image {name!r}: {e}") from None
+                raise BadRequest(422, f"cannot read image {name!r}: {str(e).replace(str(path), name)}") from None
         return self._sizes[name]
 
     def record(self, name: str) -> dict[str, Any]:
@@ -230,7 +230,7 @@ class Engine:
         """Best mask for the prompts; remembers its low-res logits under a new decode id."""
         prev = None
         if mask_input is not None:
-            prev = self._decodes.get(mask_input)
+            prev = self.decoded(mask_input)
             if prev is None or prev["image"] != name:
                 raise BadRequest(422, f"mask_input {mask_input!r} is not a recent decode of {name!r} "
                                  "(expired or the server restarted); send the prompts without it")
@@ -252,19 +252,20 @@ class Engine:
                 calculate_stability_score(np.asarray(low_res[best:best + 1]), 0.0, 1.0))[0]))
             ms = (time.perf_counter() - t0) * 1e3
             self.decodes += 1
-        decode_id = secrets.token_hex(8)
-        fg = [[float(x), float(y)] for x, y, lab in points if lab == 1]
-        if not fg and box is not None:
-            fg = [[float((box[0] + box[2]) / 2), float((box[1] + box[3]) / 2)]]
-        self._decodes[decode_id] = {"image": name, "low_res": np.asarray(low_res[best:best + 1]),
-                                    "score": float(iou[best]), "stability": stability, "points": fg}
-        while len(self._decodes) > DECODES_KEPT:
-            self._decodes.popitem(last=False)
+            decode_id = secrets.token_hex(8)
+            fg = [[float(x), float(y)] for x, y, lab in points if lab == 1]
+            if not fg and box is not None:
+                fg = [[float((box[0] + box[2]) / 2), float((box[1] + box[3]) / 2)]]
+            self._decodes[decode_id] = {"image": name, "low_res": np.asarray(low_res[best:best + 1]),
+                                        "score": float(iou[best]), "stability": stability, "points": fg}
+            while len(self._decodes) > DECODES_KEPT:
+                self._decodes.popitem(last=False)
         return {"decode_id": decode_id, "mask": {"counts": mask_to_runs(mask)}, "area": int(mask.sum()),
                 "score": float(iou[best]), "stability": stability, "ms": round(ms, 2)}
 
     def decoded(self, decode_id: str) -> dict[str, Any] | None:
-        return self._decodes.get(decode_id)
+        with self.lock:
+            return self._decodes.get(decode_id)
 
     def auto_masks(self, image: np.ndarray, name: str) -> list[dict[str, Any]]:
         """The generator's masks as SA-1B annotations (without ``id``)."""
@@ -414,6 +415,12 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     def stem(name: str) -> str:
         return Path(name).stem
 
+    def names() -> list[str]:
+        try:
+            return folder.names()
+        except ValueError as e:  # two images with one stem appeared since the start
+            raise BadRequest(409, str(e)) from None
+
     def view(name: str) -> dict[str, Any]:
         h, w = folder.size(name)
         doc = store.read(stem(name)) or {"annotations": [], "annotate": {}}
@@ -435,7 +442,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     async def list_images(request: Request):
         def work():
             images, done = [], 0
-            for name in folder.names():
+            for name in names():
                 doc = store.read(stem(name))
                 anns = doc["annotations"] if doc else []
                 manual = sum(a.get("source") == "manual" for a in anns)
@@ -555,7 +562,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     async def export(request: Request):
         def work():
-            return export_shard(store, [(stem(n), folder.resolve(n)) for n in folder.names()],
+            return export_shard(store, [(stem(n), folder.resolve(n)) for n in names()],
                                 store.out_dir / "export" / "annotations.tar")
         return JSONResponse(await run_in_threadpool(work))
 
