@@ -77,6 +77,7 @@ def browser(tmp_path_factory):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
+    os.environ.pop("SE_OFFLINE", None)
 
 
 def test_annotation_run_in_chromium(served, browser, tmp_path, capsys):

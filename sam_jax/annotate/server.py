@@ -239,29 +239,20 @@ class Engine:
         with self.lock:
             t0 = time.perf_counter()
             predictor = self._predictor(name, load)
-            coords = labels = None
-            if len(points):
-                coords, labels = points[:, :2], points[:, 2].astype(np.int32)
-            masks, iou, low_res = predictor.predict(
-                point_coords=coords, point_labels=labels, box=box,
-                mask_input=None if prev is None else prev["low_res"], multimask_output=multimask)
-            best = int(np.argmax(iou))
-            mask = np.asarray(masks[best], bool)
-            # of the low-res logits: the full-resolution ones would cost more than the decode
-            stability = float(np.nan_to_num(np.asarray(
-                calculate_stability_score(np.asarray(low_res[best:best + 1]), 0.0, 1.0))[0]))
+            mask, score, stability, low_res = _best_mask(
+                predictor, points, box, None if prev is None else prev["low_res"], multimask)
             ms = (time.perf_counter() - t0) * 1e3
             self.decodes += 1
             decode_id = secrets.token_hex(8)
             fg = [[float(x), float(y)] for x, y, lab in points if lab == 1]
             if not fg and box is not None:
                 fg = [[float((box[0] + box[2]) / 2), float((box[1] + box[3]) / 2)]]
-            self._decodes[decode_id] = {"image": name, "low_res": np.asarray(low_res[best:best + 1]),
-                                        "score": float(iou[best]), "stability": stability, "points": fg}
+            self._decodes[decode_id] = {"image": name, "low_res": low_res, "score": score,
+                                        "stability": stability, "points": fg}
             while len(self._decodes) > DECODES_KEPT:
                 self._decodes.popitem(last=False)
         return {"decode_id": decode_id, "mask": {"counts": mask_to_runs(mask)}, "area": int(mask.sum()),
-                "score": float(iou[best]), "stability": stability, "ms": round(ms, 2)}
+                "score": score, "stability": stability, "ms": round(ms, 2)}
 
     def decoded(self, decode_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -275,15 +266,29 @@ class Engine:
         return [{k: v for k, v in a.items() if k != "id"} for a in anns]
 
 
+def _best_mask(predictor: Any, points: np.ndarray, box: np.ndarray | None, mask_input: np.ndarray | None,
+               multimask: bool) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """One ``predict`` call -> the best mask ``(H, W)`` bool, its predicted IoU, its stability
+    score (of the low-res logits: the full-resolution ones would cost more than the decode)
+    and its low-res logits ``(1, 256, 256)``."""
+    coords = labels = None
+    if len(points):
+        coords, labels = points[:, :2], points[:, 2].astype(np.int32)
+    masks, iou, low_res = predictor.predict(point_coords=coords, point_labels=labels, box=box,
+                                            mask_input=mask_input, multimask_output=multimask)
+    best = int(np.argmax(iou))
+    low = np.asarray(low_res[best:best + 1])
+    stability = float(np.nan_to_num(np.asarray(calculate_stability_score(low, 0.0, 1.0))[0]))
+    return np.asarray(masks[best], bool), float(iou[best]), stability, low
+
+
 def _warm(predictor: Any, h: int, w: int) -> None:
     """Decode the prompt shapes of a typical object once (see ``Engine``'s ``warmup``)."""
-    centre = np.array([[w / 2, h / 2]])
-    _, _, low = predictor.predict(centre, np.ones(1, np.int32), multimask_output=True)
-    prev = np.zeros_like(low[:1])
+    centre = np.array([[w / 2, h / 2, 1.0]])
+    _, _, _, low = _best_mask(predictor, centre, None, None, True)
     for n in (2, 4, 8):
-        predictor.predict(np.repeat(centre, n, 0), np.ones(n, np.int32), mask_input=prev,
-                          multimask_output=False)
-    predictor.predict(box=np.array([0.0, 0.0, w / 2, h / 2]), multimask_output=False)
+        _best_mask(predictor, np.repeat(centre, n, 0), None, np.zeros_like(low), False)
+    _best_mask(predictor, np.zeros((0, 3)), np.array([0.0, 0.0, w / 2, h / 2]), None, False)
 
 
 # ----------------------------------------------------------------------------- request parsing
