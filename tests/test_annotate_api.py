@@ -243,6 +243,22 @@ def test_two_tabs_never_corrupt_a_file(folder):
     assert not [p for p in (root / "out_tabs").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_failed_write_leaves_the_file_as_it_was(tmp_path):
+    from sam_jax.sa1b_json import write_json_atomic
+
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"annotations": [1]})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"annotations": [object()]})  # fails half-way through json.dump
+    assert json.loads(path.read_text()) == {"annotations": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    (tmp_path / "bad.json").write_text("{not json")
+    from sam_jax.annotate.store import StoreError
+
+    with pytest.raises(StoreError, match="not an SA-1B document"):
+        AnnotationStore(tmp_path).read("bad")
+
+
 def test_embedding_cache_is_bounded(folder):
     root, _ = folder
     app = create_app(root / "images", root / "out_cache", make_predictor=StubPredictor,
