@@ -10,7 +10,10 @@ API), ``request_ms`` the whole request in-process (validation, decode, mask
 encoding, JSON), ``cpu_ms`` the process's CPU time during the request (all
 threads; on a shared machine the least inflated figure). The medians are over
 the clicks after the first object (the page's prompt shapes are compiled while
-the image opens, unless ``--no-warmup``).
+the image opens, unless ``--no-warmup``). On a busy machine, ``--calibrate`` (on
+by default for vit_b) first times bare ``predict`` on a 512x512 image against its
+idle figure and divides the click times by that slowdown
+(``idle_estimate_server_ms``).
 
     python benchmarks/annotate_click.py [--variant vit_b] [--size 1500x2250] [--clicks 12]
 """
@@ -47,14 +50,41 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=12)
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="do not compile the usual prompt shapes while the image opens")
+    ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="skip timing bare predict on a 512x512 image (the README's idle figure)")
     args = ap.parse_args()
     model = build_sam(args.variant)
+    slowdown = _calibrate(model) if args.calibrate and args.variant == "vit_b" else None
     for size in args.size.split(","):
         h, w = (int(v) for v in size.split("x"))
-        _measure(args, model, h, w)
+        _measure(args, model, h, w, slowdown)
 
 
-def _measure(args: argparse.Namespace, model, h: int, w: int) -> None:
+# `predict`, one point, after `set_image` on a 512x512 photo: 0.056 s on this 2-core CPU when
+# idle (README, benchmarks/results/cpu-inference-2026-11-30.jsonl).
+IDLE_PREDICT_512_MS = 56.0
+
+
+def _calibrate(model) -> float:
+    """How much slower than idle this machine is now: bare ``predict`` on 512x512 against
+    the idle figure. Click times divided by it estimate the idle click time."""
+    predictor = SamPredictor(model)
+    predictor.set_image(synthetic_scene(512, 512)[0])
+    point, label = np.array([[230.0, 205.0]]), np.array([1])
+    predictor.predict(point, label)
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        predictor.predict(point, label)
+        times.append((time.perf_counter() - t) * 1e3)
+    ms = statistics.median(times)
+    print(json.dumps({"what": "calibration: predict one point, 512x512", "median_ms": round(ms, 1),
+                      "idle_ms": IDLE_PREDICT_512_MS, "slowdown": round(ms / IDLE_PREDICT_512_MS, 2),
+                      "load_average": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+    return ms / IDLE_PREDICT_512_MS
+
+
+def _measure(args: argparse.Namespace, model, h: int, w: int, slowdown: float | None) -> None:
     image, _ = synthetic_scene(h, w)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -94,6 +124,8 @@ def _measure(args: argparse.Namespace, model, h: int, w: int) -> None:
             "median_request_ms": round(statistics.median(r["request_ms"] for r in warm), 1),
             "median_cpu_ms": round(statistics.median(r["cpu_ms"] for r in warm), 1),
             "first_click_ms": rows[0]["request_ms"], "embeddings": app.state.engine.embeds,
+            "idle_estimate_server_ms": None if slowdown is None else round(
+                statistics.median(r["server_ms"] for r in warm) / slowdown, 1),
             "load_average": [round(v, 1) for v in os.getloadavg()]}), flush=True)
 
 
