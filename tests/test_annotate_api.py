@@ -443,14 +443,25 @@ def test_cli_annotate_serves_on_localhost(folder):
     proc = subprocess.Popen(
         [sys.executable, "-m", "sam_jax.cli", "annotate", str(root / "images"), "--out",
          str(root / "out_cli"), "--port", "0", "--config-json", config],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=(root / "cli.err").open("w"), text=True)
     try:
         line = proc.stdout.readline()
-        assert "open http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
+        assert "open http://127.0.0.1:" in line, (line, (root / "cli.err").read_text())
         url = line.split("open ")[1].split()[0]
         with urllib.request.urlopen(url + "api/images", timeout=30) as r:
             listing = json.loads(r.read())
         assert listing["total"] == 3
-    finally:
-        proc.terminate()
+        drawn = np.zeros((H, W), bool)
+        drawn[30:60, 40:90] = True  # a hand-drawn mask: accept needs no model call
+        body = json.dumps({"image": "b.png", "mask": {"counts": mask_to_runs(drawn)}, "seconds": 7}).encode()
+        req = urllib.request.Request(url + "api/accept", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+        proc.kill()  # SIGKILL right after the accept: the mask is on disk already
         proc.wait(timeout=30)
+        (ann,) = _doc(root, "out_cli", "b")["annotations"]
+        assert np.array_equal(decode_mask(ann["segmentation"]), drawn) and ann["seconds"] == 7
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
