@@ -75,15 +75,14 @@ function cocoCounts(s) {
   return cnts;
 }
 
-function cocoToMask(seg, w, h) {
-  const m = new Uint8Array(w * h);
+// Write `value` into lab (row-major, W x H) wherever the COCO RLE mask is set.
+function fillCoco(seg, lab, value, w, h) {
   let p = 0, v = 0;
   for (const c of cocoCounts(seg.counts)) {
-    if (v) for (let q = p; q < p + c; q++) m[(q % h) * w + Math.floor(q / h)] = 1;
+    if (v) for (let q = p; q < p + c; q++) lab[(q % h) * w + Math.floor(q / h)] = value;
     p += c;
     v ^= 1;
   }
-  return m;
 }
 
 function maskToRuns(m) {
@@ -135,13 +134,23 @@ function paintMask(data, m, r, g, b, fill) {
 }
 
 function renderAccepted() {
-  acceptedLayer.width = S.w; acceptedLayer.height = S.h;
+  // One label image for all accepted masks (the later mask wins where they overlap), so
+  // the cost is their total area plus one pass over the pixels, however many masks.
+  const w = S.w, h = S.h, n = w * h;
+  acceptedLayer.width = w; acceptedLayer.height = h;
   const c = acceptedLayer.getContext("2d");
-  const data = c.createImageData(S.w, S.h);
-  for (const a of S.anns) {
-    const m = cocoToMask(a.segmentation, S.w, S.h);
-    const [r, g, b] = rgb(a.id);
-    paintMask(data.data, m, r, g, b, 110);
+  const data = c.createImageData(w, h), d = data.data;
+  const lab = new Int32Array(n);
+  S.anns.forEach((a, k) => fillCoco(a.segmentation, lab, k + 1, w, h));
+  const colours = S.anns.map((a) => rgb(a.id));
+  for (let i = 0; i < n; i++) {
+    const k = lab[i];
+    if (!k) continue;
+    const x = i % w;
+    const edge = x === 0 || x === w - 1 || i < w || i >= n - w ||
+      lab[i - 1] !== k || lab[i + 1] !== k || lab[i - w] !== k || lab[i + w] !== k;
+    const [r, g, b] = colours[k - 1], j = 4 * i;
+    d[j] = r; d[j + 1] = g; d[j + 2] = b; d[j + 3] = edge ? 255 : 110;
   }
   c.putImageData(data, 0, 0);
 }
@@ -381,6 +390,7 @@ canvas.addEventListener("mousedown", (ev) => {
   ev.preventDefault();
   const [x, y] = imageXY(ev);
   down = {x, y, cx: ev.clientX, cy: ev.clientY, button: ev.button, shift: ev.shiftKey, drag: false};
+  if (S.t0 === null) S.t0 = performance.now();  // the object's time starts at its first press
   if (S.mode !== "prompt") { snapshot(); stroke(x, y, x, y); renderCurrent(); draw(); }
 });
 canvas.addEventListener("mousemove", (ev) => {
