@@ -252,11 +252,23 @@ def test_a_failed_write_leaves_the_file_as_it_was(tmp_path):
         write_json_atomic(path, {"annotations": [object()]})  # fails half-way through json.dump
     assert json.loads(path.read_text()) == {"annotations": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
-    (tmp_path / "bad.json").write_text("{not json")
-    from sam_jax.annotate.store import StoreError
 
-    with pytest.raises(StoreError, match="not an SA-1B document"):
-        AnnotationStore(tmp_path).read("bad")
+
+def test_a_broken_annotation_file_is_reported_not_overwritten(folder):
+    root, _ = folder
+    out = root / "out_broken"
+    out.mkdir()
+    c = _client(root, "out_broken")
+    for text, problem in [("{not json", "bad JSON"), ('{"image": {}, "annotations": [{"id": 1}]}',
+                                                      "lacks an integer id or a COCO RLE segmentation")]:
+        (out / "a.json").write_text(text)
+        listing = c.get("/api/images").json()
+        assert problem in listing["images"][0]["error"] and "error" not in listing["images"][1]
+        for path, body in [("/api/open", {"image": "a.png"}), ("/api/undo", {"image": "a.png"}),
+                           ("/api/delete", {"image": "a.png", "id": 1})]:
+            r = c.post(path, json=body)
+            assert r.status_code == 409 and problem in r.json()["error"], (path, r.text)
+        assert (out / "a.json").read_text() == text
 
 
 def test_embedding_cache_is_bounded(folder):

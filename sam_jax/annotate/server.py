@@ -448,11 +448,14 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         def work():
             images, done = [], 0
             for name in names():
-                doc = store.read(stem(name))
+                try:
+                    doc, error = store.read(stem(name)), None
+                except StoreError as e:  # listed with its problem; opening it answers 409
+                    doc, error = None, str(e)
                 anns = doc["annotations"] if doc else []
                 manual = sum(a.get("source") == "manual" for a in anns)
                 images.append({"name": name, "masks": len(anns), "manual": manual,
-                               "auto": len(anns) - manual})
+                               "auto": len(anns) - manual, **({"error": error} if error else {})})
                 done += bool(anns)
             return {"images": images, "total": len(images), "done": done,
                     "prefill": engine.generator is not None}

@@ -87,7 +87,10 @@ class AnnotationStore:
             doc, problem = None, f"bad JSON: {e}"
         else:
             problem = ("no 'image' object" if not isinstance(doc, dict) or not isinstance(doc.get("image"), dict)
-                       else "no 'annotations' list" if not isinstance(doc.get("annotations"), list) else None)
+                       else "no 'annotations' list" if not isinstance(doc.get("annotations"), list)
+                       else next((f"annotation {i} lacks an integer id or a COCO RLE segmentation"
+                                  for i, a in enumerate(doc["annotations"]) if not _valid_annotation(a)),
+                                 None))
         if problem:
             raise StoreError(f"annotation file {p.name} is not an SA-1B document ({problem}); "
                              "fix or move it away")
@@ -180,6 +183,12 @@ class AnnotationStore:
                     anns.insert(min(int(last["index"]), len(anns)), ann)
                     return {"undone": "delete", "id": ann.get("id")}
             raise NothingToUndo(f"nothing to undo on {stem}")
+
+
+def _valid_annotation(a: Any) -> bool:
+    seg = a.get("segmentation") if isinstance(a, dict) else None
+    return (isinstance(a, dict) and type(a.get("id")) is int and isinstance(seg, dict)
+            and isinstance(seg.get("counts"), str) and isinstance(seg.get("size"), list))
 
 
 def _new_id(doc: dict[str, Any]) -> int:
