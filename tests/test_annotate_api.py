@@ -375,11 +375,10 @@ def test_bad_inputs_get_4xx_with_a_message(folder, capsys):
 
 
 def test_stats_export_and_the_pipeline_reader(folder, capsys):
-    """Saved JSON and the exported shard are read by data/ (reader + per-record processing of
-    data.pipeline) with zero bad samples."""
+    """Saved JSON parses with data/sa1b.py, and data.pipeline reads the exported shard with
+    zero bad samples."""
     from data import sa1b
-    from data.preprocess import PreprocessConfig, process_record
-    from data.status import Status
+    from data.pipeline import Pipeline
 
     root, _ = folder
     c = _client(root, "out_export", generator=StubGenerator(keep=(2,)))
@@ -399,16 +398,13 @@ def test_stats_export_and_the_pipeline_reader(folder, capsys):
         assert (ann.height, ann.width) == (H, W) and len(ann.counts) == 2
     r = c.post("/api/export").json()
     assert r["images"] == 2 and r["masks"] == 4
-    cfg = PreprocessConfig(model_size=64, max_masks=4)
-    loader = sa1b.Loader()
-    statuses, valid = [], []
-    for ref in sa1b.iter_refs(r["path"]):
-        jpeg, payload = loader.load(ref)
-        sample, st = process_record(jpeg, payload, sa1b.PAYLOAD_JSON, int(ref.status), 0, cfg)
-        statuses.append(st)
-        valid.append(int(sample["mask_valid"].sum()))
-    loader.close()
-    assert statuses == [Status.OK, Status.OK] and valid == [2, 2]
+    pipe = Pipeline(r["path"], batch_size=2, model_size=64, max_masks=4, num_epochs=1, shuffle=False,
+                    process_index=0, process_count=1)
+    batches = list(pipe)
+    assert len(batches) == 1 and batches[0]["status"].tolist() == [0, 0]
+    assert batches[0]["mask_valid"].sum(axis=1).tolist() == [2, 2]
+    counts = pipe.stats()
+    assert counts["ok"] == 2 and sum(counts.values()) == 2  # zero bad samples
 
 
 def test_real_tiny_sam_through_the_endpoints(folder):
