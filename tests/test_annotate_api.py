@@ -271,6 +271,17 @@ def test_a_broken_annotation_file_is_reported_not_overwritten(folder):
         assert (out / "a.json").read_text() == text
 
 
+def test_the_predictors_own_refusals_are_4xx(folder):
+    class Refusing(StubPredictor):
+        def predict(self, *args, **kwargs):
+            raise ValueError("point_labels must be in [0, 1]")
+
+    root, _ = folder
+    c = _client(root, "out_refuse", make_predictor=Refusing)
+    r = c.post("/api/decode", json={"image": "a.png", "points": [[5, 5, 1]]})
+    assert r.status_code == 422 and r.json()["error"] == "bad prompt: point_labels must be in [0, 1]"
+
+
 def test_embedding_cache_is_bounded(folder):
     root, _ = folder
     app = create_app(root / "images", root / "out_cache", make_predictor=StubPredictor,

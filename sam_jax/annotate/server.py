@@ -210,7 +210,10 @@ class Engine:
             return self._cache[name][0]
         predictor = self.make_predictor()
         image = load(name)
-        predictor.set_image(image)
+        try:
+            predictor.set_image(image)
+        except ValueError as e:  # the predictor's own validation (e.g. an empty image)
+            raise BadRequest(422, f"cannot embed {name!r}: {e}") from None
         self.embeds += 1
         if self.warmup and image.shape not in self._warm_sizes:
             _warm(predictor, image.shape[0], image.shape[1])
@@ -239,8 +242,11 @@ class Engine:
         with self.lock:
             t0 = time.perf_counter()
             predictor = self._predictor(name, load)
-            mask, score, stability, low_res = _best_mask(
-                predictor, points, box, None if prev is None else prev["low_res"], multimask)
+            try:
+                mask, score, stability, low_res = _best_mask(
+                    predictor, points, box, None if prev is None else prev["low_res"], multimask)
+            except ValueError as e:  # the predictor's own validation
+                raise BadRequest(422, f"bad prompt: {e}") from None
             ms = (time.perf_counter() - t0) * 1e3
             self.decodes += 1
             decode_id = secrets.token_hex(8)
