@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from sam_jax.image_files import IMAGE_SUFFIXES
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:

@@ -54,7 +54,7 @@ from starlette.staticfiles import StaticFiles
 
 from sam_jax.amg import calculate_stability_score, mask_to_rle, rle_to_mask
 from sam_jax.annotate.store import AnnotationStore, NothingToUndo, StoreError, export_shard, image_id_of
-from sam_jax.cli import IMAGE_SUFFIXES
+from sam_jax.image_files import IMAGE_SUFFIXES
 from sam_jax.sa1b_json import mask_record, sa1b_record
 
 STATIC_DIR = Path(__file__).parent / "static"
