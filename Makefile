@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench-cpu clean browser
+.PHONY: demo test lint bench-cpu clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ comma := ,
 demo: $(VENV)/.installed-data+train
 	$(PY) -m train.demo --out out/demo
 
-test: $(VENV)/.installed-data+train+test browser
+test: lint browser
 	$(PY) -m pytest -q tests
+
+# ruff is in the test extras; the configuration is in pyproject.toml.
+lint: $(VENV)/.installed-data+train+test
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # The annotation tool's browser test drives Debian's chromium through chromedriver.
 browser:
@@ -33,7 +37,7 @@ browser:
 	else echo "make: no apt-get: install chromium and chromedriver, or the browser test is skipped"; fi
 
 bench-cpu: $(VENV)/.installed-data+train+test
-	$(PY) benchmarks/encoder_cpu.py
+	$(PY) -m benchmarks.run encoder-cpu
 
 clean:
 	rm -rf $(VENV) out

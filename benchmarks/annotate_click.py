@@ -15,7 +15,7 @@ by default for vit_b) first times bare ``predict`` on a 512x512 image against it
 idle figure and divides the click times by that slowdown
 (``idle_estimate_server_ms``).
 
-    python benchmarks/annotate_click.py [--variant vit_b] [--size 1500x2250] [--clicks 12]
+    python -m benchmarks.annotate_click [--variant vit_b] [--size 1500x2250,768x1024] [--clicks 12]
 """
 
 from __future__ import annotations
@@ -24,20 +24,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
-                str(Path(__file__).resolve().parents[1] / "tests")]
-
-from annotate_stub import synthetic_scene
 from PIL import Image
 from starlette.testclient import TestClient
 
+from benchmarks.annotate_stub import synthetic_scene
 from sam_jax import SamPredictor, build_sam
 from sam_jax.annotate.server import create_app
 
@@ -45,13 +40,24 @@ from sam_jax.annotate.server import create_app
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variant", default="vit_b")
-    ap.add_argument("--size", default="1500x2250,768x1024",
-                    help="image sizes HxW, comma-separated (SA-1B images are about 1500x2250)")
+    ap.add_argument(
+        "--size",
+        default="1500x2250,768x1024",
+        help="image sizes HxW, comma-separated (SA-1B images are about 1500x2250)",
+    )
     ap.add_argument("--clicks", type=int, default=12)
-    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
-                    help="do not compile the usual prompt shapes while the image opens")
-    ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                    help="skip timing bare predict on a 512x512 image (the README's idle figure)")
+    ap.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="do not compile the usual prompt shapes while the image opens",
+    )
+    ap.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="skip timing bare predict on a 512x512 image (the README's idle figure)",
+    )
     args = ap.parse_args()
     model = build_sam(args.variant)
     slowdown = _calibrate(model) if args.calibrate and args.variant == "vit_b" else None
@@ -78,9 +84,18 @@ def _calibrate(model) -> float:
         predictor.predict(point, label)
         times.append((time.perf_counter() - t) * 1e3)
     ms = statistics.median(times)
-    print(json.dumps({"what": "calibration: predict one point, 512x512", "median_ms": round(ms, 1),
-                      "idle_ms": IDLE_PREDICT_512_MS, "slowdown": round(ms / IDLE_PREDICT_512_MS, 2),
-                      "load_average": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "what": "calibration: predict one point, 512x512",
+                "median_ms": round(ms, 1),
+                "idle_ms": IDLE_PREDICT_512_MS,
+                "slowdown": round(ms / IDLE_PREDICT_512_MS, 2),
+                "load_average": [round(v, 1) for v in os.getloadavg()],
+            }
+        ),
+        flush=True,
+    )
     return ms / IDLE_PREDICT_512_MS
 
 
@@ -90,14 +105,23 @@ def _measure(args: argparse.Namespace, model, h: int, w: int, slowdown: float | 
         tmp = Path(tmp)
         (tmp / "images").mkdir()
         Image.fromarray(image).save(tmp / "images" / "scene.png")
-        app = create_app(tmp / "images", tmp / "out", make_predictor=lambda: SamPredictor(model),
-                         warmup=args.warmup)
+        app = create_app(
+            tmp / "images", tmp / "out", make_predictor=lambda: SamPredictor(model), warmup=args.warmup
+        )
         c = TestClient(app)
         t = time.perf_counter()
         assert c.post("/api/open", json={"image": "scene.png"}).status_code == 200
-        print(json.dumps({"what": "open (embedding + warm-up)" if args.warmup else "open (embedding)",
-                          "variant": args.variant, "size": [h, w],
-                          "seconds": round(time.perf_counter() - t, 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "what": "open (embedding + warm-up)" if args.warmup else "open (embedding)",
+                    "variant": args.variant,
+                    "size": [h, w],
+                    "seconds": round(time.perf_counter() - t, 3),
+                }
+            ),
+            flush=True,
+        )
         rng = np.random.default_rng(0)
         points, prev, rows = [], None, []
         for i in range(args.clicks):
@@ -112,21 +136,39 @@ def _measure(args: argparse.Namespace, model, h: int, w: int, slowdown: float | 
             assert r.status_code == 200, r.text
             r = r.json()
             prev = r["decode_id"]
-            rows.append({"click": i, "points": len(points), "mask_input": i % 4 != 0,
-                         "server_ms": r["ms"], "request_ms": round(request_ms, 2),
-                         "cpu_ms": round(cpu_ms, 2)})
+            rows.append(
+                {
+                    "click": i,
+                    "points": len(points),
+                    "mask_input": i % 4 != 0,
+                    "server_ms": r["ms"],
+                    "request_ms": round(request_ms, 2),
+                    "cpu_ms": round(cpu_ms, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         assert app.state.engine.embeds == 1
         warm = rows[4:] if len(rows) > 4 else rows[1:]
-        print(json.dumps({
-            "what": "click", "variant": args.variant, "size": [h, w], "warm_clicks": len(warm),
-            "median_server_ms": round(statistics.median(r["server_ms"] for r in warm), 1),
-            "median_request_ms": round(statistics.median(r["request_ms"] for r in warm), 1),
-            "median_cpu_ms": round(statistics.median(r["cpu_ms"] for r in warm), 1),
-            "first_click_ms": rows[0]["request_ms"], "embeddings": app.state.engine.embeds,
-            "idle_estimate_server_ms": None if slowdown is None else round(
-                statistics.median(r["server_ms"] for r in warm) / slowdown, 1),
-            "load_average": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "what": "click",
+                    "variant": args.variant,
+                    "size": [h, w],
+                    "warm_clicks": len(warm),
+                    "median_server_ms": round(statistics.median(r["server_ms"] for r in warm), 1),
+                    "median_request_ms": round(statistics.median(r["request_ms"] for r in warm), 1),
+                    "median_cpu_ms": round(statistics.median(r["cpu_ms"] for r in warm), 1),
+                    "first_click_ms": rows[0]["request_ms"],
+                    "embeddings": app.state.engine.embeds,
+                    "idle_estimate_server_ms": None
+                    if slowdown is None
+                    else round(statistics.median(r["server_ms"] for r in warm) / slowdown, 1),
+                    "load_average": [round(v, 1) for v in os.getloadavg()],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,18 +33,25 @@ def sa1b_record(records: list[dict], file_name: str, image_id: int, shape: Seque
       file_name: the image's file name; image_id: its integer id; shape: ``(H, W, ...)``.
     """
     return {
-        "image": {"image_id": int(image_id), "width": int(shape[1]), "height": int(shape[0]),
-                  "file_name": file_name},
-        "annotations": [{
-            "id": i,
-            "segmentation": r["segmentation"],
-            "bbox": [float(v) for v in r["bbox"]],
-            "area": int(r["area"]),
-            "predicted_iou": float(r["predicted_iou"]),
-            "stability_score": float(r["stability_score"]),
-            "crop_box": [float(v) for v in r["crop_box"]],
-            "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-        } for i, r in enumerate(records)],
+        "image": {
+            "image_id": int(image_id),
+            "width": int(shape[1]),
+            "height": int(shape[0]),
+            "file_name": file_name,
+        },
+        "annotations": [
+            {
+                "id": i,
+                "segmentation": r["segmentation"],
+                "bbox": [float(v) for v in r["bbox"]],
+                "area": int(r["area"]),
+                "predicted_iou": float(r["predicted_iou"]),
+                "stability_score": float(r["stability_score"]),
+                "crop_box": [float(v) for v in r["crop_box"]],
+                "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
+            }
+            for i, r in enumerate(records)
+        ],
     }
 
 
@@ -61,20 +68,26 @@ def decode_mask(segmentation: dict[str, Any]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     counts = segmentation["counts"]
-    rle = {"size": list(segmentation["size"]),
-           "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    rle = {
+        "size": list(segmentation["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return mask_utils.decode(rle).astype(bool)
 
 
-def mask_record(mask: np.ndarray, *, point_coords: Sequence[Sequence[float]],
-                predicted_iou: float, stability_score: float) -> dict[str, Any]:
+def mask_record(
+    mask: np.ndarray, *, point_coords: Sequence[Sequence[float]], predicted_iou: float, stability_score: float
+) -> dict[str, Any]:
     """One SA-1B annotation (without ``id``) of an ``(H, W)`` bool mask; the crop box is
     the whole image (interactive masks are predicted on the full image)."""
     mask = np.asarray(mask, bool)
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
-    bbox = ([float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-             float(ys.max() - ys.min() + 1)] if xs.size else [0.0, 0.0, 0.0, 0.0])
+    bbox = (
+        [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+        if xs.size
+        else [0.0, 0.0, 0.0, 0.0]
+    )
     return {
         "segmentation": encode_mask(mask),
         "bbox": bbox,

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("starlette")
-from annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
 from starlette.testclient import TestClient
 
+from benchmarks.annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
 from sam_jax import cli
 from sam_jax.annotate.server import create_app, mask_to_runs, runs_to_mask
 from sam_jax.annotate.store import AnnotationStore, annotation_stats, image_id_of
@@ -27,10 +27,19 @@ from sam_jax.modeling.sam import SamConfig
 from sam_jax.sa1b_json import decode_mask
 
 H, W = 150, 200
-SMALL = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-                  encoder_global_attn_indexes=(1,), image_size=64, window_size=2,
-                  prompt_embed_dim=32, mask_in_chans=4, decoder_depth=2, decoder_heads=2,
-                  decoder_mlp_dim=64)
+SMALL = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=2,
+    prompt_embed_dim=32,
+    mask_in_chans=4,
+    decoder_depth=2,
+    decoder_heads=2,
+    decoder_mlp_dim=64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +86,18 @@ def test_list_and_serve_only_inside_the_folder(folder):
     assert r.status_code == 200 and r.content == (root / "images" / "a.png").read_bytes()
     assert c.get("/").status_code == 200 and "app.js" in c.get("/").text
     assert c.get("/static/app.js").status_code == 200
-    for name, status in [("../secret.png", 400), (str(root / "secret.png"), 400), ("/etc/passwd", 400),
-                         ("link.png", 403), ("sub/../a.png", 400), ("..", 400), ("nope.png", 404),
-                         ("notes.txt", 404), ("a.png\x00.txt", 400), ("C:\\x.png", 400)]:
+    for name, status in [
+        ("../secret.png", 400),
+        (str(root / "secret.png"), 400),
+        ("/etc/passwd", 400),
+        ("link.png", 403),
+        ("sub/../a.png", 400),
+        ("..", 400),
+        ("nope.png", 404),
+        ("notes.txt", 404),
+        ("a.png\x00.txt", 400),
+        ("C:\\x.png", 400),
+    ]:
         r = c.get("/api/image", params={"name": name})
         assert r.status_code == status, (name, r.status_code, r.text)
         assert r.json()["error"]
@@ -104,8 +122,10 @@ def test_decode_feeds_logits_back_and_embeds_once(folder):
     predictor = engine._cache["a.png"][0]
     first_low = predictor.last_low_res[1]  # the best of the 3 (iou 0.97)
     # second click (background, on the disk) with the previous logits as the mask prompt
-    r2 = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1], [130, 60, 0]],
-                                     "mask_input": r1["decode_id"]}).json()
+    r2 = c.post(
+        "/api/decode",
+        json={"image": "a.png", "points": [[40, 60, 1], [130, 60, 0]], "mask_input": r1["decode_id"]},
+    ).json()
     call = predictor.calls[-1]
     assert call["mask_input"].shape == (1, 256, 256)
     assert np.array_equal(call["mask_input"][0], first_low)
@@ -125,10 +145,21 @@ def test_warmup_decodes_the_page_prompt_shapes_once_per_size(folder):
     engine = app.state.engine
     c.post("/api/open", json={"image": "a.png"})
     calls = engine._cache["a.png"][0].calls
-    assert [(None if k["points"] is None else len(k["points"]), k["mask_input"] is not None,
-             k["box"] is not None, k["multimask"]) for k in calls] == [
-        (1, False, False, True), (2, True, False, False), (4, True, False, False),
-        (8, True, False, False), (None, False, True, False)]
+    assert [
+        (
+            None if k["points"] is None else len(k["points"]),
+            k["mask_input"] is not None,
+            k["box"] is not None,
+            k["multimask"],
+        )
+        for k in calls
+    ] == [
+        (1, False, False, True),
+        (2, True, False, False),
+        (4, True, False, False),
+        (8, True, False, False),
+        (None, False, True, False),
+    ]
     c.post("/api/open", json={"image": "b.png"})  # same size: no second warm-up
     assert len(engine._cache["b.png"][0].calls) == 0 and engine.decodes == 0
     r = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1]]}).json()
@@ -140,8 +171,16 @@ def test_accept_delete_undo_write_sa1b(folder):
     c = _client(root, "out_edit")
     c.post("/api/open", json={"image": "a.png"})
     d = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1]]}).json()
-    r = c.post("/api/accept", json={"image": "a.png", "mask": d["mask"], "decode_id": d["decode_id"],
-                                    "seconds": 4.25, "points": [[40, 60, 1]]})
+    r = c.post(
+        "/api/accept",
+        json={
+            "image": "a.png",
+            "mask": d["mask"],
+            "decode_id": d["decode_id"],
+            "seconds": 4.25,
+            "points": [[40, 60, 1]],
+        },
+    )
     assert r.status_code == 200
     first = r.json()["id"]
     doc = _doc(root, "out_edit", "a")
@@ -157,8 +196,9 @@ def test_accept_delete_undo_write_sa1b(folder):
     # a hand-drawn mask (brush, no decode): scores 1, point inside the mask
     drawn = np.zeros((H, W), bool)
     drawn[5:15, 150:190] = True
-    second = c.post("/api/accept", json={"image": "a.png", "mask": {"counts": mask_to_runs(drawn)},
-                                         "seconds": 2}).json()["id"]
+    second = c.post(
+        "/api/accept", json={"image": "a.png", "mask": {"counts": mask_to_runs(drawn)}, "seconds": 2}
+    ).json()["id"]
     ann2 = _doc(root, "out_edit", "a")["annotations"][1]
     x, y = ann2["point_coords"][0]
     assert ann2["predicted_iou"] == 1.0 and drawn[int(y), int(x)] and second == first + 1
@@ -174,8 +214,9 @@ def test_accept_delete_undo_write_sa1b(folder):
     assert r.status_code == 409 and "nothing to undo" in r.json()["error"]
     # ids are never reused
     d = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1]]}).json()
-    third = c.post("/api/accept", json={"image": "a.png", "mask": d["mask"], "decode_id": d["decode_id"],
-                                        "seconds": 1}).json()["id"]
+    third = c.post(
+        "/api/accept", json={"image": "a.png", "mask": d["mask"], "decode_id": d["decode_id"], "seconds": 1}
+    ).json()["id"]
     assert third == second + 1
     assert c.get("/api/annotations", params={"image": "a.png"}).json()["annotations"][0]["id"] == third
     listing = c.get("/api/images").json()
@@ -202,8 +243,9 @@ def test_prefill_once_and_resume_after_restart(folder):
     assert c2.post("/api/undo", json={"image": "b.png"}).json()["undone"] == "delete"  # history on disk
     assert [a["id"] for a in _doc(root, "out_prefill", "b")["annotations"]] == [auto_id, auto_id + 1]
     d = c2.post("/api/decode", json={"image": "b.png", "points": [[40, 60, 1]]}).json()
-    new = c2.post("/api/accept", json={"image": "b.png", "mask": d["mask"], "decode_id": d["decode_id"],
-                                       "seconds": 3}).json()["id"]
+    new = c2.post(
+        "/api/accept", json={"image": "b.png", "mask": d["mask"], "decode_id": d["decode_id"], "seconds": 3}
+    ).json()["id"]
     assert new == auto_id + 2
 
 
@@ -259,13 +301,18 @@ def test_a_broken_annotation_file_is_reported_not_overwritten(folder):
     out = root / "out_broken"
     out.mkdir()
     c = _client(root, "out_broken")
-    for text, problem in [("{not json", "bad JSON"), ('{"image": {}, "annotations": [{"id": 1}]}',
-                                                      "lacks an integer id or a COCO RLE segmentation")]:
+    for text, problem in [
+        ("{not json", "bad JSON"),
+        ('{"image": {}, "annotations": [{"id": 1}]}', "lacks an integer id or a COCO RLE segmentation"),
+    ]:
         (out / "a.json").write_text(text)
         listing = c.get("/api/images").json()
         assert problem in listing["images"][0]["error"] and "error" not in listing["images"][1]
-        for path, body in [("/api/open", {"image": "a.png"}), ("/api/undo", {"image": "a.png"}),
-                           ("/api/delete", {"image": "a.png", "id": 1})]:
+        for path, body in [
+            ("/api/open", {"image": "a.png"}),
+            ("/api/undo", {"image": "a.png"}),
+            ("/api/delete", {"image": "a.png", "id": 1}),
+        ]:
             r = c.post(path, json=body)
             assert r.status_code == 409 and problem in r.json()["error"], (path, r.text)
         assert (out / "a.json").read_text() == text
@@ -284,8 +331,9 @@ def test_the_predictors_own_refusals_are_4xx(folder):
 
 def test_embedding_cache_is_bounded(folder):
     root, _ = folder
-    app = create_app(root / "images", root / "out_cache", make_predictor=StubPredictor,
-                     cache_bytes=2 * 2048)  # room for two stub embeddings
+    app = create_app(
+        root / "images", root / "out_cache", make_predictor=StubPredictor, cache_bytes=2 * 2048
+    )  # room for two stub embeddings
     c = TestClient(app)
     engine = app.state.engine
     for name in ["a.png", "b.png", "c.png"]:
@@ -303,11 +351,21 @@ BAD_INPUTS = [
     ("empty body", "/api/decode", b"", 400, "empty body"),
     ("body is a list", "/api/decode", b"[1, 2]", 400, "JSON object"),
     ("NaN coordinate", "/api/decode", b'{"image": "a.png", "points": [[NaN, 5, 1]]}', 422, "NaN"),
-    ("Infinity coordinate", "/api/decode", b'{"image": "a.png", "points": [[Infinity, 5, 1]]}', 422,
-     "Infinity"),
+    (
+        "Infinity coordinate",
+        "/api/decode",
+        b'{"image": "a.png", "points": [[Infinity, 5, 1]]}',
+        422,
+        "Infinity",
+    ),
     ("1e999 coordinate", "/api/decode", b'{"image": "a.png", "points": [[1e999, 5, 1]]}', 422, "finite"),
-    ("null coordinate (JS NaN)", "/api/decode", {"image": "a.png", "points": [[None, 5, 1]]}, 422,
-     "must be a number"),
+    (
+        "null coordinate (JS NaN)",
+        "/api/decode",
+        {"image": "a.png", "points": [[None, 5, 1]]},
+        422,
+        "must be a number",
+    ),
     ("string coordinate", "/api/decode", {"image": "a.png", "points": [["5", 5, 1]]}, 422, "number"),
     ("x left of the image", "/api/decode", {"image": "a.png", "points": [[-1, 5, 1]]}, 422, "outside"),
     ("y below the image", "/api/decode", {"image": "a.png", "points": [[5, H + 1, 1]]}, 422, "outside"),
@@ -322,28 +380,73 @@ BAD_INPUTS = [
     ("box of 3 numbers", "/api/decode", {"image": "a.png", "box": [0, 0, 5]}, 422, "box must be"),
     ("unknown image", "/api/decode", {"image": "zzz.png", "points": [[5, 5, 1]]}, 404, "unknown image"),
     ("image missing", "/api/decode", {"points": [[5, 5, 1]]}, 400, "non-empty string"),
-    ("image traversal", "/api/decode", {"image": "../secret.png", "points": [[5, 5, 1]]}, 400,
-     "file name inside"),
+    (
+        "image traversal",
+        "/api/decode",
+        {"image": "../secret.png", "points": [[5, 5, 1]]},
+        400,
+        "file name inside",
+    ),
     ("image absolute path", "/api/open", {"image": "/etc/hostname"}, 400, "absolute"),
     ("image symlink out", "/api/open", {"image": "link.png"}, 403, "outside the images folder"),
-    ("unknown mask_input", "/api/decode", {"image": "a.png", "points": [[5, 5, 1]], "mask_input": "abc"},
-     422, "not a recent decode"),
-    ("mask_input a number", "/api/decode", {"image": "a.png", "points": [[5, 5, 1]], "mask_input": 3},
-     422, "decode_id string"),
-    ("multimask a string", "/api/decode", {"image": "a.png", "points": [[5, 5, 1]], "multimask": "yes"},
-     422, "true or false"),
+    (
+        "unknown mask_input",
+        "/api/decode",
+        {"image": "a.png", "points": [[5, 5, 1]], "mask_input": "abc"},
+        422,
+        "not a recent decode",
+    ),
+    (
+        "mask_input a number",
+        "/api/decode",
+        {"image": "a.png", "points": [[5, 5, 1]], "mask_input": 3},
+        422,
+        "decode_id string",
+    ),
+    (
+        "multimask a string",
+        "/api/decode",
+        {"image": "a.png", "points": [[5, 5, 1]], "multimask": "yes"},
+        422,
+        "true or false",
+    ),
     ("accept without mask", "/api/accept", {"image": "a.png", "seconds": 1}, 422, "mask must be"),
-    ("accept counts sum wrong", "/api/accept", {"image": "a.png", "mask": {"counts": [5, 5]}}, 422,
-     "sum to 10"),
-    ("accept negative count", "/api/accept", {"image": "a.png", "mask": {"counts": [H * W + 1, -1]}},
-     422, "non-negative"),
-    ("accept float counts", "/api/accept", {"image": "a.png", "mask": {"counts": [H * W / 2] * 2}}, 422,
-     "integers"),
+    (
+        "accept counts sum wrong",
+        "/api/accept",
+        {"image": "a.png", "mask": {"counts": [5, 5]}},
+        422,
+        "sum to 10",
+    ),
+    (
+        "accept negative count",
+        "/api/accept",
+        {"image": "a.png", "mask": {"counts": [H * W + 1, -1]}},
+        422,
+        "non-negative",
+    ),
+    (
+        "accept float counts",
+        "/api/accept",
+        {"image": "a.png", "mask": {"counts": [H * W / 2] * 2}},
+        422,
+        "integers",
+    ),
     ("accept empty mask", "/api/accept", {"image": "a.png", "mask": {"counts": [H * W]}}, 422, "empty"),
-    ("accept negative seconds", "/api/accept", {"image": "a.png", "mask": {"counts": [1, H * W - 1]},
-                                                "seconds": -3}, 422, "seconds must be in"),
-    ("accept NaN seconds", "/api/accept", (b'{"image": "a.png", "mask": {"counts": [1, 29999]}, '
-                                           b'"seconds": NaN}'), 422, "NaN"),
+    (
+        "accept negative seconds",
+        "/api/accept",
+        {"image": "a.png", "mask": {"counts": [1, H * W - 1]}, "seconds": -3},
+        422,
+        "seconds must be in",
+    ),
+    (
+        "accept NaN seconds",
+        "/api/accept",
+        (b'{"image": "a.png", "mask": {"counts": [1, 29999]}, "seconds": NaN}'),
+        422,
+        "NaN",
+    ),
     ("delete id a string", "/api/delete", {"image": "a.png", "id": "1"}, 422, "integer"),
     ("delete unknown id", "/api/delete", {"image": "a.png", "id": 999}, 404, "no annotation with id 999"),
     ("undo unknown image", "/api/undo", {"image": "x.png"}, 404, "unknown image"),
@@ -396,8 +499,10 @@ def test_stats_export_and_the_pipeline_reader(folder, capsys):
     for name, secs in [("a.png", 3.0), ("b.png", 5.0)]:
         c.post("/api/open", json={"image": name})
         d = c.post("/api/decode", json={"image": name, "points": [[40, 60, 1]]}).json()
-        c.post("/api/accept", json={"image": name, "mask": d["mask"], "decode_id": d["decode_id"],
-                                    "seconds": secs})
+        c.post(
+            "/api/accept",
+            json={"image": name, "mask": d["mask"], "decode_id": d["decode_id"], "seconds": secs},
+        )
     stats = annotation_stats(root / "out_export")
     assert stats["masks"] == 4 and stats["manual_masks"] == 2 and stats["auto_masks"] == 2
     assert stats["masks_per_image"] == 2.0 and stats["seconds_per_manual_mask"] == 4.0
@@ -409,8 +514,16 @@ def test_stats_export_and_the_pipeline_reader(folder, capsys):
         assert (ann.height, ann.width) == (H, W) and len(ann.counts) == 2
     r = c.post("/api/export").json()
     assert r["images"] == 2 and r["masks"] == 4
-    pipe = Pipeline(r["path"], batch_size=2, model_size=64, max_masks=4, num_epochs=1, shuffle=False,
-                    process_index=0, process_count=1)
+    pipe = Pipeline(
+        r["path"],
+        batch_size=2,
+        model_size=64,
+        max_masks=4,
+        num_epochs=1,
+        shuffle=False,
+        process_index=0,
+        process_count=1,
+    )
     batches = list(pipe)
     assert len(batches) == 1 and batches[0]["status"].tolist() == [0, 0]
     assert batches[0]["mask_valid"].sum(axis=1).tolist() == [2, 2]
@@ -425,10 +538,12 @@ def test_real_tiny_sam_through_the_endpoints(folder):
 
     root, _ = folder
     model = build_sam(SMALL, seed=0)
-    gen = SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0,
-                                    stability_score_thresh=0.0, output_mode="coco_rle")
-    app = create_app(root / "images", root / "out_real", make_predictor=lambda: SamPredictor(model),
-                     generator=gen)
+    gen = SamAutomaticMaskGenerator(
+        model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="coco_rle"
+    )
+    app = create_app(
+        root / "images", root / "out_real", make_predictor=lambda: SamPredictor(model), generator=gen
+    )
     c = TestClient(app)
     view = c.post("/api/open", json={"image": "a.png"}).json()
     assert view["prefilled"] and view["annotations"]
@@ -436,15 +551,19 @@ def test_real_tiny_sam_through_the_endpoints(folder):
     r1 = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1]]})
     assert r1.status_code == 200
     r1 = r1.json()
-    r2 = c.post("/api/decode", json={"image": "a.png", "points": [[40, 60, 1], [150, 130, 0]],
-                                     "mask_input": r1["decode_id"]}).json()
+    r2 = c.post(
+        "/api/decode",
+        json={"image": "a.png", "points": [[40, 60, 1], [150, 130, 0]], "mask_input": r1["decode_id"]},
+    ).json()
     for r in (r1, r2):
         m = runs_to_mask(r["mask"]["counts"], H, W)
         assert m.sum() == r["area"] and 0 <= r["stability"] <= 1 and np.isfinite(r["score"])
     if r2["area"] == 0:
         pytest.skip("random tiny model predicted an empty mask")
-    acc = c.post("/api/accept", json={"image": "a.png", "mask": r2["mask"], "decode_id": r2["decode_id"],
-                                      "seconds": 2.0})
+    acc = c.post(
+        "/api/accept",
+        json={"image": "a.png", "mask": r2["mask"], "decode_id": r2["decode_id"], "seconds": 2.0},
+    )
     assert acc.status_code == 200
     saved = _doc(root, "out_real", "a")["annotations"][-1]
     assert saved["source"] == "manual" and saved["predicted_iou"] == pytest.approx(r2["score"])
@@ -460,9 +579,23 @@ def test_cli_annotate_serves_on_localhost(folder):
         cli.main(["annotate", str(root / "missing"), "--out", str(root / "o")])
     config = json.dumps(dataclasses.asdict(SMALL))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam_jax.cli", "annotate", str(root / "images"), "--out",
-         str(root / "out_cli"), "--port", "0", "--config-json", config],
-        stdout=subprocess.PIPE, stderr=(root / "cli.err").open("w"), text=True)
+        [
+            sys.executable,
+            "-m",
+            "sam_jax.cli",
+            "annotate",
+            str(root / "images"),
+            "--out",
+            str(root / "out_cli"),
+            "--port",
+            "0",
+            "--config-json",
+            config,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=(root / "cli.err").open("w"),
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "open http://127.0.0.1:" in line, (line, (root / "cli.err").read_text())
@@ -473,7 +606,9 @@ def test_cli_annotate_serves_on_localhost(folder):
         drawn = np.zeros((H, W), bool)
         drawn[30:60, 40:90] = True  # a hand-drawn mask: accept needs no model call
         body = json.dumps({"image": "b.png", "mask": {"counts": mask_to_runs(drawn)}, "seconds": 7}).encode()
-        req = urllib.request.Request(url + "api/accept", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "api/accept", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             assert r.status == 200
         proc.kill()  # SIGKILL right after the accept: the mask is on disk already

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 import pytest
-from annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
 from PIL import Image
+
+from benchmarks.annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -29,7 +30,8 @@ H, W = 360, 480
 pytestmark = pytest.mark.skipif(
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
     reason=f"browser test needs {CHROMIUM} and {CHROMEDRIVER}: "
-    "apt-get install chromium chromium-driver (make test does it)")
+    "apt-get install chromium chromium-driver (make test does it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,9 @@ def served(tmp_path_factory):
         Image.fromarray(image).save(root / "images" / name)
         gt[name] = labels
     # prefill proposes the disk (2) only; rectangle (1) and bar (3) are left to the annotator
-    app = create_app(root / "images", root / "out", make_predictor=StubPredictor,
-                     generator=StubGenerator(keep=(2,)))
+    app = create_app(
+        root / "images", root / "out", make_predictor=StubPredictor, generator=StubGenerator(keep=(2,))
+    )
     sock = bind("127.0.0.1", 0)
     server = make_server(app, sock)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -69,10 +72,19 @@ def browser(tmp_path_factory):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,860",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+    for flag in [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,860",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ]:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
@@ -108,8 +120,10 @@ def test_annotation_run_in_chromium(served, browser, tmp_path, capsys):
         """ActionChains positioned on image pixel (x, y) of the canvas."""
         r = canvas.rect
         return ActionChains(d).move_to_element_with_offset(
-            canvas, int((x + 0.5) * r["width"] / W - r["width"] / 2),
-            int((y + 0.5) * r["height"] / H - r["height"] / 2))
+            canvas,
+            int((x + 0.5) * r["width"] / W - r["width"] / 2),
+            int((y + 0.5) * r["height"] / H - r["height"] / 2),
+        )
 
     def keys(*k):
         ActionChains(d).send_keys(*k).perform()
@@ -231,6 +245,8 @@ def test_annotation_run_in_chromium(served, browser, tmp_path, capsys):
     stats = annotation_stats(root / "out")
     assert stats["manual_masks"] == 5 and stats["auto_masks"] == 1
     with capsys.disabled():
-        print(f"\nbrowser run: IoU rectangle {iou_rect:.4f}, bar (box) {iou_bar:.4f}; "
-              f"masks per image {stats['masks_per_image']:.2f}, seconds per manual mask "
-              f"{stats['seconds_per_manual_mask']:.2f} (median {stats['median_seconds_per_manual_mask']:.2f})")
+        print(
+            f"\nbrowser run: IoU rectangle {iou_rect:.4f}, bar (box) {iou_bar:.4f}; "
+            f"masks per image {stats['masks_per_image']:.2f}, seconds per manual mask "
+            f"{stats['seconds_per_manual_mask']:.2f} (median {stats['median_seconds_per_manual_mask']:.2f})"
+        )

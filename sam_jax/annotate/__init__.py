@@ -23,27 +23,59 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``annotate`` sub-command's arguments (model arguments are added by the caller)."""
-    p.add_argument("images", nargs="?", default=None, metavar="IMAGES_DIR",
-                   help="folder of images to annotate (only its files are served)")
-    p.add_argument("--out", default=None, metavar="ANNOTATIONS_DIR",
-                   help="folder of the SA-1B JSON files, one per image (created; resumed if present)")
-    p.add_argument("--stats", default=None, metavar="ANNOTATIONS_DIR",
-                   help="print seconds per mask and masks per image of a folder of annotations and exit")
+    p.add_argument(
+        "images",
+        nargs="?",
+        default=None,
+        metavar="IMAGES_DIR",
+        help="folder of images to annotate (only its files are served)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="ANNOTATIONS_DIR",
+        help="folder of the SA-1B JSON files, one per image (created; resumed if present)",
+    )
+    p.add_argument(
+        "--stats",
+        default=None,
+        metavar="ANNOTATIONS_DIR",
+        help="print seconds per mask and masks per image of a folder of annotations and exit",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    p.add_argument("--prefill", action="store_true",
-                   help="semi-automatic stage: add confident automatic masks when an image is opened")
-    p.add_argument("--prefill-iou-thresh", type=float, default=0.92,
-                   help="prefill keeps masks whose predicted IoU exceeds this (default 0.92)")
-    p.add_argument("--prefill-stability-thresh", type=float, default=0.97,
-                   help="prefill keeps masks at least this stable (default 0.97)")
-    p.add_argument("--prefill-points-per-side", type=int, default=32,
-                   help="prefill's point grid per image side (default 32)")
-    p.add_argument("--cache-mb", type=float, default=1024.0,
-                   help="memory for cached image embeddings in MiB (default 1024; vit_b/l/h use 4 MiB "
-                   "per image)")
-    p.add_argument("--max-request-mb", type=float, default=16.0,
-                   help="largest request body accepted, MiB (default 16)")
+    p.add_argument(
+        "--prefill",
+        action="store_true",
+        help="semi-automatic stage: add confident automatic masks when an image is opened",
+    )
+    p.add_argument(
+        "--prefill-iou-thresh",
+        type=float,
+        default=0.92,
+        help="prefill keeps masks whose predicted IoU exceeds this (default 0.92)",
+    )
+    p.add_argument(
+        "--prefill-stability-thresh",
+        type=float,
+        default=0.97,
+        help="prefill keeps masks at least this stable (default 0.97)",
+    )
+    p.add_argument(
+        "--prefill-points-per-side",
+        type=int,
+        default=32,
+        help="prefill's point grid per image side (default 32)",
+    )
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=1024.0,
+        help="memory for cached image embeddings in MiB (default 1024; vit_b/l/h use 4 MiB per image)",
+    )
+    p.add_argument(
+        "--max-request-mb", type=float, default=16.0, help="largest request body accepted, MiB (default 16)"
+    )
 
 
 def main(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any]) -> None:
@@ -64,8 +96,9 @@ def main(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], An
     try:
         from sam_jax.annotate import server
     except ImportError as e:
-        raise SystemExit(f"error: the annotation server needs the 'annotate' extra "
-                         f"(pip install 'sam-jax[annotate]'): {e}") from None
+        raise SystemExit(
+            f"error: the annotation server needs the 'annotate' extra (pip install 'sam-jax[annotate]'): {e}"
+        ) from None
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
     from sam_jax.predictor import SamPredictor
 
@@ -74,16 +107,24 @@ def main(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], An
     generator = None
     if args.prefill:
         generator = SamAutomaticMaskGenerator(
-            model, points_per_side=args.prefill_points_per_side,
+            model,
+            points_per_side=args.prefill_points_per_side,
             pred_iou_thresh=args.prefill_iou_thresh,
-            stability_score_thresh=args.prefill_stability_thresh, output_mode="coco_rle")
-    app = server.create_app(args.images, args.out, make_predictor=lambda: SamPredictor(model),
-                            generator=generator, cache_bytes=int(args.cache_mb * 2**20),
-                            max_body_bytes=int(args.max_request_mb * 2**20), warmup=True)
+            stability_score_thresh=args.prefill_stability_thresh,
+            output_mode="coco_rle",
+        )
+    app = server.create_app(
+        args.images,
+        args.out,
+        make_predictor=lambda: SamPredictor(model),
+        generator=generator,
+        cache_bytes=int(args.cache_mb * 2**20),
+        max_body_bytes=int(args.max_request_mb * 2**20),
+        warmup=True,
+    )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"annotating {args.images} -> {args.out}: open http://{shown}:{port}/ (Ctrl+C stops)",
-          flush=True)
+    print(f"annotating {args.images} -> {args.out}: open http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
     server.make_server(app, sock).run(sockets=[sock])
 
 

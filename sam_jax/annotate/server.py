@@ -74,6 +74,7 @@ class BadRequest(Exception):
 
 # ----------------------------------------------------------------------------- mask transport
 
+
 def mask_to_runs(mask: np.ndarray) -> list[int]:
     """``(H, W)`` bool -> row-major run lengths, background first."""
     return mask_to_rle(np.asarray(mask, bool).T[None])[0]["counts"]
@@ -87,12 +88,12 @@ def runs_to_mask(counts: Any, h: int, w: int) -> np.ndarray:
     if len(counts) > h * w + 1 or not all(type(c) is int and c >= 0 for c in counts):
         raise BadRequest(422, "mask.counts must hold non-negative integers (row-major run lengths)")
     if sum(counts) != h * w:
-        raise BadRequest(422, f"mask.counts sum to {sum(counts)}, but the image has {h}x{w} = "
-                         f"{h * w} pixels")
+        raise BadRequest(422, f"mask.counts sum to {sum(counts)}, but the image has {h}x{w} = {h * w} pixels")
     return rle_to_mask({"size": [w, h], "counts": counts}).T
 
 
 # ----------------------------------------------------------------------------- images
+
 
 class ImageFolder:
     """The images of ``IMAGES_DIR`` (its files with an image suffix; not its sub-folders).
@@ -111,14 +112,19 @@ class ImageFolder:
 
     def names(self) -> list[str]:
         """Sorted image names; stems must be unique (they name the annotation files)."""
-        names = sorted(p.name for p in self.root.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and self._inside(p) and p.is_file())
+        names = sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and self._inside(p) and p.is_file()
+        )
         stems: dict[str, str] = {}
         for n in names:
             other = stems.setdefault(Path(n).stem, n)
             if other != n:
-                raise ValueError(f"images {other} and {n} in {self.root} share the name {Path(n).stem!r}: "
-                                 "annotation files are named by stem; rename one")
+                raise ValueError(
+                    f"images {other} and {n} in {self.root} share the name {Path(n).stem!r}: "
+                    "annotation files are named by stem; rename one"
+                )
         return names
 
     def _inside(self, p: Path) -> bool:
@@ -157,7 +163,9 @@ class ImageFolder:
                 with Image.open(path) as im:
                     self._sizes[name] = (im.height, im.width)
             except (OSError, ValueError) as e:
-                raise BadRequest(422, f"cannot read image {name!r}: {str(e).replace(str(path), name)}") from None
+                raise BadRequest(
+                    422, f"cannot read image {name!r}: {str(e).replace(str(path), name)}"
+                ) from None
         return self._sizes[name]
 
     def record(self, name: str) -> dict[str, Any]:
@@ -167,6 +175,7 @@ class ImageFolder:
 
 
 # ----------------------------------------------------------------------------- model side
+
 
 class Engine:
     """The model calls of the tool, one at a time (a lock), through the public inference
@@ -184,8 +193,13 @@ class Engine:
         that compiling them happens while the image opens rather than on the first clicks.
     """
 
-    def __init__(self, make_predictor: Callable[[], Any], cache_bytes: int = 1 << 30,
-                 generator: Any | None = None, warmup: bool = False) -> None:
+    def __init__(
+        self,
+        make_predictor: Callable[[], Any],
+        cache_bytes: int = 1 << 30,
+        generator: Any | None = None,
+        warmup: bool = False,
+    ) -> None:
         self.make_predictor = make_predictor
         self.cache_bytes = int(cache_bytes)
         self.generator = generator
@@ -228,15 +242,25 @@ class Engine:
         with self.lock:
             self._predictor(name, load)
 
-    def decode(self, name: str, load: Callable[[str], np.ndarray], points: np.ndarray,
-               box: np.ndarray | None, mask_input: str | None, multimask: bool | None) -> dict[str, Any]:
+    def decode(
+        self,
+        name: str,
+        load: Callable[[str], np.ndarray],
+        points: np.ndarray,
+        box: np.ndarray | None,
+        mask_input: str | None,
+        multimask: bool | None,
+    ) -> dict[str, Any]:
         """Best mask for the prompts; remembers its low-res logits under a new decode id."""
         prev = None
         if mask_input is not None:
             prev = self.decoded(mask_input)
             if prev is None or prev["image"] != name:
-                raise BadRequest(422, f"mask_input {mask_input!r} is not a recent decode of {name!r} "
-                                 "(expired or the server restarted); send the prompts without it")
+                raise BadRequest(
+                    422,
+                    f"mask_input {mask_input!r} is not a recent decode of {name!r} "
+                    "(expired or the server restarted); send the prompts without it",
+                )
         if multimask is None:  # one ambiguous click: let SAM choose among 3; else one mask
             multimask = len(points) == 1 and box is None and prev is None
         with self.lock:
@@ -244,7 +268,8 @@ class Engine:
             predictor = self._predictor(name, load)
             try:
                 mask, score, stability, low_res = _best_mask(
-                    predictor, points, box, None if prev is None else prev["low_res"], multimask)
+                    predictor, points, box, None if prev is None else prev["low_res"], multimask
+                )
             except ValueError as e:  # the predictor's own validation
                 raise BadRequest(422, f"bad prompt: {e}") from None
             ms = (time.perf_counter() - t0) * 1e3
@@ -253,12 +278,23 @@ class Engine:
             fg = [[float(x), float(y)] for x, y, lab in points if lab == 1]
             if not fg and box is not None:
                 fg = [[float((box[0] + box[2]) / 2), float((box[1] + box[3]) / 2)]]
-            self._decodes[decode_id] = {"image": name, "low_res": low_res, "score": score,
-                                        "stability": stability, "points": fg}
+            self._decodes[decode_id] = {
+                "image": name,
+                "low_res": low_res,
+                "score": score,
+                "stability": stability,
+                "points": fg,
+            }
             while len(self._decodes) > DECODES_KEPT:
                 self._decodes.popitem(last=False)
-        return {"decode_id": decode_id, "mask": {"counts": mask_to_runs(mask)}, "area": int(mask.sum()),
-                "score": score, "stability": stability, "ms": round(ms, 2)}
+        return {
+            "decode_id": decode_id,
+            "mask": {"counts": mask_to_runs(mask)},
+            "area": int(mask.sum()),
+            "score": score,
+            "stability": stability,
+            "ms": round(ms, 2),
+        }
 
     def decoded(self, decode_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -272,18 +308,20 @@ class Engine:
         return [{k: v for k, v in a.items() if k != "id"} for a in anns]
 
 
-def _best_mask(predictor: Any, points: np.ndarray, box: np.ndarray | None, mask_input: np.ndarray | None,
-               multimask: bool) -> tuple[np.ndarray, float, float, np.ndarray]:
+def _best_mask(
+    predictor: Any, points: np.ndarray, box: np.ndarray | None, mask_input: np.ndarray | None, multimask: bool
+) -> tuple[np.ndarray, float, float, np.ndarray]:
     """One ``predict`` call -> the best mask ``(H, W)`` bool, its predicted IoU, its stability
     score (of the low-res logits: the full-resolution ones would cost more than the decode)
     and its low-res logits ``(1, 256, 256)``."""
     coords = labels = None
     if len(points):
         coords, labels = points[:, :2], points[:, 2].astype(np.int32)
-    masks, iou, low_res = predictor.predict(point_coords=coords, point_labels=labels, box=box,
-                                            mask_input=mask_input, multimask_output=multimask)
+    masks, iou, low_res = predictor.predict(
+        point_coords=coords, point_labels=labels, box=box, mask_input=mask_input, multimask_output=multimask
+    )
     best = int(np.argmax(iou))
-    low = np.asarray(low_res[best:best + 1])
+    low = np.asarray(low_res[best : best + 1])
     stability = float(np.nan_to_num(np.asarray(calculate_stability_score(low, 0.0, 1.0))[0]))
     return np.asarray(masks[best], bool), float(iou[best]), stability, low
 
@@ -298,6 +336,7 @@ def _warm(predictor: Any, h: int, w: int) -> None:
 
 
 # ----------------------------------------------------------------------------- request parsing
+
 
 def _reject_constant(c: str) -> Any:
     raise BadRequest(422, f"{c} is not a number; coordinates and times must be finite")
@@ -338,8 +377,9 @@ def _points(raw: Any, h: int, w: int) -> np.ndarray:
             raise BadRequest(422, f"points[{i}] must be [x, y, label], got {json.dumps(p)[:60]}")
         x, y = _number(p[0], f"points[{i}] x"), _number(p[1], f"points[{i}] y")
         if p[2] not in (0, 1) or isinstance(p[2], bool):
-            raise BadRequest(422, f"points[{i}] label must be 1 (foreground) or 0 (background), "
-                             f"got {json.dumps(p[2])}")
+            raise BadRequest(
+                422, f"points[{i}] label must be 1 (foreground) or 0 (background), got {json.dumps(p[2])}"
+            )
         if not (0 <= x <= w and 0 <= y <= h):
             raise BadRequest(422, f"points[{i}] ({x:g}, {y:g}) is outside the {w}x{h} image")
         out.append((x, y, float(p[2])))
@@ -360,6 +400,7 @@ def _box(raw: Any, h: int, w: int) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------------------- the app
+
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (declared
@@ -386,8 +427,9 @@ class BodyLimit:
             chunks.append(message)
             more = message.get("more_body", False)
         if too_big:
-            response = JSONResponse({"error": f"request body over the limit of {self.max_bytes} bytes"},
-                                    status_code=413)
+            response = JSONResponse(
+                {"error": f"request body over the limit of {self.max_bytes} bytes"}, status_code=413
+            )
             return await response(scope, receive, send)
         return await self.app(scope, _replay(chunks, receive), send)
 
@@ -400,13 +442,20 @@ def _replay(messages: list[dict], receive):
         if queue:
             return queue.pop(0)
         return await receive()
+
     return replay
 
 
-def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-               make_predictor: Callable[[], Any], generator: Any | None = None,
-               cache_bytes: int = 1 << 30, max_body_bytes: int = 16 << 20,
-               warmup: bool = False) -> Starlette:
+def create_app(
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    make_predictor: Callable[[], Any],
+    generator: Any | None = None,
+    cache_bytes: int = 1 << 30,
+    max_body_bytes: int = 16 << 20,
+    warmup: bool = False,
+) -> Starlette:
     """The annotation tool as a Starlette app.
 
     Args:
@@ -438,11 +487,18 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         state = doc.get("annotate", {})
         return {
             "image": {"name": name, "width": w, "height": h},
-            "annotations": [{"id": a["id"], "source": a.get("source", "auto"),
-                             "seconds": a.get("seconds", 0.0), "area": a.get("area"),
-                             "bbox": a.get("bbox"), "predicted_iou": a.get("predicted_iou"),
-                             "segmentation": a["segmentation"]}
-                            for a in doc["annotations"]],
+            "annotations": [
+                {
+                    "id": a["id"],
+                    "source": a.get("source", "auto"),
+                    "seconds": a.get("seconds", 0.0),
+                    "area": a.get("area"),
+                    "bbox": a.get("bbox"),
+                    "predicted_iou": a.get("predicted_iou"),
+                    "segmentation": a["segmentation"],
+                }
+                for a in doc["annotations"]
+            ],
             "prefilled": bool(state.get("prefilled", False)),
             "can_undo": bool(state.get("history")),
         }
@@ -460,11 +516,23 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     doc, error = None, str(e)
                 anns = doc["annotations"] if doc else []
                 manual = sum(a.get("source") == "manual" for a in anns)
-                images.append({"name": name, "masks": len(anns), "manual": manual,
-                               "auto": len(anns) - manual, **({"error": error} if error else {})})
+                images.append(
+                    {
+                        "name": name,
+                        "masks": len(anns),
+                        "manual": manual,
+                        "auto": len(anns) - manual,
+                        **({"error": error} if error else {}),
+                    }
+                )
                 done += bool(anns)
-            return {"images": images, "total": len(images), "done": done,
-                    "prefill": engine.generator is not None}
+            return {
+                "images": images,
+                "total": len(images),
+                "done": done,
+                "prefill": engine.generator is not None,
+            }
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def image_file(request: Request):
@@ -486,6 +554,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     anns = engine.auto_masks(folder.load(name), name)
                     store.prefill(stem(name), folder.record(name), anns)
             return view(name)
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def get_annotations(request: Request):
@@ -508,8 +577,9 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         multimask = body.get("multimask")
         if multimask is not None and not isinstance(multimask, bool):
             raise BadRequest(422, "multimask must be true or false")
-        return JSONResponse(await run_in_threadpool(
-            engine.decode, name, folder.load, points, box, mask_input, multimask))
+        return JSONResponse(
+            await run_in_threadpool(engine.decode, name, folder.load, points, box, mask_input, multimask)
+        )
 
     async def accept(request: Request):
         body = await _json_body(request)
@@ -518,7 +588,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         h, w = folder.size(name)
         raw = body.get("mask")
         if not isinstance(raw, dict):
-            raise BadRequest(422, "mask must be an object {\"counts\": [row-major run lengths]}")
+            raise BadRequest(422, 'mask must be an object {"counts": [row-major run lengths]}')
         seconds = _number(body.get("seconds", 0.0), "seconds")
         if not 0 <= seconds <= MAX_SECONDS:
             raise BadRequest(422, f"seconds must be in [0, {MAX_SECONDS:g}], got {seconds:g}")
@@ -545,6 +615,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             record = mask_record(mask, point_coords=pts, predicted_iou=score, stability_score=stability)
             ann_id = store.accept(stem(name), folder.record(name), record, "manual", seconds)
             return {"id": ann_id, **view(name)}
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def delete(request: Request):
@@ -559,6 +630,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             if not store.delete(stem(name), folder.record(name), ann_id):
                 raise BadRequest(404, f"{name!r} has no annotation with id {ann_id}")
             return view(name)
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def undo(request: Request):
@@ -572,12 +644,17 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             except NothingToUndo:
                 raise BadRequest(409, f"nothing to undo on {name!r}") from None
             return {**undone, **view(name)}
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def export(request: Request):
         def work():
-            return export_shard(store, [(stem(n), folder.resolve(n)) for n in names()],
-                                store.out_dir / "export" / "annotations.tar")
+            return export_shard(
+                store,
+                [(stem(n), folder.resolve(n)) for n in names()],
+                store.out_dir / "export" / "annotations.tar",
+            )
+
         return JSONResponse(await run_in_threadpool(work))
 
     async def bad_request(request: Request, exc: BadRequest):
@@ -602,8 +679,10 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        BadRequest: bad_request, StoreError: store_error, HTTPException: http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={BadRequest: bad_request, StoreError: store_error, HTTPException: http_error},
+    )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.engine = engine
     app.state.store = store
@@ -612,6 +691,7 @@ def create_app(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 # ----------------------------------------------------------------------------- running
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free port)."""
@@ -633,8 +713,9 @@ def make_server(app: Starlette, sock: socket.socket, log_level: str = "warning")
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                         timeout_graceful_shutdown=2))
+    return uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    )
 
 
 __all__ = [

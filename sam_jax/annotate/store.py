@@ -86,14 +86,24 @@ class AnnotationStore:
         except ValueError as e:
             doc, problem = None, f"bad JSON: {e}"
         else:
-            problem = ("no 'image' object" if not isinstance(doc, dict) or not isinstance(doc.get("image"), dict)
-                       else "no 'annotations' list" if not isinstance(doc.get("annotations"), list)
-                       else next((f"annotation {i} lacks an integer id or a COCO RLE segmentation"
-                                  for i, a in enumerate(doc["annotations"]) if not _valid_annotation(a)),
-                                 None))
+            problem = (
+                "no 'image' object"
+                if not isinstance(doc, dict) or not isinstance(doc.get("image"), dict)
+                else "no 'annotations' list"
+                if not isinstance(doc.get("annotations"), list)
+                else next(
+                    (
+                        f"annotation {i} lacks an integer id or a COCO RLE segmentation"
+                        for i, a in enumerate(doc["annotations"])
+                        if not _valid_annotation(a)
+                    ),
+                    None,
+                )
+            )
         if problem:
-            raise StoreError(f"annotation file {p.name} is not an SA-1B document ({problem}); "
-                             "fix or move it away")
+            raise StoreError(
+                f"annotation file {p.name} is not an SA-1B document ({problem}); fix or move it away"
+            )
         return doc
 
     # ------------------------------------------------------------------ writing
@@ -117,8 +127,9 @@ class AnnotationStore:
         with self._locked(stem):
             doc = self.read(stem) or {"image": dict(image), "annotations": []}
             state = doc.setdefault("annotate", {})
-            state.setdefault("next_id", 1 + max((int(a.get("id", -1)) for a in doc["annotations"]),
-                                                default=-1))
+            state.setdefault(
+                "next_id", 1 + max((int(a.get("id", -1)) for a in doc["annotations"]), default=-1)
+            )
             state.setdefault("prefilled", False)
             state.setdefault("history", [])
             before = json.dumps(doc)
@@ -127,15 +138,17 @@ class AnnotationStore:
             if json.dumps(doc) != before:
                 write_json_atomic(self.path(stem), doc)
 
-    def accept(self, stem: str, image: dict[str, Any], record: dict[str, Any], source: str,
-               seconds: float) -> int:
+    def accept(
+        self, stem: str, image: dict[str, Any], record: dict[str, Any], source: str, seconds: float
+    ) -> int:
         """Append one annotation (``sam_jax.sa1b_json.mask_record`` without ``id``); its id."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         with self.edit(stem, image) as doc:
             ann_id = _new_id(doc)
-            doc["annotations"].append({"id": ann_id, **record, "source": source,
-                                       "seconds": round(float(seconds), 3)})
+            doc["annotations"].append(
+                {"id": ann_id, **record, "source": source, "seconds": round(float(seconds), 3)}
+            )
             doc["annotate"]["history"].append({"op": "accept", "id": ann_id})
         return ann_id
 
@@ -146,8 +159,7 @@ class AnnotationStore:
             if doc["annotate"]["prefilled"]:
                 return None
             for r in records:
-                doc["annotations"].append({"id": _new_id(doc), **r, "source": "auto",
-                                           "seconds": 0.0})
+                doc["annotations"].append({"id": _new_id(doc), **r, "source": "auto", "seconds": 0.0})
             doc["annotate"]["prefilled"] = True
         return len(records)
 
@@ -187,8 +199,13 @@ class AnnotationStore:
 
 def _valid_annotation(a: Any) -> bool:
     seg = a.get("segmentation") if isinstance(a, dict) else None
-    return (isinstance(a, dict) and type(a.get("id")) is int and isinstance(seg, dict)
-            and isinstance(seg.get("counts"), str) and isinstance(seg.get("size"), list))
+    return (
+        isinstance(a, dict)
+        and type(a.get("id")) is int
+        and isinstance(seg, dict)
+        and isinstance(seg.get("counts"), str)
+        and isinstance(seg.get("size"), list)
+    )
 
 
 def _new_id(doc: dict[str, Any]) -> int:
@@ -198,6 +215,7 @@ def _new_id(doc: dict[str, Any]) -> int:
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def annotation_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     """Figures of an annotation folder (the paper reports seconds per mask and masks per
@@ -240,11 +258,13 @@ def format_stats(stats: dict[str, Any]) -> str:
     spm = stats["seconds_per_manual_mask"]
     lines = [
         f"images annotated:        {stats['images_annotated']}",
-        (f"masks:                   {stats['masks']} ({stats['manual_masks']} manual, "
-         f"{stats['auto_masks']} auto)"),
+        (
+            f"masks:                   {stats['masks']} ({stats['manual_masks']} manual, "
+            f"{stats['auto_masks']} auto)"
+        ),
         f"masks per image:         {stats['masks_per_image']:.2f}",
-        "seconds per manual mask: " + ("-" if spm is None else
-                                       f"{spm:.2f} (median {stats['median_seconds_per_manual_mask']:.2f})"),
+        "seconds per manual mask: "
+        + ("-" if spm is None else f"{spm:.2f} (median {stats['median_seconds_per_manual_mask']:.2f})"),
     ]
     if stats["unreadable_files"]:
         lines.append(f"unreadable files:        {', '.join(stats['unreadable_files'])}")
@@ -252,6 +272,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- export
+
 
 def export_shard(store: AnnotationStore, images: list[tuple[str, Path]], dest: Path) -> dict[str, Any]:
     """Write the annotated images as one SA-1B tar shard (``<stem>.jpg`` + ``<stem>.json``
@@ -279,12 +300,21 @@ def export_shard(store: AnnotationStore, images: list[tuple[str, Path]], dest: P
     return {"path": str(dest), "images": n_images, "masks": n_masks}
 
 
-_SA1B_KEYS = ("id", "segmentation", "bbox", "area", "predicted_iou", "stability_score", "crop_box",
-              "point_coords")
+_SA1B_KEYS = (
+    "id",
+    "segmentation",
+    "bbox",
+    "area",
+    "predicted_iou",
+    "stability_score",
+    "crop_box",
+    "point_coords",
+)
 
 
-def _write_pairs(tar: tarfile.TarFile, store: AnnotationStore,
-                 images: list[tuple[str, Path]]) -> tuple[int, int]:
+def _write_pairs(
+    tar: tarfile.TarFile, store: AnnotationStore, images: list[tuple[str, Path]]
+) -> tuple[int, int]:
     from PIL import Image
 
     n_images = n_masks = 0
@@ -299,8 +329,10 @@ def _write_pairs(tar: tarfile.TarFile, store: AnnotationStore,
             with Image.open(image_path) as im:
                 im.convert("RGB").save(buf, "JPEG", quality=95)
             jpeg = buf.getvalue()
-        out = {"image": dict(doc["image"], file_name=f"{stem}.jpg"),
-               "annotations": [{k: a[k] for k in _SA1B_KEYS if k in a} for a in doc["annotations"]]}
+        out = {
+            "image": dict(doc["image"], file_name=f"{stem}.jpg"),
+            "annotations": [{k: a[k] for k in _SA1B_KEYS if k in a} for a in doc["annotations"]],
+        }
         for name, data in ((f"{stem}.jpg", jpeg), (f"{stem}.json", json.dumps(out).encode())):
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -25,9 +25,9 @@ def synthetic_scene(h: int = 150, w: int = 200, seed: int = 0) -> tuple[np.ndarr
     image = np.repeat(grey[..., None], 3, axis=-1)
     yy, xx = np.mgrid[:h, :w]
     labels = np.zeros((h, w), np.int32)
-    labels[int(0.2 * h):int(0.6 * h), int(0.1 * w):int(0.35 * w)] = 1
+    labels[int(0.2 * h) : int(0.6 * h), int(0.1 * w) : int(0.35 * w)] = 1
     labels[(yy - 0.4 * h) ** 2 + (xx - 0.65 * w) ** 2 <= (0.17 * h) ** 2] = 2
-    labels[int(0.72 * h):int(0.9 * h), int(0.45 * w):int(0.9 * w)] = 3
+    labels[int(0.72 * h) : int(0.9 * h), int(0.45 * w) : int(0.9 * w)] = 3
     colours = {1: (220, 40, 40), 2: (40, 80, 220), 3: (40, 200, 60)}
     for k, c in colours.items():
         image[labels == k] = c
@@ -60,15 +60,26 @@ class StubPredictor:
     def get_image_embedding(self) -> np.ndarray:
         return np.zeros((1, 8, 8, 8), np.float32)  # 2 KiB: the cache tests count these
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output=True, return_logits=False):
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
         lab = self.labels
         h, w = lab.shape
-        self.calls.append({"points": None if point_coords is None else np.array(point_coords),
-                           "labels": None if point_labels is None else np.array(point_labels),
-                           "box": None if box is None else np.array(box),
-                           "mask_input": None if mask_input is None else np.array(mask_input),
-                           "multimask": multimask_output})
+        self.calls.append(
+            {
+                "points": None if point_coords is None else np.array(point_coords),
+                "labels": None if point_labels is None else np.array(point_labels),
+                "box": None if box is None else np.array(box),
+                "mask_input": None if mask_input is None else np.array(mask_input),
+                "multimask": multimask_output,
+            }
+        )
         mask = np.zeros((h, w), bool)
         if point_coords is not None:
             for (x, y), fg in zip(np.asarray(point_coords), np.asarray(point_labels)):
@@ -77,7 +88,7 @@ class StubPredictor:
                     mask = (mask | (lab == k)) if fg else (mask & (lab != k))
         elif box is not None:
             x0, y0, x1, y1 = (round(float(v)) for v in box)
-            inside = lab[y0:y1 + 1, x0:x1 + 1]
+            inside = lab[y0 : y1 + 1, x0 : x1 + 1]
             ks, n = np.unique(inside[inside > 0], return_counts=True)
             if len(ks):
                 mask = lab == ks[np.argmax(n)]
@@ -107,8 +118,14 @@ class StubGenerator:
         for k in self.keep:
             m = lab == k
             ys, xs = np.nonzero(m)
-            out.append(mask_record(m, point_coords=[[float(xs.mean()), float(ys.mean())]],
-                                   predicted_iou=0.96, stability_score=0.98))
+            out.append(
+                mask_record(
+                    m,
+                    point_coords=[[float(xs.mean()), float(ys.mean())]],
+                    predicted_iou=0.96,
+                    stability_score=0.98,
+                )
+            )
         return out
 
 
