@@ -534,7 +534,7 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return ""
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:.1f}"
     return str(v)
 
 
