@@ -42,7 +42,7 @@ class GTPredictor:
             x, y = (int(v) for v in point)
             hits = [i for i, m in enumerate(self.gt) if m[y, x]]
         else:
-            hits = [i for i, m in enumerate(self.gt) if _box_of(m) == [int(round(v)) for v in box]]
+            hits = [int(np.argmax([_box_iou(_box_of(m), box) for m in self.gt]))]
         m = self.gt[hits[0]] if hits else np.zeros(self.gt.shape[1:], bool)
         return np.roll(m, self.shift, axis=1) if self.shift else m
 
@@ -66,5 +66,27 @@ class GTPredictor:
 
 
 def _box_of(m):
+    """XYXY box with exclusive maxima (COCO's x + w)."""
     ys, xs = np.nonzero(m)
-    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def _box_iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    area = lambda x: (x[2] - x[0]) * (x[3] - x[1])
+    return inter / (area(a) + area(b) - inter)
+
+
+class ListGenerator:
+    """An automatic mask generator stub returning fixed records per call."""
+
+    def __init__(self, records_per_image):
+        self.records = list(records_per_image)
+        self.calls = 0
+
+    def generate(self, image):
+        out = self.records[self.calls]
+        self.calls += 1
+        return out

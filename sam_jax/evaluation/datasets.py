@@ -118,10 +118,14 @@ class EvalImage:
     height: int
     width: int
     annotations: list[Annotation]
-    _loader: Callable[["EvalImage"], tuple[np.ndarray, np.ndarray]] = field(repr=False)
+    _loader: Callable[["EvalImage", bool], tuple[np.ndarray, np.ndarray | None]] = field(repr=False)
+
+    def load_image(self) -> np.ndarray:
+        """The image alone, ``(H, W, 3)`` uint8 (no mask decoding)."""
+        return self._loader(self, False)[0]
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        image, masks = self._loader(self)
+        image, masks = self._loader(self, True)
         if image.shape[:2] != (self.height, self.width):
             raise DatasetError(f"{self.file_name}: image is {image.shape[:2]}, annotations say "
                                f"{(self.height, self.width)}")
@@ -214,11 +218,13 @@ def _decode_coco_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
 
 
 def _coco_loader(image_dir: str):
-    def load(im: EvalImage) -> tuple[np.ndarray, np.ndarray]:
+    def load(im: EvalImage, with_masks: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         path = os.path.join(image_dir, im.file_name)
         if not os.path.isfile(path):
             raise DatasetError(f"image file {path} does not exist")
         image = to_rgb_uint8(read_array(path))
+        if not with_masks:
+            return image, None
         masks = np.stack([_decode_coco_segmentation(a.segmentation, im.height, im.width)
                           for a in im.annotations]) if im.annotations else \
             np.zeros((0, im.height, im.width), bool)
@@ -291,9 +297,11 @@ def _read_sa1b(path: str) -> list[EvalImage]:
             except (ValueError, KeyError, TypeError) as e:
                 raise DatasetError(f"{ref.key}: malformed SA-1B JSON: {e}") from None
 
-            def load(im: EvalImage, ref=ref) -> tuple[np.ndarray, np.ndarray]:
+            def load(im: EvalImage, with_masks: bool = True, ref=ref):
                 jpeg, _ = reader.load(ref)
                 image = to_rgb_uint8(read_array(jpeg))
+                if not with_masks:
+                    return image, None
                 masks = [_decode_coco_segmentation(a.segmentation, im.height, im.width)
                          for a in im.annotations]
                 return image, (np.stack(masks) if masks else np.zeros((0, im.height, im.width), bool))
@@ -348,7 +356,9 @@ def _read_labelmaps(image_dir: str, label_dir: str) -> list[EvalImage]:
                                          float(ys.max() - ys.min() + 1)],
                                    category_id=1, segmentation=int(lid)))
 
-        def load(im: EvalImage, ipath=images[stem], lpath=labels[stem]):
+        def load(im: EvalImage, with_masks: bool = True, ipath=images[stem], lpath=labels[stem]):
+            if not with_masks:
+                return to_rgb_uint8(read_array(ipath)), None
             lab = _read_label_map(lpath)
             ids = np.array([a.segmentation for a in im.annotations], np.int64)
             return to_rgb_uint8(read_array(ipath)), lab[None] == ids[:, None, None]

@@ -232,5 +232,64 @@ def summarize(iou: np.ndarray, iou_oracle: np.ndarray, area: np.ndarray,
     return out
 
 
-__all__ = ["PointSettings", "MAX_CLICKS", "AREA_BUCKETS", "farthest_from_boundary", "center_click",
+
+# ----------------------------------------------------------------------------- protocol object
+
+class PointsProtocol:
+    """The point protocol for :func:`sam_jax.evaluation.evaluate` (per-image records,
+    summary, markdown table, mIoU-vs-clicks plot)."""
+
+    name = "points"
+    needs_masks = True
+
+    def __init__(self, settings: PointSettings | None = None) -> None:
+        self.settings = settings or PointSettings()
+        self.predictor: Any = None
+
+    def setup(self, model: Any) -> None:
+        """``model``: a ``SamModel`` or a ready predictor (anything with ``predict_batch``)."""
+        from sam_jax.predictor import SamPredictor
+
+        self.predictor = model if hasattr(model, "predict_batch") else SamPredictor(model)
+
+    def run_image(self, item: Any) -> dict:
+        image, masks = item.load()
+        rng = np.random.default_rng([self.settings.seed, item.image_id])
+        res = evaluate_image(self.predictor, image, masks, self.settings, rng)
+        return {"image_id": item.image_id, "ann_ids": [a.id for a in item.annotations],
+                "iou": np.round(res["iou"], 6).tolist(),
+                "iou_oracle": np.round(res["iou_oracle"], 6).tolist(),
+                "area": res["area"].tolist(), "clicks": res["clicks"].tolist()}
+
+    def summarize(self, records: list[dict], dataset: Any = None) -> dict:
+        k = self.settings.max_clicks
+        iou = np.concatenate([np.asarray(r["iou"], np.float64).reshape(-1, k) for r in records])
+        oracle = np.concatenate([np.asarray(r["iou_oracle"], np.float64) for r in records])
+        area = np.concatenate([np.asarray(r["area"], np.float64) for r in records])
+        return summarize(iou, oracle, area, self.settings)
+
+    def table(self, metrics: dict) -> str:
+        from sam_jax.evaluation.report import markdown_table
+
+        ns = list(metrics["miou"])
+        rows = [["mIoU (all)"] + [metrics["miou"][n] for n in ns]]
+        for name, _, _ in AREA_BUCKETS:
+            b = metrics["miou_by_area"][name]
+            rows.append([f"mIoU {name} ({b['num_masks']})"] + [b.get(n, float("nan")) for n in ns])
+        text = markdown_table(["clicks"] + ns, rows)
+        extra = markdown_table(["oracle mIoU @1", *[f"NoC@{t}" for t in metrics["noc"]], "masks"],
+                               [[metrics["miou_oracle_1"], *metrics["noc"].values(),
+                                 metrics["num_masks"]]])
+        return text + "\n\n" + extra
+
+    def plot(self, metrics: dict, path: str) -> None:
+        from sam_jax.evaluation.report import save_plot
+
+        ns = [int(n) for n in metrics["miou"]]
+        save_plot(path, "mIoU vs number of clicks", "clicks", "mIoU",
+                  [("ambiguity-aware / single mask", ns, list(metrics["miou"].values()))],
+                  ylim=(0.0, 1.0), points=[("oracle @1", 1, metrics["miou_oracle_1"])])
+
+
+__all__ = ["PointSettings", "PointsProtocol", "MAX_CLICKS", "AREA_BUCKETS", "farthest_from_boundary", "center_click",
            "random_click", "next_click", "mask_iou", "evaluate_image", "noc", "summarize"]
