@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="variant (default: guessed from the weights)")
     conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     conv.set_defaults(func=_convert)
+
+    from sam_jax.evaluation.runner import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -53,17 +53,18 @@ def make_protocol(name: str, **settings: Any):
 
 # ----------------------------------------------------------------------------- models
 
-def load_model(checkpoint: str | os.PathLike | None, model_type: str | None = None,
+def load_model(checkpoint: str | os.PathLike | None, model_type: Any = None,
                train_config: str | None = None, config_overrides: tuple[str, ...] = ()
                ) -> tuple[Any, dict]:
     """A ``SamModel`` and a description of it, from an official ``.pth``, our ``.npz``,
-    a training workdir (newest orbax checkpoint, read-only) or None (random weights)."""
+    a training workdir (newest orbax checkpoint, read-only) or None (random weights).
+    ``model_type``: a variant name or a ``SamConfig`` (guessed from a ``.pth`` if None)."""
     from sam_jax.build_sam import build_sam
 
     if checkpoint is None:
         variant = model_type or "vit_h"
         model = build_sam(variant)
-        return model, {"checkpoint": None, "variant": variant,
+        return model, {"checkpoint": None, "variant": model.variant,
                        "image_size": model.config.image_size, "step": None}
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
@@ -78,7 +79,7 @@ def load_model(checkpoint: str | os.PathLike | None, model_type: str | None = No
 
         variant = guess_variant(read_pth(path))
     model = build_sam(variant, checkpoint=path)
-    return model, {"checkpoint": os.path.abspath(path), "variant": variant,
+    return model, {"checkpoint": os.path.abspath(path), "variant": model.variant,
                    "image_size": model.config.image_size, "step": None}
 
 
@@ -210,6 +211,7 @@ def add_parser(sub: Any) -> None:
                    help=".pth, .npz or training workdir (default: random weights)")
     p.add_argument("--model-type", default=None, choices=["vit_b", "vit_l", "vit_h"],
                    help="variant (guessed from a .pth; required for .npz)")
+    p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-config", default=None,
                    help="config of a training workdir, e.g. configs/tiny.py")
     p.add_argument("--train-config-override", action="append", default=[], metavar="KEY=VALUE",
@@ -266,8 +268,10 @@ def run_cli(args: argparse.Namespace) -> None:
             raise DatasetError(f"{args.data}: no images with a usable mask")
         if args.checkpoint is None:
             print("warning: no --checkpoint: the model has RANDOM weights", file=sys.stderr)
-        model, info = load_model(args.checkpoint, args.model_type, args.train_config,
-                                 tuple(args.train_config_override))
+        from sam_jax.cli import _custom_config
+
+        model, info = load_model(args.checkpoint, _custom_config(args) or args.model_type,
+                                 args.train_config, tuple(args.train_config_override))
         doc = evaluate(args.protocol, dataset, model, out=args.out, model_info=info,
                        progress=not args.quiet, **_settings(args))
     except (DatasetError, FileNotFoundError, ValueError) as e:
