@@ -142,3 +142,23 @@ def test_bad_inputs_name_the_problem(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DatasetError, match="not a COCO"):
         load_dataset(tmp_path / "bad.json")
+
+
+def test_synthetic_eval_set_writes_coco_and_edge_gt(tmp_path):
+    from data.synthetic import generate_image, write_eval_set
+
+    from sam_jax.evaluation.edges import load_edge_dataset
+
+    path = write_eval_set(str(tmp_path), 2, seed=3, short_side=64, num_objects=3)
+    ds = load_dataset(path)
+    assert len(ds) == 2
+    truth = generate_image(3, 1, short_side=64, num_objects=3)
+    image, masks = ds.images[1].load()
+    np.testing.assert_array_equal(masks, truth.masks)
+    edges = load_edge_dataset(str(tmp_path / "images"), str(tmp_path / "edges")).images[1].load_edges()
+    assert edges.shape == (1,) + masks.shape[1:]
+    for m in truth.masks:                                  # each mask's top row is an edge
+        y0 = int(np.flatnonzero(m.any(axis=1))[0])
+        assert y0 == 0 or edges[0][y0][m[y0]].all()
+    assert not edges[0][~truth.masks.any(axis=0)].any()   # boundaries lie on masks
+    assert 0 < edges.sum() < 0.5 * truth.masks.any(axis=0).sum()
