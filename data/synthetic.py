@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     if a.eval_set:
         path = write_eval_set(a.out, a.num_images, a.seed, a.short_side, a.aspect, a.num_objects)
-        print(json.dumps({"coco": path, "images": a.num_images, "seconds": round(time.time() - t0, 2)}))
+        print(json.dumps({"coco": path, "images": a.num_images,
+                          "seconds": round(time.time() - t0, 2)}))
         return
     paths = write_shards(a.out, a.num_images, a.images_per_shard, a.seed, a.short_side, a.aspect, a.num_objects, extract=a.extract)
     print(json.dumps({"shards": len(paths), "images": a.num_images, "seconds": round(time.time() - t0, 2), "out": a.out}))

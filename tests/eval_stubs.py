@@ -75,8 +75,8 @@ def _box_iou(a, b):
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
-    area = lambda x: (x[2] - x[0]) * (x[3] - x[1])
-    return inter / (area(a) + area(b) - inter)
+    area_a, area_b = ((x[2] - x[0]) * (x[3] - x[1]) for x in (a, b))
+    return inter / (area_a + area_b - inter)
 
 
 class ListGenerator:

@@ -11,8 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam_jax.amg import mask_to_rle
-from sam_jax.evaluation.datasets import (DatasetError, load_dataset, masks_to_coco,
-                                         select_masks, to_rgb_uint8)
+from sam_jax.evaluation.datasets import DatasetError, load_dataset, masks_to_coco, select_masks, to_rgb_uint8
 
 
 def _rect(h, w, y0, y1, x0, x1):
@@ -78,7 +77,8 @@ def test_min_area_and_seeded_subsampling():
     a, _ = select_masks(images(), min_area=3, max_masks=12, seed=1)
     b, _ = select_masks(images(), min_area=3, max_masks=12, seed=1)
     c, _ = select_masks(images(), min_area=3, max_masks=12, seed=2)
-    ids = lambda s: [x.id for im in s for x in im.annotations]
+    def ids(s):
+        return [x.id for im in s for x in im.annotations]
     assert len(ids(a)) == 12 and ids(a) == ids(b) and ids(a) != ids(c)
     assert all(x.area >= 3 for im in a for x in im.annotations)
 
@@ -104,8 +104,9 @@ def test_label_maps_png_and_16bit_tiff(tmp_path):
     np.testing.assert_array_equal(masks[1], lab == 700)
     assert [a.area for a in cells.annotations] == [80.0, 150.0]
     assert cells.annotations[1].bbox == [20.0, 15.0, 15.0, 10.0]
+    colour = (np.zeros((30, 40, 3)) + [1, 2, 3]).astype(np.uint8)
+    Image.fromarray(colour).save(tmp_path / "lab" / "other.png")
     with pytest.raises(DatasetError, match="label map"):
-        Image.fromarray((np.zeros((30, 40, 3)) + [1, 2, 3]).astype(np.uint8)).save(tmp_path / "lab" / "other.png")
         load_dataset(tmp_path / "img", labels=str(tmp_path / "lab"))
 
 
@@ -146,7 +147,6 @@ def test_bad_inputs_name_the_problem(tmp_path):
 
 def test_synthetic_eval_set_writes_coco_and_edge_gt(tmp_path):
     from data.synthetic import generate_image, write_eval_set
-
     from sam_jax.evaluation.edges import load_edge_dataset
 
     path = write_eval_set(str(tmp_path), 2, seed=3, short_side=64, num_objects=3)

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_jax.evaluation.edges import (bsds_metrics, edge_map, edge_nms, load_edge_dataset,
-                                      mask_edges, match_counts, thresholds)
+from sam_jax.evaluation.edges import (
+    bsds_metrics,
+    edge_map,
+    edge_nms,
+    load_edge_dataset,
+    mask_edges,
+    match_counts,
+    thresholds,
+)
 
 H, W = 300, 400          # diagonal 500 -> tolerance 3.75 px
 

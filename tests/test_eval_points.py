@@ -8,9 +8,16 @@ import pytest
 from eval_stubs import GTPredictor
 from PIL import Image, ImageDraw
 
-from sam_jax.evaluation.points import (PointSettings, center_click, evaluate_image,
-                                       farthest_from_boundary, mask_iou, next_click, noc,
-                                       summarize)
+from sam_jax.evaluation.points import (
+    PointSettings,
+    center_click,
+    evaluate_image,
+    farthest_from_boundary,
+    mask_iou,
+    next_click,
+    noc,
+    summarize,
+)
 
 
 def _rect(h, w, y0, y1, x0, x1):
@@ -156,7 +163,7 @@ def _reference_loop(predictor, image, gt, clicks):
     out = []
     for g in gt:
         y, x = center_click(g)
-        pts, labs, clicked, ious, prev = [[x, y]], [1], [(y, x)], [], None
+        pts, labs, clicked, ious, prev, pred = [[x, y]], [1], [(y, x)], [], None, None
         for c in range(max(clicks)):
             if c > 0:
                 (y, x), lab = next_click(g, pred, clicked)

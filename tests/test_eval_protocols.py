@@ -106,10 +106,10 @@ def test_proposals_of_gt_masks_have_full_recall(coco_dir):
 
 
 def test_proposal_generator_has_paper_settings():
-    from sam_jax.evaluation.proposals import ProposalSettings, proposal_generator
-
     from reference_sam import TINY
+
     from sam_jax.build_sam import build_sam
+    from sam_jax.evaluation.proposals import ProposalSettings, proposal_generator
 
     gen = proposal_generator(build_sam(TINY), ProposalSettings())
     assert len(gen.point_grids) == 1 and gen.point_grids[0].shape == (64 * 64, 2)
@@ -154,6 +154,7 @@ def test_box_prompt_ap_with_gt_stub_is_one(coco_dir, tmp_path):
 def test_eval_cli_points_end_to_end_and_resume(coco_dir, tmp_path):
     """``sam-jax eval points`` on a tiny real model: files, schema, resume."""
     from reference_sam import TINY
+
     from sam_jax import cli
     from sam_jax.build_sam import build_sam
     from sam_jax.checkpoint import save_params
@@ -185,3 +186,43 @@ def test_eval_cli_points_end_to_end_and_resume(coco_dir, tmp_path):
         cli.main(argv[:-5] + ["--clicks", "1,2", "--quiet", "--max-images", "2"])
     with pytest.raises(SystemExit, match="does not exist"):
         cli.main(["eval", "points", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")])
+
+
+def _tree(root):
+    import os
+
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_size if n in files else -1, st.st_mtime_ns)
+    return out
+
+
+def test_training_workdir_is_loaded_read_only(tmp_path):
+    """``load_model`` on a workdir restores the newest checkpoint and changes nothing on
+    disk, even with a stray uncommitted step directory (the trainer would move it)."""
+    import jax
+
+    from sam_jax.evaluation import load_model
+    from train.checkpointing import Checkpointer
+    from train.loop import load_config
+    from train.sharding import make_mesh
+    from train.train_step import Trainer
+
+    config = load_config("configs/tiny.py")
+    state = Trainer(config, make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])).init_state(7)
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3, async_save=False)
+    ckpt.save(3, state.replace(step=state.step + 3))
+    ckpt.close()
+    (tmp_path / "checkpoints" / "9").mkdir()           # uncommitted leftover
+    before = _tree(tmp_path)
+    model, info = load_model(str(tmp_path), train_config="configs/tiny.py")
+    assert _tree(tmp_path) == before
+    assert info["step"] == 3 and info["image_size"] == 128
+    a = jax.tree_util.tree_leaves(model.params)
+    b = jax.tree_util.tree_leaves(state.params)
+    assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="--train-config"):
+        load_model(str(tmp_path))

@@ -232,6 +232,16 @@ def _coco_loader(image_dir: str):
     return load
 
 
+def _file_name(info: dict) -> str:
+    """An image's path below the image folder; LVIS v1 gives only ``coco_url``, whose
+    last two parts (``val2017/<id>.jpg``) are used, as in the COCO folder layout."""
+    if "file_name" in info:
+        return info["file_name"]
+    if "coco_url" in info:
+        return "/".join(info["coco_url"].split("/")[-2:])
+    raise DatasetError(f"image {info.get('id')} has neither file_name nor coco_url")
+
+
 def _read_coco(path: str, image_dir: str | None) -> tuple[list[EvalImage], dict]:
     try:
         with open(path) as f:
@@ -256,7 +266,7 @@ def _read_coco(path: str, image_dir: str | None) -> tuple[list[EvalImage], dict]
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{path}: malformed annotation {a.get('id')}: {e}") from None
     loader = _coco_loader(image_dir)
-    out = [EvalImage(image_id=int(i["id"]), file_name=i["file_name"], height=int(i["height"]),
+    out = [EvalImage(image_id=int(i["id"]), file_name=_file_name(i), height=int(i["height"]),
                      width=int(i["width"]), annotations=by_image.get(int(i["id"]), []), _loader=loader)
            for i in images]
     return out, doc

@@ -291,5 +291,5 @@ class PointsProtocol:
                   ylim=(0.0, 1.0), points=[("oracle @1", 1, metrics["miou_oracle_1"])])
 
 
-__all__ = ["PointSettings", "PointsProtocol", "MAX_CLICKS", "AREA_BUCKETS", "farthest_from_boundary", "center_click",
-           "random_click", "next_click", "mask_iou", "evaluate_image", "noc", "summarize"]
+__all__ = ["PointSettings", "PointsProtocol", "MAX_CLICKS", "AREA_BUCKETS", "farthest_from_boundary",
+           "center_click", "random_click", "next_click", "mask_iou", "evaluate_image", "noc", "summarize"]

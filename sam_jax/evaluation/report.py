@@ -17,7 +17,6 @@ Writes are atomic (temporary file + ``os.replace``). Per-image records go to
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import tempfile
