@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from sam_jax.evaluation.edges import (
     bsds_metrics,
@@ -142,3 +143,31 @@ def test_amg_returns_logits_for_edges():
         np.testing.assert_array_equal(r["logits"] > 0, rle_to_mask(r["segmentation"]))
     e = edge_map(recs, image.shape[:2])
     assert e.max() == pytest.approx(1.0) or e.max() == 0.0
+
+
+def test_edges_protocol_end_to_end_with_stub_generator(tmp_path):
+    """Masks whose soft boundaries are the human edges score ODS = OIS = 1; results files."""
+    from eval_stubs import ListGenerator
+
+    from sam_jax.evaluation import evaluate
+
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    recs, gts = [], []
+    for i, (y0, x0) in enumerate([(20, 30), (40, 60)]):
+        d = np.minimum.reduce([yy - y0, y0 + 50 - yy, xx - x0, x0 + 70 - xx]).astype(np.float32)
+        mask = d > 0
+        gt = mask & ~ndimage.binary_erosion(mask, border_value=1)
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(gt.astype(np.uint8) * 255).save(tmp_path / "gt" / f"{i}.png")
+        recs.append([{"logits": d}])
+        gts.append(gt)
+    ds = load_edge_dataset(str(tmp_path / "img"), str(tmp_path / "gt"))
+    doc = evaluate("edges", ds, ListGenerator(recs), out=str(tmp_path / "out"), progress=False)
+    m = doc["metrics"]
+    assert m["ODS"] > 0.97 and m["OIS"] > 0.97 and m["num_images"] == 2
+    assert len(m["curve"]["recall"]) == 99 and m["R50"] > 0.97
+    assert (tmp_path / "out" / "precision_recall.png").exists()
+    assert "| ODS | OIS | AP | R50 |" in (tmp_path / "out" / "results.md").read_text()
