@@ -128,7 +128,7 @@ def test_edge_dataset_png_and_mat(tmp_path):
 def test_amg_returns_logits_for_edges():
     from reference_sam import TINY
 
-    from sam_jax.build_sam import build_sam
+    from sam_jax import build_sam
     from sam_jax.evaluation.edges import EdgeSettings, edge_generator
 
     gen = edge_generator(build_sam(TINY, seed=1), EdgeSettings(points_per_side=4))

@@ -108,7 +108,7 @@ def test_proposals_of_gt_masks_have_full_recall(coco_dir):
 def test_proposal_generator_has_paper_settings():
     from reference_sam import TINY
 
-    from sam_jax.build_sam import build_sam
+    from sam_jax import build_sam
     from sam_jax.evaluation.proposals import ProposalSettings, proposal_generator
 
     gen = proposal_generator(build_sam(TINY), ProposalSettings())
@@ -155,8 +155,7 @@ def test_eval_cli_points_end_to_end_and_resume(coco_dir, tmp_path):
     """``sam-jax eval points`` on a tiny real model: files, schema, resume."""
     from reference_sam import TINY
 
-    from sam_jax import cli
-    from sam_jax.build_sam import build_sam
+    from sam_jax import build_sam, cli
     from sam_jax.checkpoint import save_params
 
     d, _ = coco_dir

@@ -34,7 +34,7 @@ DEMO_MIN_AREA = 400
 def zero_shot_eval(module, params, eval_dir: str, out: str, proposal_grid: int = 32) -> dict:
     """Click curve (1, 3, 5), oracle vs ambiguity-aware at one click and AR@100 of the
     trained model on the held-out shards (``sam_jax.evaluation``)."""
-    from sam_jax.build_sam import SamModel
+    from sam_jax import SamModel
     from sam_jax.evaluation import evaluate, load_dataset
 
     model = SamModel(module=module, params=params)

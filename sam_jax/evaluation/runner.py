@@ -59,7 +59,7 @@ def load_model(checkpoint: str | os.PathLike | None, model_type: Any = None,
     """A ``SamModel`` and a description of it, from an official ``.pth``, our ``.npz``,
     a training workdir (newest orbax checkpoint, read-only) or None (random weights).
     ``model_type``: a variant name or a ``SamConfig`` (guessed from a ``.pth`` if None)."""
-    from sam_jax.build_sam import build_sam
+    from sam_jax import build_sam
 
     if checkpoint is None:
         variant = model_type or "vit_h"
@@ -96,7 +96,7 @@ def _load_workdir(workdir: str, train_config: str | None, overrides: tuple[str, 
     except ImportError as e:
         raise ValueError(f"loading a training workdir needs the repository's train/ package "
                          f"(run from a checkout): {e}") from None
-    from sam_jax.build_sam import SamModel
+    from sam_jax import SamModel
 
     config = load_config(train_config, list(overrides))
     module, params, step = restore_params(config, workdir)
