@@ -225,3 +225,20 @@ def test_training_workdir_is_loaded_read_only(tmp_path):
     assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="--train-config"):
         load_model(str(tmp_path))
+
+
+def test_proposal_recall_by_lvis_frequency(coco_dir):
+    d, scenes = coco_dir
+    data = load_dataset(d / "gt.json", keep_empty=True)
+    doc = data.coco_json
+    doc["categories"] = [{"id": 1, "name": "a", "frequency": "f"}, {"id": 2, "name": "b", "frequency": "r"}]
+    for a in doc["annotations"]:
+        a["category_id"] = 2 if a["id"] % 2 == 0 else 1
+    by_id = {a["id"]: a for a in doc["annotations"]}
+    # proposals: exactly the rare-category masks
+    gen = ListGenerator([[_record(m, 0.9) for m, a in zip(masks, im.annotations)
+                          if by_id[a.id]["category_id"] == 2]
+                         for (_, masks), im in zip(scenes, data.images)])
+    m = evaluate("proposals", data, gen, progress=False)["metrics"]
+    assert m["AR@1000_r"] == pytest.approx(1.0) and m["AR@1000_f"] == pytest.approx(0.0)
+    assert "AR@1000_c" not in m and 0.0 < m["AR@1000"] < 1.0

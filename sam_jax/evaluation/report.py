@@ -63,7 +63,7 @@ def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 def markdown_report(doc: dict, table: str) -> str:
     d, m, t = doc["dataset"], doc["model"], doc["timing"]
     return (f"# sam-jax eval: {doc['protocol']} on {d['name']}\n\n"
-            f"Model: {m.get('variant')} ({m.get('checkpoint') or 'random weights'}), "
+            f"Model: {m.get('variant')} ({m.get('checkpoint') or 'weights given in memory'}), "
             f"dataset: {d.get('num_images')} images, {d.get('num_masks')} masks, "
             f"{t.get('images_per_s', float('nan')):.3g} images/s.\n\n{table}\n")
 

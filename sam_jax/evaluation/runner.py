@@ -64,7 +64,7 @@ def load_model(checkpoint: str | os.PathLike | None, model_type: Any = None,
     if checkpoint is None:
         variant = model_type or "vit_h"
         model = build_sam(variant)
-        return model, {"checkpoint": None, "variant": model.variant,
+        return model, {"checkpoint": "random weights", "variant": model.variant,
                        "image_size": model.config.image_size, "step": None}
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
