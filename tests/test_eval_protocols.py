@@ -201,7 +201,8 @@ def _tree(root):
 
 def test_training_workdir_is_loaded_read_only(tmp_path):
     """``load_model`` on a workdir restores the newest checkpoint and changes nothing on
-    disk, even with a stray uncommitted step directory (the trainer would move it)."""
+    disk, not even a leftover temporary directory of an interrupted save (which the
+    trainer's checkpointer deletes)."""
     import jax
 
     from sam_jax.evaluation import load_model
@@ -215,7 +216,7 @@ def test_training_workdir_is_loaded_read_only(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3, async_save=False)
     ckpt.save(3, state.replace(step=state.step + 3))
     ckpt.close()
-    (tmp_path / "checkpoints" / "9").mkdir()           # uncommitted leftover
+    (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234").mkdir()   # interrupted save
     before = _tree(tmp_path)
     model, info = load_model(str(tmp_path), train_config="configs/tiny.py")
     assert _tree(tmp_path) == before

@@ -29,14 +29,17 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int, async_save: bool = True):
+    """``read_only``: never create, rename or delete anything (for evaluation)."""
+
+    def __init__(self, directory: str, keep: int, async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                enable_async_checkpointing=async_save, create=True,
-                cleanup_tmp_directories=True))
+                max_to_keep=keep, enable_async_checkpointing=async_save,
+                **(dict(read_only=True, create=False, cleanup_tmp_directories=False)
+                   if read_only else dict(create=True, cleanup_tmp_directories=True))))
 
     def save(self, step: int, state: Any) -> None:
         """Save ``state`` as ``step`` (asynchronously unless configured off); the loop
@@ -75,7 +78,9 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> None:
         """Rename an unreadable step directory so that it is neither restored nor blocks a
-        new save of that step (process 0 renames; all wait)."""
+        new save of that step (process 0 renames; all wait). Nothing in read-only mode."""
+        if self.read_only:
+            return
         if jax.process_index() == 0:
             src = os.path.join(self.directory, str(step))
             if os.path.isdir(src):

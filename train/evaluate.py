@@ -109,13 +109,15 @@ def eval_batches(config, image_size: int, data_dir: str = "", synthetic_batches:
 
 
 def restore_params(config, workdir: str):
-    """The params of the newest checkpoint in ``<workdir>/checkpoints`` (single process)."""
+    """The params of the newest checkpoint in ``<workdir>/checkpoints`` (single process;
+    the workdir is only read)."""
     from train.checkpointing import Checkpointer
     from train.sharding import make_mesh
     from train.train_step import Trainer
 
     trainer = Trainer(config, make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1000, async_save=False)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1000, async_save=False,
+                        read_only=True)
     state = ckpt.restore_latest(trainer.abstract_state)
     ckpt.close()
     if state is None:

@@ -81,14 +81,14 @@ def segm_ap(gt: dict, results: list[dict]) -> dict:
     """COCO segm AP of ``results`` against the COCO dict ``gt`` (pycocotools)."""
     from pycocotools.cocoeval import COCOeval
 
-    from sam_jax.evaluation.proposals import _coco
+    from sam_jax.evaluation.proposals import _coco, fresh_results
 
     names = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
     if not results:
         return {k: 0.0 for k in names}
     coco_gt = _coco(gt)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes(fresh_results(results))
         ev = COCOeval(coco_gt, coco_dt, "segm")
         ev.params.imgIds = sorted(coco_gt.getImgIds())
         ev.evaluate()

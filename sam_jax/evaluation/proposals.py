@@ -74,6 +74,12 @@ def _coco(gt: dict):
     return coco
 
 
+def fresh_results(detections: list[dict]) -> list[dict]:
+    """Copies of COCO results without the fields ``COCO.loadRes`` adds in place (``bbox``,
+    ``area``, ``id``), so that the same results can be scored more than once."""
+    return [{k: v for k, v in d.items() if k not in ("bbox", "area", "id")} for d in detections]
+
+
 def average_recall(gt: dict, detections: list[dict], max_dets: tuple[int, ...] = MAX_DETS) -> dict:
     """Class-agnostic mask AR of COCO ``detections`` against the COCO dict ``gt``
     (pycocotools, ``useCats = 0``). Returns ``{"AR@k": ...}`` for each ``k`` and
@@ -82,7 +88,7 @@ def average_recall(gt: dict, detections: list[dict], max_dets: tuple[int, ...] =
 
     coco_gt = _coco(gt)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(detections) if detections else None
+        coco_dt = coco_gt.loadRes(fresh_results(detections)) if detections else None
     if coco_dt is None:
         return {**{f"AR@{k}": 0.0 for k in max_dets},
                 **{f"AR_{a}@{max_dets[-1]}": 0.0 for a in ("small", "medium", "large")}}
@@ -151,4 +157,4 @@ class ProposalsProtocol:
 
 
 __all__ = ["ProposalSettings", "ProposalsProtocol", "MAX_DETS", "proposal_generator",
-           "rank_proposals", "average_recall"]
+           "rank_proposals", "average_recall", "fresh_results"]
