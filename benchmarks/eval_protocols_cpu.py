@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     p.add_argument("--only", default="points,instances,edges,proposals")
     a = p.parse_args(argv)
 
+    import jax
+
     from sam_jax import SamPredictor, build_sam
     from sam_jax.evaluation.edges import EdgeSettings, edge_generator, edge_map, edge_nms, match_counts
     from sam_jax.evaluation.instances import box_prompts_to_masks
@@ -65,11 +67,14 @@ def main(argv=None) -> None:
     masks = _masks(427, 640)
     out = {"variant": a.variant, "image": list(coco.shape[:2]), "masks": len(masks)}
     only = a.only.split(",")
-    t0 = time.perf_counter()
     predictor = SamPredictor(model)
-    predictor.set_image(coco)
-    out["set_image_s_first"] = round(time.perf_counter() - t0, 2)
-    out["set_image_s"] = round(_timed(predictor.set_image, coco, name="set_image")[0], 2)
+
+    def embed(image):  # set_image dispatches asynchronously: wait for the embedding
+        predictor.set_image(image)
+        return jax.block_until_ready(predictor.features)
+
+    out["set_image_s_first"] = round(_timed(embed, coco)[0], 2)
+    out["set_image_s"] = round(_timed(embed, coco, name="set_image")[0], 2)
     if "points" in only:
         s = PointSettings(clicks=(1, 2, 3, 5, 9), masks_per_batch=16)
         evaluate_image(predictor, coco, masks, s)                      # compiles
