@@ -75,7 +75,8 @@ def load_model(checkpoint: str | os.PathLike | None, model_type: Any = None,
     if variant is None:
         if path.endswith(".npz"):
             raise ValueError("an .npz checkpoint needs --model-type (vit_b, vit_l or vit_h)")
-        from sam_jax.checkpoint import guess_variant, read_pth
+        from sam_jax.checkpoint import read_pth
+        from sam_jax.modeling.variants import guess_variant
 
         variant = guess_variant(read_pth(path))
     model = build_sam(variant, checkpoint=path)
