@@ -126,8 +126,7 @@ def test_edge_dataset_png_and_mat(tmp_path):
 
 
 def test_amg_returns_logits_for_edges():
-    from reference_sam import TINY
-
+    from configs.tiny import TINY
     from sam_jax import build_sam
     from sam_jax.evaluation.edges import EdgeSettings, edge_generator
 

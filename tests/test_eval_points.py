@@ -183,7 +183,8 @@ def _reference_loop(predictor, image, gt, clicks):
 @pytest.fixture(scope="module")
 def parity_models(tmp_path_factory):
     pytest.importorskip("segment_anything")
-    from reference_sam import TINY, official_and_ours
+    from benchmarks.reference_sam import official_and_ours
+    from configs.tiny import TINY
 
     return official_and_ours(TINY, tmp_path_factory.mktemp("ckpt"), seed=5)
 

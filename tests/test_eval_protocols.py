@@ -106,8 +106,7 @@ def test_proposals_of_gt_masks_have_full_recall(coco_dir):
 
 
 def test_proposal_generator_has_paper_settings():
-    from reference_sam import TINY
-
+    from configs.tiny import TINY
     from sam_jax import build_sam
     from sam_jax.evaluation.proposals import ProposalSettings, proposal_generator
 
@@ -153,8 +152,7 @@ def test_box_prompt_ap_with_gt_stub_is_one(coco_dir, tmp_path):
 
 def test_eval_cli_points_end_to_end_and_resume(coco_dir, tmp_path):
     """``sam-jax eval points`` on a tiny real model: files, schema, resume."""
-    from reference_sam import TINY
-
+    from configs.tiny import TINY
     from sam_jax import build_sam, cli
     from sam_jax.checkpoint import save_params
 
@@ -205,9 +203,9 @@ def test_training_workdir_is_loaded_read_only(tmp_path):
     trainer's checkpointer deletes)."""
     import jax
 
+    from configs import load_config
     from sam_jax.evaluation import load_model
     from train.checkpointing import Checkpointer
-    from train.loop import load_config
     from train.sharding import make_mesh
     from train.train_step import Trainer
 

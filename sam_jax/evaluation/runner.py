@@ -92,8 +92,8 @@ def _load_workdir(workdir: str, train_config: str | None, overrides: tuple[str, 
         raise ValueError("a training workdir needs --train-config (the config it was trained "
                          "with, e.g. configs/tiny.py)")
     try:
+        from configs import load_config
         from train.evaluate import restore_params
-        from train.loop import load_config
     except ImportError as e:
         raise ValueError(f"loading a training workdir needs the repository's train/ package "
                          f"(run from a checkout): {e}") from None
