@@ -101,8 +101,10 @@ def _load_workdir(workdir: str, train_config: str | None, overrides: tuple[str, 
 
     config = load_config(train_config, list(overrides))
     module, params, step = restore_params(config, workdir)
+    variant = str(config.model.variant) + (" (with overrides)" if config.model.get("overrides")
+                                           else "")
     model = SamModel(module=module, params=params, variant="custom")
-    return model, {"checkpoint": os.path.abspath(workdir), "variant": str(config.model.variant),
+    return model, {"checkpoint": os.path.abspath(workdir), "variant": variant,
                    "image_size": module.config.image_size, "step": step}
 
 
