@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from sam_jax.image_files import IMAGE_SUFFIXES
+
 KINDS = ("coco", "sa1b", "labelmap")
 
 
