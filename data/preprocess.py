@@ -86,7 +86,7 @@ class PreprocessConfig:
 def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
     """Resized ``(h', w')`` with the longest side ``long_side`` (as ResizeLongestSide)."""
     scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def empty_sample(cfg: PreprocessConfig) -> dict[str, np.ndarray]:

@@ -34,6 +34,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs.base import ConfigError, validate_config
+from sam_jax.checkpoint import CheckpointMismatchError
 from train import checkpointing, sharding
 from train.train_step import Trainer, host_metrics
 
@@ -59,17 +61,24 @@ def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
             value = raw
         *parents, leaf = key.split(".")
         node = config
-        for p in parents:
+        for i, p in enumerate(parents):
+            if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+                where = ".".join(parents[:i]) or "the config"
+                raise ConfigError(f"unknown config section {'.'.join(parents[:i + 1])!r} in "
+                                  f"override {item!r}; {where} has {', '.join(sorted(node))}")
             node = node[p]
-        if leaf not in node:
-            raise KeyError(f"unknown config key {key!r}")
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(f"unknown config key {key!r}")
         old = node[leaf]
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
             value = ml_collections.ConfigDict(value)
-        node[leaf] = value
-    return config
+        try:
+            node[leaf] = value
+        except TypeError:
+            raise ConfigError(f"config key {key!r} expects a {type(old).__name__}, got {raw!r}") from None
+    return validate_config(config)
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[str]]:
@@ -168,6 +177,7 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     Returns a summary: ``start_step``, ``end_step``, ``losses`` (step -> loss of the
     steps run here), ``last_metrics``, ``preempted``, ``workdir``.
     """
+    validate_config(config)
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     trainer = Trainer(config, mesh)
@@ -264,8 +274,11 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config = load_config(path, overrides)
-    summary = run(config)
+    try:
+        config = load_config(path, overrides)
+        summary = run(config)
+    except (ConfigError, CheckpointMismatchError) as e:
+        raise SystemExit(f"error: {e}") from None
     out = {k: v for k, v in summary.items() if k not in ("state", "losses")}
     print(json.dumps(out, default=float), flush=True)
     return 0

@@ -212,9 +212,10 @@ def postprocess_masks(
 
 
 def resized_shape(h: int, w: int, long_side: int = 1024) -> tuple[int, int]:
-    """Size of an ``h x w`` image whose longest side is scaled to ``long_side``."""
+    """Size of an ``h x w`` image whose longest side is scaled to ``long_side``; each side is
+    at least 1 (an extremely elongated image would otherwise round to 0)."""
     scale = long_side / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 __all__ = ["Sam", "SamConfig", "normalize", "preprocess", "postprocess_masks", "resize_bilinear",
