@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from configs.base import ConfigError, validate_config
-from sam_jax.checkpoint import CheckpointMismatchError
+from sam_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from train import checkpointing, sharding
 from train.train_step import Trainer, host_metrics
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path, overrides)
         summary = run(config)
-    except (ConfigError, CheckpointMismatchError) as e:
+    except (ConfigError, CheckpointMismatchError, CorruptCheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     out = {k: v for k, v in summary.items() if k not in ("state", "losses")}
     print(json.dumps(out, default=float), flush=True)
