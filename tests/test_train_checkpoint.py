@@ -218,12 +218,16 @@ def test_a_changed_model_is_an_error_and_changes_nothing(saved):
     assert _listing(saved) == before
 
 
-def test_corrupt_checkpoints_are_set_aside_only_when_not_read_only(saved):
+@pytest.mark.parametrize("damage", ["truncated arrays", "no tree metadata"])
+def test_corrupt_checkpoints_are_set_aside_only_when_not_read_only(saved, damage):
+    """I/O or format errors (not a different model) skip to an older checkpoint."""
     from train.checkpointing import Checkpointer
 
+    if damage == "no tree metadata":
+        os.remove(os.path.join(saved, "2", "default", "_METADATA"))
     for root, _, files in os.walk(os.path.join(saved, "2")):
         for f in files:
-            if os.sep + "d" + os.sep in os.path.join(root, f):
+            if damage == "truncated arrays" and os.sep + "d" + os.sep in os.path.join(root, f):
                 with open(os.path.join(root, f), "r+b") as fh:
                     fh.truncate(3)
     before = _listing(saved)

@@ -135,7 +135,9 @@ class Checkpointer:
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
         """Compare the leaves (paths, shapes) stored for ``step`` with ``abstract_state``."""
-        stored = ocp.tree.to_flat_dict(self.manager.item_metadata(step), sep="/")
+        stored = ocp.tree.to_flat_dict(self.manager.item_metadata(step) or {}, sep="/")
+        if not stored:  # a format error, not a different model
+            raise ValueError("the checkpoint lists no arrays (its _METADATA is missing or empty)")
         wanted = ocp.tree.to_flat_dict(abstract_state, sep="/")
         missing = sorted(set(wanted) - set(stored))
         unexpected = sorted(set(stored) - set(wanted))
