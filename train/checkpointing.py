@@ -103,6 +103,7 @@ class Checkpointer:
         if os.path.isdir(path) and not is_committed(path):
             log.warning("checkpoint step %d in %s incomplete (not committed); moved aside",
                         step, self.directory)
+            self.manager.wait_until_finished()  # the reload below must list a pending save
             self._move_aside(step)
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
