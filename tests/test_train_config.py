@@ -28,6 +28,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
     ("mesh.num_processes=3", r"divisible by mesh\.num_processes=3"),
     ("trian.num_steps=5", r"unknown config section 'trian'.*sections|the config has"),
     ("train.num_stpes=5", r"unknown config key 'train\.num_stpes'"),
+    ("train.num_steps.x=5", r"'train\.num_steps' is a value, not a section"),
 ])
 def test_bad_values_and_keys_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -54,21 +54,23 @@ def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        *parents, leaf = key.split(".")
+        *parents, leaf = names = key.split(".")
         node = config
-        for i, p in enumerate(parents):
-            if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-                where = ".".join(parents[:i]) or "the config"
-                raise ConfigError(f"unknown config section {'.'.join(parents[:i + 1])!r} in "
-                                  f"override {item!r}; {where} has {', '.join(sorted(node))}")
-            node = node[p]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ConfigError(f"unknown config key {key!r}")
+        for i, name in enumerate(names):
+            prefix = ".".join(names[:i])
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ConfigError(f"{prefix!r} is a value, not a section (override {item!r})")
+            if name not in node:
+                what = "key" if i == len(parents) else "section"
+                raise ConfigError(f"unknown config {what} {'.'.join(names[:i + 1])!r}; "
+                                  f"{prefix or 'the config'} has {', '.join(sorted(node))}")
+            if i < len(parents):
+                node = node[name]
         old = node[leaf]
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
