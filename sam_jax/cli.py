@@ -66,21 +66,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _custom_config(args: argparse.Namespace):
-    """The ``SamConfig`` of ``--config-json``, or None."""
-    from sam_jax.modeling.sam import SamConfig
+    """The ``SamConfig`` of ``--config-json`` (every field given, or the defaults), or None."""
+    from sam_jax.modeling.variants import get_config
 
     if not args.config_json:
         return None
-    fields = json.loads(args.config_json)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     try:
-        return SamConfig(**fields)
-    except TypeError as e:
+        fields = json.loads(args.config_json)
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
+        return get_config("custom", **fields)
+    except ValueError as e:
         raise SystemExit(f"error: bad --config-json: {e}") from None
 
 
 def _load_model(args: argparse.Namespace):
-    from sam_jax.build_sam import build_sam
+    from sam_jax.sam_model import build_sam
 
     variant = _custom_config(args) or args.model_type
     if args.checkpoint is None:
@@ -219,7 +220,7 @@ def _generate_one(generator, path: Path, image_id: int, out: Path) -> int:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from sam_jax.checkpoint import convert_checkpoint
+    from sam_jax.sam_model import convert_checkpoint
 
     _check_checkpoint(args.src)
     if not args.dst.parent.is_dir():

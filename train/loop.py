@@ -192,7 +192,8 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
         params = None
         if config.model.init_checkpoint:
             from sam_jax.checkpoint import load_checkpoint
-            params = load_checkpoint(config.model.init_checkpoint, trainer.module)
+            from sam_jax.modeling.variants import param_template
+            params = load_checkpoint(config.model.init_checkpoint, param_template(trainer.module))
         state = trainer.init_state(config.train.seed, params)
         log.info("initialised a new state (%s)", config.model.init_checkpoint or "random")
     start = int(jax.device_get(state.step))

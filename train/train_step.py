@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sam_jax.build_sam import get_config as get_sam_config, init_variables
+from sam_jax.modeling.variants import get_config as get_sam_config, init_variables
 from sam_jax.modeling.sam import Sam, SamConfig
 from train import sharding as shd
 from train.losses import LossConfig, sam_loss
