@@ -5,6 +5,7 @@
     sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] --out DIR
     sam-jax generate IMAGE_OR_FOLDER --out DIR
     sam-jax convert CHECKPOINT.pth OUT.npz
+    sam-jax export --out DIR [--format stablehlo onnx]
 
 ``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
 ``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
@@ -229,6 +230,12 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst} ({variant})")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from sam_jax.export import run
+
+    run(args, _load_model(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam-jax", description="Segment Anything in JAX: prompted segmentation, automatic "
@@ -285,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="variant (default: guessed from the weights)")
     conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     conv.set_defaults(func=_convert)
+
+    from sam_jax.export import add_arguments as add_export_arguments
+
+    exp = sub.add_parser(
+        "export", help="export for serving: StableHLO modules and the ONNX decoder",
+        description="Write the image encoder and the prompt encoder + mask decoder as serialised "
+        "StableHLO (jax.export; <part>.stablehlo + <part>.json) and/or the decoder as ONNX with "
+        "the official SamOnnxModel interface (sam_decoder.onnx).")
+    add_export_arguments(exp)
+    _add_model_args(exp)
+    exp.set_defaults(func=_export)
     return parser
 
 
