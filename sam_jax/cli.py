@@ -233,6 +233,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from sam_jax.export import run
 
+    _output_dir(args.out)
     run(args, _load_model(args))
 
 

@@ -131,6 +131,8 @@ def test_bad_out_and_checkpoint_fail_first_in_one_line(files, monkeypatch, capsy
             cli.main(["segment", str(a_file), "--point", "10,10", "--out", out] + _model_args(files))
         with pytest.raises(SystemExit, match="cannot use --out"):
             cli.main(["generate", str(a_file), "--out", out] + _model_args(files))
+        with pytest.raises(SystemExit, match="cannot use --out"):
+            cli.main(["export", "--out", out] + _model_args(files))
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=f"checkpoint {files} is a directory"):
         cli.main(["segment", str(a_file), "--point", "10,10", "--out", str(files / "o"),
