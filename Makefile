@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench-cpu clean
+.PHONY: demo test lint bench-cpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ comma := ,
 demo: $(VENV)/.installed-data+train
 	$(PY) -m train.demo --out out/demo
 
-test: $(VENV)/.installed-data+train+test
+test: lint
 	$(PY) -m pytest -q tests
 
+# ruff is in the test extras; the configuration is in pyproject.toml.
+lint: $(VENV)/.installed-data+train+test
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
 bench-cpu: $(VENV)/.installed-data+train+test
-	$(PY) benchmarks/encoder_cpu.py
+	$(PY) -m benchmarks.run encoder-cpu
 
 clean:
 	rm -rf $(VENV) out

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.reference_sam import official_sam, torch
 from configs.tiny import get_config
-from reference_sam import official_sam, torch
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.modeling.variants import param_template
 from sam_jax.sam_model import build_sam
@@ -68,7 +68,7 @@ def test_finetune_from_official_checkpoint(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     before = sorted(os.listdir(ckpts))
     c.train.num_steps = 4
-    c.model.custom.decoder_mlp_dim = 128
+    c.model.overrides.decoder_mlp_dim = 64
     with pytest.raises(CheckpointMismatchError, match=r"checkpoints/3 does not fit the model.*"
                        r"with wrong shapes \(opt_state/.*mask_decoder/"):
         run(c, progress=False)
