@@ -188,7 +188,7 @@ def test_uncommitted_step_directories_decide_nothing(saved):
     before = _listing(saved)
     ck = Checkpointer(saved, keep=5, async_save=False)
     state = ck.restore_latest(_abstract(_state(0)))
-    assert int(state.step) == 2 and ck.latest_step() == 2
+    assert int(state.step) == 2 and ck.manager.latest_step() == 2
     np.testing.assert_array_equal(jax.device_get(state.params["w"]), [2.0, 2.0, 2.0])
     assert _listing(saved) == before
     ck.save(3, _state(3))

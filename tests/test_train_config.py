@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from configs.base import ConfigError, validate_config
 from configs import load_config
+from configs.base import ConfigError, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

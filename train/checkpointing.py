@@ -32,7 +32,8 @@ import json
 import logging
 import os
 import signal
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
