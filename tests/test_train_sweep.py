@@ -37,7 +37,7 @@ SWEEP = textwrap.dedent(f"""
                         "train.num_steps": {STEPS}, "train.log_every": 4, "ckpt.every": 4,
                         "ckpt.keep": 2}},
             cells=product(fraction=("data.fraction", [0.5, 1.0])),
-            eval=dict(synthetic_batches=1, batch_size=2))
+            eval=dict(images=2))  # the default scorer: the point protocol
 """)
 
 
@@ -144,10 +144,14 @@ def test_sweep_run_kill_resume_report(tmp_path):
     assert [r["fraction"] for r in rows] == ["0.5", "1.0"]
     for row, cell_dir in zip(rows, (first, second)):
         scores = _json(os.path.join(cell_dir, "scores.json"))
-        assert scores["scorer"] == "single_point"
-        miou = scores["metrics"]["miou_1pt"]
-        assert 0.0 < miou <= 1.0 and scores["metrics"]["num_masks"] > 0
-        assert float(row["miou_1pt"]) == pytest.approx(miou, rel=1e-9)
+        assert scores["scorer"] == "points" and scores["metrics"]["num_masks"] > 0
+        for key in ("miou_1", "miou_3", "miou_5", "miou_oracle"):
+            miou = scores["metrics"][key]
+            assert 0.0 <= miou <= 1.0
+            assert float(row[key]) == pytest.approx(miou, rel=1e-9)
+        # the protocol's own record of the cell (sam_jax.evaluation) holds the same numbers
+        doc = _json(os.path.join(cell_dir, "eval_points", "results.json"))
+        assert doc["metrics"]["miou"]["3"] == pytest.approx(float(row["miou_3"]), rel=1e-9)
         assert int(row["steps"]) == STEPS and int(row["images_seen"]) == STEPS * 2
         timing = _json(os.path.join(cell_dir, "timing.json"))["segments"]
         assert float(row["train_wall_s"]) == pytest.approx(sum(s["wall_s"] for s in timing))
@@ -155,7 +159,7 @@ def test_sweep_run_kill_resume_report(tmp_path):
         assert row["seeds"] == "1"
     md = _text(work / "results.md")
     assert sum(ln.startswith("| ") for ln in md.splitlines()) == 3  # header + 2 rows
-    assert f"{float(rows[0]['miou_1pt']):.4f}" in md
+    assert f"{float(rows[0]['miou_1']):.4f}" in md
     from PIL import Image
 
     png = np.asarray(Image.open(work / "figure13.png"))
