@@ -20,7 +20,7 @@ def _module(name: str):
     spec = importlib.util.find_spec("clip")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("openai-clip is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], f"{name}.py")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), f"{name}.py")
     key = f"_openai_clip_{name}"
     if key not in sys.modules:
         mod_spec = importlib.util.spec_from_file_location(key, path)

@@ -21,14 +21,14 @@ import io
 import os
 import re
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.checkpoint import (UnsafeCheckpointError, _RestrictedUnpickler, read_pth,
-                                state_dict_to_params)
+from sam_jax.checkpoint import UnsafeCheckpointError, _RestrictedUnpickler, read_pth, state_dict_to_params
 from sam_jax.clip.model import CLIP, ClipModel, config_from_state_dict, init_clip
 
 # Tensors a TorchScript CLIP carries that are not parameters of the model.
@@ -38,7 +38,7 @@ NON_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask
 class _ScriptObject:
     """Stands for a pickled TorchScript module: holds its attributes, runs nothing."""
 
-    attributes: dict = {}
+    attributes: ClassVar[dict] = {}
 
     def __setstate__(self, state):
         if not isinstance(state, Mapping):
@@ -51,7 +51,7 @@ class _ScriptUnpickler(_RestrictedUnpickler):
     """The SAM reader's unpickler plus ``__torch__.*`` classes as :class:`_ScriptObject`."""
 
     # Type-tag helpers TorchScript may write around typed lists and dicts; data only.
-    _TYPE_TAGS = {"restore_type_tag": lambda value, _type=None: value,
+    _TYPE_TAGS: ClassVar[dict] = {"restore_type_tag": lambda value, _type=None: value,
                   "build_intlist": list, "build_doublelist": list, "build_boollist": list,
                   "build_tensorlist": list}
 

@@ -22,7 +22,8 @@ Outputs are the projected, *not* normalised embeddings ``(B, embed_dim)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -57,7 +58,7 @@ class ClipConfig:
         """Patches per image side."""
         return self.image_size // self.patch_size
 
-    def replace(self, **kw) -> "ClipConfig":
+    def replace(self, **kw) -> ClipConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -162,7 +163,7 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = x + MultiheadAttention(self.width, self.heads, name="attn", **kw)(
             layer_norm(LN_EPS, self.dtype, self.param_dtype, "ln_1")(x), bias)
         return x + Mlp(self.width, name="mlp", **kw)(

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import itertools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class Tokenizer:
             return self._cache[word]
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         while len(symbols) > 1:
-            pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+            pairs = set(itertools.pairwise(symbols))
             best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
             if best not in self.ranks:
                 break
@@ -117,7 +118,7 @@ class Tokenizer:
         out = np.zeros((len(texts), context_length), np.int32)
         for row, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError(f"text prompts must be strings, got {type(text).__name__}")
+                raise TypeError(f"text prompts must be strings, got {type(text).__name__}")
             ids = [self.sot_token] + self.encode(text) + [self.eot_token]
             if len(ids) > context_length:
                 ids = ids[:context_length - 1] + [self.eot_token]
