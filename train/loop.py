@@ -179,8 +179,7 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     if state is None:
         params = None
         if config.model.init_checkpoint:
-            from sam_jax.checkpoint import load_checkpoint
-            params = load_checkpoint(config.model.init_checkpoint, trainer.module)
+            params = trainer.load_init_params(config.model.init_checkpoint)
         state = trainer.init_state(config.train.seed, params)
         log.info("initialised a new state (%s)", config.model.init_checkpoint or "random")
     start = int(jax.device_get(state.step))
