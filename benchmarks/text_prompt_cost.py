@@ -24,8 +24,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY_CLIP = dict(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=2,
-                 vision_heads=2, text_width=32, text_layers=1, text_heads=2)
+TINY_CLIP = {"embed_dim": 32, "image_size": 32, "patch_size": 8, "vision_width": 32,
+             "vision_layers": 2, "vision_heads": 2, "text_width": 32, "text_layers": 1,
+             "text_heads": 2}
 SA1B_MASKS = 1.1e9
 
 
@@ -40,6 +41,40 @@ def _median_ms(fn, steps):
     return 1000 * float(np.median(times))
 
 
+def _measure(on: bool, steps: int) -> dict:
+    import jax
+
+    from configs.tiny import get_config
+    from train import sharding
+    from train.synthetic_batch import make_batch
+    from train.text_prompt import clip_image_prompts
+    from train.train_step import Trainer
+
+    c = get_config()
+    c.text.enabled, c.text.clip, c.text.clip_custom = on, "custom", TINY_CLIP
+    c.text.min_mask_side = 12.5   # 100 px at 1024, scaled to 128
+    trainer = Trainer(c, sharding.make_mesh(dict(c.mesh.shape)))
+    state = [trainer.init_state(0)]
+    host = make_batch(0, c.data.global_batch_size, c.data.masks_per_image, 128)
+    batch = trainer.to_global(host)
+
+    def step():
+        state[0], metrics = trainer.step(state[0], batch)
+        return jax.block_until_ready(metrics)
+
+    metrics = step()  # compile
+    if not on:
+        return {"step_ms_off": _median_ms(step, steps)}
+    out = {"step_ms_on_device": _median_ms(step, steps),
+           "text_prompted_masks": float(metrics["text_prompted"])}
+    fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
+    args = (trainer.clip, trainer.clip_params, jax.random.key(0), host["image"], host["masks"],
+            host["boxes"], host["mask_valid"], trainer.text_cfg, 128)
+    jax.block_until_ready(fn(*args))
+    out["clip_ms"] = _median_ms(lambda: jax.block_until_ready(fn(*args)), steps)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
@@ -47,38 +82,11 @@ def main(argv=None):
 
     import jax
 
-    from configs.tiny import get_config
     from sam_jax.clip.model import CLIP_CONFIGS
-    from train import sharding
-    from train.synthetic_batch import make_batch
-    from train.text_prompt import clip_image_prompts
-    from train.train_step import Trainer
 
     out = {"device": jax.devices()[0].platform}
-    for on in (False, True):
-        c = get_config()
-        c.text.enabled, c.text.clip, c.text.clip_custom = on, "custom", TINY_CLIP
-        c.text.min_mask_side = 12.5   # 100 px at 1024, scaled to 128
-        trainer = Trainer(c, sharding.make_mesh(dict(c.mesh.shape)))
-        state = trainer.init_state(0)
-        host = make_batch(0, c.data.global_batch_size, c.data.masks_per_image, 128)
-        batch = trainer.to_global(host)
-        box = [state]
-
-        def step():
-            box[0], metrics = trainer.step(box[0], batch)
-            jax.block_until_ready(metrics)
-            return metrics
-
-        metrics = step()  # compile
-        out["step_ms_on_device" if on else "step_ms_off"] = _median_ms(step, args.steps)
-        if on:
-            out["text_prompted_masks"] = float(metrics["text_prompted"])
-            fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
-            a = (trainer.clip, trainer.clip_params, jax.random.key(0), host["image"],
-                 host["masks"], host["boxes"], host["mask_valid"], trainer.text_cfg, 128)
-            jax.block_until_ready(fn(*a))
-            out["clip_ms"] = _median_ms(lambda: jax.block_until_ready(fn(*a)), args.steps)
+    out.update(_measure(False, args.steps))
+    out.update(_measure(True, args.steps))
     out["added_ms_per_step"] = out["step_ms_on_device"] - out["step_ms_off"]
     d = CLIP_CONFIGS["ViT-L/14@336px"].embed_dim
     out["bytes_per_mask_fp16"] = 2 * d
