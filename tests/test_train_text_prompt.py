@@ -1,7 +1,9 @@
 """Training with CLIP prompts: the crop recipe, the text-prompted first pass, and a tiny
-end-to-end run whose CLIP-image prompts pick their own object on held-out images."""
+end-to-end run of the loop on synthetic shards with a tiny random CLIP."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +119,50 @@ def test_text_rows_start_with_the_text_prompt_only():
     assert all(labels0[i, 0] == 1 or box0[i] for i in (1, 3))
     # The correction pass adds a point to the text rows too (their prediction was empty).
     assert (np.asarray(out["labels"])[[0, 2], 1] == 1).all()
+
+
+def test_training_on_shards_with_clip_prompts(tmp_path):
+    """The real loop on synthetic SA-1B shards with text prompts on, fine-tuning from a
+    released-format checkpoint (no text projection: it is initialised fresh)."""
+    from reference_sam import official_sam, torch
+
+    from configs.tiny import get_config
+    from data.synthetic import write_shards
+    from sam_jax.checkpoint import param_template, read_pth, state_dict_to_params
+    from sam_jax.modeling.sam import Sam, SamConfig
+    from train.checkpointing import Checkpointer
+    from train.loop import run
+    from train.train_step import build_module
+
+    sam = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                    encoder_global_attn_indexes=(1,), image_size=64, window_size=4,
+                    prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=64, decoder_heads=4)
+    torch.save(official_sam(sam, seed=0).state_dict(), tmp_path / "released.pth")
+    write_shards(str(tmp_path / "shards"), 4, images_per_shard=4, seed=0, short_side=64,
+                 num_objects=4)
+    c = get_config()
+    c.model.custom = dataclasses.asdict(sam)
+    c.model.init_checkpoint = str(tmp_path / "released.pth")
+    c.text.enabled, c.text.clip = True, "custom"
+    c.text.clip_custom = dataclasses.asdict(TINY_CLIP)
+    c.text.min_mask_side, c.text.masks_per_image = 6.0, 2
+    c.sim.num_passes, c.sim.num_correction_points, c.sim.unroll = 2, 1, 1
+    c.data.train_dir, c.data.masks_per_image, c.data.global_batch_size = \
+        str(tmp_path / "shards"), 4, 2
+    c.train.workdir, c.train.num_steps, c.train.log_every = str(tmp_path / "run"), 2, 1
+    c.ckpt.every, c.ckpt.async_save = 2, False
+    summary = run(c, progress=False)
+    m = summary["last_metrics"]
+    assert summary["end_step"] == 2 and np.isfinite(m["loss"])
+    assert 1 <= m["text_prompted"] <= 2 * 2        # at most masks_per_image per image
+    params = summary["state"].params
+    assert build_module(c).config.text_embed_dim == 32
+    assert "text_proj" in params["prompt_encoder"]
+    # The released weights were the start: the image encoder moved only by two steps.
+    released = Sam(sam)
+    start = state_dict_to_params(read_pth(tmp_path / "released.pth"), param_template(released))
+    w0 = start["image_encoder"]["patch_embed"]["proj"]["kernel"]
+    w2 = np.asarray(params["image_encoder"]["patch_embed"]["proj"]["kernel"])
+    assert 0 < np.abs(w2 - w0).max() < 0.1
+    assert Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=3,
+                        async_save=False).latest_step() == 2
