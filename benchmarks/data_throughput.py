@@ -27,7 +27,8 @@ def _profile(shard: str, n: int) -> dict:
     import io
 
     from data import rle, sa1b
-    from data.preprocess import PreprocessConfig, process_record, preprocess_shape
+    from data.preprocess import PreprocessConfig, process_record
+    from sam_jax.geometry import resized_shape
 
     cfg = PreprocessConfig()
     loader = sa1b.Loader()
@@ -40,7 +41,7 @@ def _profile(shard: str, n: int) -> dict:
         ann = sa1b.parse_payload(payload, r.payload_kind)
         t2 = time.perf_counter()
         im = Image.open(io.BytesIO(jpg))
-        nh, nw = preprocess_shape(im.size[1], im.size[0], 1024)
+        nh, nw = resized_shape(im.size[1], im.size[0], 1024)
         im.draft("RGB", (nw, nh))
         arr = np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
         t3 = time.perf_counter()

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from reference_sam import official_and_ours, torch  # needs the test extras
-    from sam_jax.build_sam import VARIANTS
+    from sam_jax.modeling.variants import VARIANTS
 
     with tempfile.TemporaryDirectory() as tmp:
         import pathlib

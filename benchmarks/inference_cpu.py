@@ -50,7 +50,7 @@ def main() -> None:
     from reference_sam import official_sam
 
     from sam_jax import SamAutomaticMaskGenerator, SamPredictor, build_sam
-    from sam_jax.build_sam import VARIANTS
+    from sam_jax.modeling.variants import VARIANTS
 
     image = getattr(skimage.data, args.image)()
     if image.ndim == 2:

@@ -47,8 +47,9 @@ import numpy as np  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from sam_jax.build_sam import VARIANTS, build_sam  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
+from sam_jax.modeling.variants import VARIANTS  # noqa: E402
+from sam_jax.sam_model import build_sam  # noqa: E402
 
 TINY = SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
                  encoder_global_attn_indexes=(1,), image_size=128, prompt_embed_dim=64,

@@ -3,17 +3,18 @@
 Pure numpy/PIL (no TensorFlow), called from the tf.data map in
 ``data.pipeline`` and usable on its own.
 
-Geometry (matches the official ``ResizeLongestSide`` / ``SamPredictor``):
+Geometry (the one definition in ``sam_jax.geometry``, which imports without jax;
+it matches the official ``ResizeLongestSide`` / ``SamPredictor``):
 
 * the image ``(H, W)`` is resized so that its longest side is ``S``
   (``model_size``, 1024 by default): ``scale = S / max(H, W)``,
-  ``(h', w') = (int(H*scale + 0.5), int(W*scale + 0.5))`` (``resized_hw``);
+  ``(h', w') = (int(H*scale + 0.5), int(W*scale + 0.5))`` (``resized_shape``,
+  stored as ``resized_hw``);
   bilinear with antialiasing (PIL; with ``jpeg_draft`` the JPEG is first
   decoded at the largest DCT reduction 1/2, 1/4 or 1/8 that keeps it at least
   ``(h', w')``, which is much faster and also antialiased);
-* normalised with pixel mean (123.675, 116.28, 103.53) and std
-  (58.395, 57.12, 57.375) (RGB, 0-255), then zero-padded bottom/right to
-  ``S x S``;
+* normalised with SAM's pixel mean and std (``PIXEL_MEAN``, ``PIXEL_STD``:
+  RGB, 0-255), then zero-padded bottom/right to ``S x S``;
 * coordinates are pixel coordinates of the resized image, the centre of pixel
   (row i, col j) being ``x = j, y = i`` (the convention of
   ``SamPredictor.predict(point_coords=...)`` after ``apply_coords``): an
@@ -51,11 +52,9 @@ import numpy as np
 from data import rle
 from data.sa1b import Annotations, PayloadError, parse_payload
 from data.status import Status
+from sam_jax.geometry import apply_boxes, apply_coords, normalize, pad_to_square, resized_shape
 
-__all__ = ["PreprocessConfig", "PIXEL_MEAN", "PIXEL_STD", "preprocess_shape", "process_record", "empty_sample"]
-
-PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+__all__ = ["PreprocessConfig", "process_record", "empty_sample"]
 
 
 @dataclass(frozen=True)
@@ -81,12 +80,6 @@ class PreprocessConfig:
     @property
     def target(self) -> int:
         return self.target_size if self.target_size is not None else self.model_size // 4
-
-
-def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """Resized ``(h', w')`` with the longest side ``long_side`` (as ResizeLongestSide)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 def empty_sample(cfg: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -116,7 +109,7 @@ def _decode_image(jpeg: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, int, 
     try:
         im = Image.open(io.BytesIO(jpeg))
         W, H = im.size
-        nh, nw = preprocess_shape(H, W, cfg.model_size)
+        nh, nw = resized_shape(H, W, cfg.model_size)
         if cfg.jpeg_draft and im.format == "JPEG":
             im.draft("RGB", (nw, nh))
         im = im.convert("RGB")  # forces the full decode: errors surface here
@@ -168,20 +161,20 @@ def _process(jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: Pr
 
     out = empty_sample(cfg)
     S, R = cfg.model_size, cfg.target
-    sx, sy = nw / W, nh / H
     n = len(runs)
+    boxes, points = np.zeros((n, 4)), np.zeros((n, 2))
     for k, (a, b) in enumerate(runs):
-        x0, y0, x1, y1 = rle.bbox_xyxy(a, b, H)
-        out["boxes"][k] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        boxes[k] = rle.bbox_xyxy(a, b, H)
         py, px = rle.sample_point(a, b, H, rng)
-        out["points"][k] = (px * sx, py * sy)
+        points[k] = (px, py)
+    out["boxes"][:n] = apply_boxes(boxes, (H, W), S)
+    out["points"][:n] = apply_coords(points, (H, W), S)
     rows = _target_axis(R, S, nh, H)
     cols = _target_axis(R, S, nw, W)
     out["masks"][:n, : len(rows), : len(cols)] = rle.sample_grid(runs, H, rows, cols)
     out["mask_valid"][:n] = True
 
-    image = out["image"]
-    image[:nh, :nw] = (img.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    out["image"] = pad_to_square(normalize(img), S)
     out["resized_hw"][:] = (nh, nw)
     out["original_hw"][:] = (H, W)
     out["image_id"] = np.array(ann.image_id, np.int64)

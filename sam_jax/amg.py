@@ -1,4 +1,4 @@
-"""Building blocks of automatic mask generation (REFERENCE.md section 5).
+"""Building blocks of automatic mask generation (paper section 4, fully automatic stage; Appendix B).
 
 Host-side helpers (numpy): point grids, crop boxes, run-length encoding,
 un-cropping, small-region cleanup. Device-side helpers (``jax.numpy``, jit-able

@@ -1,11 +1,13 @@
 """``SamAutomaticMaskGenerator``: masks for a whole image from a grid of points.
 
-A drop-in for ``segment_anything.SamAutomaticMaskGenerator`` (REFERENCE.md
-section 5). For each crop (the image, then optional layers of overlapping
-crops; all crops are embedded in batched calls), the crop's point grid is
-decoded ``points_per_batch`` points at a time by one jitted function that also
-upsamples the logits to the crop, computes stability scores, thresholds and
-boxes, so only small per-mask numbers and the binary masks leave the device.
+A drop-in for ``segment_anything.SamAutomaticMaskGenerator`` (the fully
+automatic stage of the data engine, paper section 4 and Appendix B). For each
+crop (the image, then optional layers of overlapping crops; all crops are
+embedded in batched calls), the crop's point grid is decoded
+``points_per_batch`` points at a time through the predictor's batched API
+(:meth:`SamPredictor.predict_torch`, logits upsampled to the crop and left on
+the device); one jitted function then computes stability scores, thresholds
+and boxes, so only small per-mask numbers and the binary masks leave the device.
 Masks are filtered by predicted IoU, stability and crop-edge contact, stored as
 RLE, de-duplicated by greedy box NMS (on the device) within each crop and across
 crops, optionally cleaned of small holes and islands, and returned as records::
@@ -20,11 +22,9 @@ counts (``"coco_rle"``).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.amg import (area_from_rle, batch_iterator, batched_mask_to_box, box_area,
@@ -32,39 +32,29 @@ from sam_jax.amg import (area_from_rle, batch_iterator, batched_mask_to_box, box
                          calculate_stability_score, coco_encode_rle, generate_crop_boxes,
                          is_box_near_crop_edge, mask_to_rle, remove_small_regions, rle_to_mask,
                          uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
-from sam_jax.build_sam import SamModel
-from sam_jax.modeling.sam import MASK_THRESHOLD, Sam, postprocess_masks
+from sam_jax.modeling.sam import MASK_THRESHOLD
 from sam_jax.predictor import SamPredictor, as_rgb_uint8
+from sam_jax.sam_model import SamModel
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
-@functools.partial(jax.jit, static_argnames=("module", "input_size", "crop_size"))
-def _decode_points(module: Sam, params: Any, emb: jax.Array, points: jax.Array,
-                   offset: jax.Array, input_size: tuple[int, int],
-                   crop_size: tuple[int, int]):
-    """One batch of single foreground points -> per-mask results.
-
-    ``points (P, 2)`` in the model input frame. Returns, for the ``3P`` masks
-    (point-major): iou ``(3P,)``, stability ``(3P,)``, boxes ``(3P, 4)`` int32 in
-    the crop frame and binary masks ``(3P, h, w)`` at the crop's size.
-    """
-    p = points.shape[0]
-    low, iou = module.apply({"params": params}, emb, points[:, None, :],
-                            jnp.ones((p, 1), jnp.int32), None, None, True, method=Sam.decode)
-    logits = postprocess_masks(low.astype(jnp.float32), input_size, crop_size,
-                               module.config.image_size)
-    logits = logits.reshape((-1,) + crop_size)
+@jax.jit
+def _mask_stats(logits: jax.Array, offset: jax.Array):
+    """Logits ``(P, 3, h, w)`` at the crop's size -> per-mask results for the ``3P`` masks
+    (point-major): stability ``(3P,)``, boxes ``(3P, 4)`` int32 in the crop frame and
+    binary masks ``(3P, h, w)``."""
+    logits = logits.reshape((-1,) + logits.shape[2:])
     stability = calculate_stability_score(logits, MASK_THRESHOLD, offset)
     masks = logits > MASK_THRESHOLD
-    return (iou.reshape(-1).astype(jnp.float32), stability, batched_mask_to_box(masks), masks)
+    return stability, batched_mask_to_box(masks), masks
 
 
 _boxes_of_masks = jax.jit(batched_mask_to_box)
 
 
 class SamAutomaticMaskGenerator:
-    """Automatic mask generation; arguments as the reference (see REFERENCE.md section 5).
+    """Automatic mask generation; arguments as the reference (paper Appendix B).
 
     Args:
       model: a :class:`SamModel`.
@@ -186,15 +176,16 @@ class SamAutomaticMaskGenerator:
         model_points = self.predictor.transform.apply_coords(points, crop_size)
         # Every batch (the last one padded) has the same, power-of-two size.
         p = bucket_size(min(self.points_per_batch, len(points)))
-        model = self.predictor.model
+        labels = np.ones((p, 1), np.int32)
         parts = []
         for sl in batch_iterator(self.points_per_batch, len(points)):
             n = sl.stop - sl.start
-            batch = np.zeros((p, 2), np.float32)
-            batch[:n] = model_points[sl]
-            iou, stab, boxes, masks = _decode_points(
-                model.module, model.params, self.predictor.features, batch,
-                np.float32(self.stability_score_offset), self.predictor.input_size, crop_size)
+            batch = np.zeros((p, 1, 2), np.float32)
+            batch[:n, 0] = model_points[sl]
+            logits, iou, _ = self.predictor.predict_torch(batch, labels, multimask_output=True,
+                                                          return_logits=True)
+            stab, boxes, masks = _mask_stats(logits, np.float32(self.stability_score_offset))
+            iou = iou.reshape(-1)
             parts.append(self._filter_batch(
                 np.asarray(iou)[: 3 * n], np.asarray(stab)[: 3 * n], np.asarray(boxes)[: 3 * n],
                 masks[: 3 * n], np.repeat(points[sl], 3, axis=0), crop_box, orig_size))

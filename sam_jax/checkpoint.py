@@ -1,4 +1,8 @@
-"""Reading released SAM checkpoints and saving our converted parameters.
+"""The checkpoint file formats: released SAM ``.pth`` files and our ``.npz`` files.
+
+This module knows only the formats and the key mapping; it takes the parameter
+tree to fill as a *template* (shapes and dtypes, e.g. from
+:func:`sam_jax.modeling.variants.param_template`) and knows nothing of variants.
 
 * :func:`read_pth` reads a PyTorch ``.pth`` state_dict (the zip + pickle format
   of ``torch.save``) with the standard library and numpy. Torch is not needed and
@@ -9,7 +13,8 @@
   to one, and refuses missing, unexpected or wrongly shaped keys with
   :class:`CheckpointMismatchError` naming them.
 * :func:`save_params` / :func:`load_params` keep converted parameters in a
-  ``.npz`` file (no pickle), so a ``.pth`` is read once.
+  ``.npz`` file (no pickle), so a ``.pth`` is read once;
+  :func:`load_checkpoint` reads either format onto a template.
 
 Name mapping (flax path <-> torch key): a path component ``name_N`` is the
 ``N``-th entry of a list and reads ``name.N``; leaves ``kernel`` (Linear, conv),
@@ -18,13 +23,13 @@ keep their name. Linear kernels are transposed, conv kernels go from
 ``(out, in, kh, kw)`` to ``(kh, kw, in, out)``, transposed-conv kernels from
 ``(in, out, kh, kw)`` to ``(kh, kw, in, out)``.
 
-Command line: ``python -m sam_jax.checkpoint IN.pth OUT.npz`` (variant guessed
-from the weights).
+Conversion of a ``.pth`` into an ``.npz`` (which needs the model's template) is
+:func:`sam_jax.sam_model.convert_checkpoint`, on the command line
+``sam-jax convert IN.pth OUT.npz``.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
 import os
@@ -162,7 +167,7 @@ def torch_key(path: tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
-def _to_flax(path: tuple[str, ...], value: np.ndarray, ndim_target: int) -> np.ndarray:
+def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
     leaf = path[-1]
     if leaf == "kernel" and value.ndim == 2:
         return value.T
@@ -192,7 +197,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) ->
         if key not in state_dict:
             continue
         target = flat[path]
-        value = _to_flax(path, np.asarray(state_dict[key]), len(target.shape))
+        value = _to_flax(path, np.asarray(state_dict[key]))
         if tuple(value.shape) != tuple(target.shape):
             bad_shapes.append(f"{key}: model expects {tuple(target.shape)} "
                               f"(flax layout), checkpoint has {tuple(state_dict[key].shape)}")
@@ -238,66 +243,12 @@ def load_params(path: str | os.PathLike, template: Any) -> dict:
         {k: np.asarray(v, dtype=want[k].dtype) for k, v in flat.items()})
 
 
-def param_template(module: Any) -> Any:
-    """Abstract (shape/dtype only) params of a :class:`Sam` module; allocates nothing."""
-    from sam_jax.build_sam import init_variables
+def load_checkpoint(path: str | os.PathLike, template: Any) -> dict:
+    """Params shaped like ``template`` from an official ``.pth`` or our ``.npz``.
 
-    return jax.eval_shape(lambda rng: init_variables(module, rng), jax.random.key(0))["params"]
-
-
-def load_checkpoint(path: str | os.PathLike, module: Any) -> dict:
-    """Params for ``module`` from an official ``.pth`` or our ``.npz``."""
-    template = param_template(module)
+    ``template``: a (possibly boxed, possibly abstract) params tree, e.g.
+    :func:`sam_jax.modeling.variants.param_template` of the module.
+    """
     if os.fspath(path).endswith(".npz"):
         return load_params(path, template)
     return state_dict_to_params(read_pth(path), template)
-
-
-def guess_variant(state_dict: Mapping[str, np.ndarray]) -> str:
-    """Which of ``VARIANTS`` a state_dict holds (by encoder width and depth)."""
-    from sam_jax.build_sam import VARIANTS
-
-    key = "image_encoder.patch_embed.proj.weight"
-    if key not in state_dict:
-        raise CheckpointMismatchError(f"not a SAM checkpoint: no {key}")
-    width = state_dict[key].shape[0]
-    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
-    for name, cfg in VARIANTS.items():
-        if (cfg.encoder_embed_dim, cfg.encoder_depth) == (width, depth):
-            return name
-    raise CheckpointMismatchError(f"no SAM variant has width {width} and depth {depth}")
-
-
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
-                       variant: Any = None) -> str:
-    """Convert an official ``.pth`` to our ``.npz``.
-
-    ``variant``: a variant name, a ``SamConfig``, or None to guess it from the
-    weights. Returns the variant name (``"custom"`` for a ``SamConfig``).
-    """
-    from sam_jax.build_sam import get_config
-    from sam_jax.modeling.sam import Sam
-
-    state_dict = read_pth(src)
-    variant = variant or guess_variant(state_dict)
-    params = state_dict_to_params(state_dict, param_template(Sam(get_config(variant))))
-    save_params(params, dst)
-    return variant if isinstance(variant, str) else "custom"
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sam_jax.checkpoint",
-        description="Convert an official SAM .pth checkpoint into sam-jax's .npz format "
-                    "(read without torch; no code in the file is executed).")
-    parser.add_argument("src", help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
-    parser.add_argument("dst", help="output .npz file")
-    parser.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h"],
-                        help="model variant (default: guessed from the weights)")
-    args = parser.parse_args(argv)
-    variant = convert_checkpoint(args.src, args.dst, args.variant)
-    print(f"wrote {args.dst} ({variant})")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,6 +5,7 @@
     sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] [--text PHRASE] --out DIR
     sam-jax generate IMAGE_OR_FOLDER --out DIR
     sam-jax convert CHECKPOINT.pth OUT.npz
+    sam-jax export --out DIR [--format stablehlo onnx]
 
 ``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
 ``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
@@ -61,25 +62,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _custom_config(args: argparse.Namespace):
-    """The ``SamConfig`` of ``--config-json``, or None."""
-    from sam_jax.modeling.sam import SamConfig
+    """The ``SamConfig`` of ``--config-json`` (every field given, or the defaults), or None."""
+    from sam_jax.modeling.variants import get_config
 
     if not args.config_json:
         return None
-    fields = json.loads(args.config_json)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     try:
-        return SamConfig(**fields)
-    except TypeError as e:
+        fields = json.loads(args.config_json)
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
+        return get_config("custom", **fields)
+    except ValueError as e:
         raise SystemExit(f"error: bad --config-json: {e}") from None
 
 
 def _load_model(args: argparse.Namespace, text_embed_dim: int = 0):
-    from sam_jax.build_sam import build_sam, get_config
+    from sam_jax.modeling.variants import get_config
+    from sam_jax.sam_model import build_sam
 
     variant = _custom_config(args) or args.model_type
     if text_embed_dim:
-        variant = get_config(variant).replace(text_embed_dim=text_embed_dim)
+        variant = get_config(variant, text_embed_dim=text_embed_dim)
     if args.checkpoint is None:
         print(f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
               " model has RANDOM weights; its masks are meaningless", file=sys.stderr)
@@ -188,12 +191,18 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from sam_jax.checkpoint import convert_checkpoint
+    from sam_jax.sam_model import convert_checkpoint
 
     if not args.src.is_file():
         raise SystemExit(f"error: checkpoint {args.src} does not exist")
     variant = convert_checkpoint(args.src, args.dst, _custom_config(args) or args.model_type)
     print(f"wrote {args.dst} ({variant})")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from sam_jax.export import run
+
+    run(args, _load_model(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="variant (default: guessed from the weights)")
     conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     conv.set_defaults(func=_convert)
+
+    from sam_jax.export import add_arguments as add_export_arguments
+
+    exp = sub.add_parser(
+        "export", help="export for serving: StableHLO modules and the ONNX decoder",
+        description="Write the image encoder and the prompt encoder + mask decoder as serialised "
+        "StableHLO (jax.export; <part>.stablehlo + <part>.json) and/or the decoder as ONNX with "
+        "the official SamOnnxModel interface (sam_decoder.onnx).")
+    add_export_arguments(exp)
+    _add_model_args(exp)
+    exp.set_defaults(func=_export)
     return parser
 
 

@@ -9,8 +9,11 @@ A drop-in for ``segment_anything.SamPredictor`` (numpy in, numpy out):
   (1, 256, 256), multimask_output, return_logits)`` -> ``(masks (C, H, W) bool,
   iou (C,) float32, low_res_logits (C, 256, 256) float32)``, prompts in
   original-image pixels.
-* ``predict_batch`` (alias ``predict_torch``) decodes ``B`` prompts at once in
-  the model's input frame -> ``(B, C, H, W)``, ``(B, C)``, ``(B, C, 256, 256)``.
+* ``predict_batch`` decodes ``B`` prompts at once in the model's input frame
+  -> ``(B, C, H, W)``, ``(B, C)``, ``(B, C, 256, 256)`` numpy arrays;
+  ``predict_torch`` is the same, returning jax arrays left on the device (as the
+  reference returns torch tensors). ``predict`` and both batched calls share one
+  validation (:func:`check_prompts`).
 * ``get_image_embedding()`` -> ``(1, 256, 64, 64)`` (NCHW, as the reference).
 * Beyond the reference: ``set_images(images)`` embeds several images in one
   batched call; ``use_image(i)`` then selects which one prompts refer to.
@@ -18,9 +21,10 @@ A drop-in for ``segment_anything.SamPredictor`` (numpy in, numpy out):
   then ``predict(text="a dog")``, alone or with points/box; needs a SAM built with
   ``text_embed_dim`` equal to the CLIP embedding width.
 
-Embedding and decoding are separate jitted functions whose inputs have few
-distinct shapes: every image is padded to ``S x S`` before the jit (so all image
-sizes share one compilation), image batches are split into powers of two, and
+Embedding and decoding are the inference core's jitted functions
+(:class:`~sam_jax.sam_model.SamModel`), called with inputs of few distinct
+shapes: every image is padded to ``S x S`` before the jit (so all image sizes
+share one compilation), image batches are split into powers of two, and
 prompt rows and points per row are padded up to powers of two with
 ``INVALID_LABEL`` slots, which the model excludes from attention exactly.
 """
@@ -33,69 +37,16 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from sam_jax.amg import bucket_size
-from sam_jax.build_sam import SamModel
+from sam_jax.geometry import ResizeLongestSide, pad_to_square
 from sam_jax.modeling.prompt_encoder import INVALID_LABEL, PAD_LABEL
-from sam_jax.modeling.sam import (MASK_THRESHOLD, Sam, normalize,
-                                  postprocess_masks, resized_shape)
-
-
-class ResizeLongestSide:
-    """Resize images, points and boxes so the image's long side is ``target_length``.
-
-    The resized shape is ``(int(h*s + 0.5), int(w*s + 0.5))`` with
-    ``s = target_length / max(h, w)``.
-    """
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = int(target_length)
-
-    @staticmethod
-    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        return resized_shape(oldh, oldw, long_side_length)
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8, PIL bilinear."""
-        h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """``(..., 2)`` XY in an image of ``original_size`` (H, W) -> resized frame (float64)."""
-        old_h, old_w = original_size
-        new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
-        coords = np.array(coords, dtype=np.float64, copy=True)
-        coords[..., 0] *= new_w / old_w
-        coords[..., 1] *= new_h / old_h
-        return coords
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """``(..., 4)`` XYXY boxes -> ``(B, 4)`` in the resized frame (float64)."""
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
+from sam_jax.modeling.sam import MASK_THRESHOLD, postprocess_masks
+from sam_jax.sam_model import SamModel
+from sam_jax.sam_model import compile_counts as core_compile_counts
 
 # ----------------------------------------------------------------------------- jitted pieces
-
-@functools.partial(jax.jit, static_argnames=("module",))
-def _embed(module: Sam, params: Any, images: jax.Array, sizes: jax.Array) -> jax.Array:
-    """``(B, S, S, 3)`` uint8 (image top-left, rest arbitrary), ``(B, 2)`` valid (h, w)
-    -> ``(B, S/16, S/16, 256)``: normalise, zero the padding, encode."""
-    s = images.shape[1]
-    x = normalize(images)
-    inside = ((jnp.arange(s)[None, :, None] < sizes[:, 0, None, None])
-              & (jnp.arange(s)[None, None, :] < sizes[:, 1, None, None]))
-    x = jnp.where(inside[..., None], x, 0.0)
-    return module.apply({"params": params}, x, method=Sam.embed_images)
-
-
-@functools.partial(jax.jit, static_argnames=("module", "multimask_output"))
-def _decode(module: Sam, params: Any, emb: jax.Array, coords: jax.Array | None,
-            labels: jax.Array | None, boxes: jax.Array | None, masks: jax.Array | None,
-            multimask_output: bool, text: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    return module.apply({"params": params}, emb, coords, labels, boxes, masks,
-                        multimask_output, text_embeddings=text, method=Sam.decode)
-
+# Embedding and decoding are the inference core's (``SamModel.embed_images`` / ``.decode``).
 
 @functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size",
                                              "return_logits"))
@@ -107,9 +58,9 @@ def _postprocess(low_res: jax.Array, input_size: tuple[int, int],
 
 
 def compile_counts() -> dict[str, int]:
-    """Number of compiled variants of each jitted function (for tests and tuning)."""
-    return {"embed": _embed._cache_size(), "decode": _decode._cache_size(),
-            "postprocess": _postprocess._cache_size()}
+    """Number of compiled variants of each jitted function (for tests and tuning):
+    the inference core's ``embed`` and ``decode``, and the predictor's ``postprocess``."""
+    return dict(core_compile_counts(), postprocess=_postprocess._cache_size())
 
 
 # ----------------------------------------------------------------------------- validation
@@ -164,6 +115,46 @@ def _check_boxes(boxes: np.ndarray) -> None:
         raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {boxes.tolist()}")
 
 
+def check_prompts(point_coords: Any, point_labels: Any, boxes: Any, mask_input: Any,
+                  low_res_size: int, batched: bool):
+    """Validate the prompts of :meth:`SamPredictor.predict` (``batched=False``: coords
+    ``(N, 2)``, labels ``(N,)`` in {0, 1}, box ``(4,)``, mask ``(1, r, r)``) or of
+    :meth:`SamPredictor.predict_batch` (``batched=True``: a leading ``B`` on each, labels
+    also ``PAD_LABEL`` and ``INVALID_LABEL``).
+
+    Returns ``(coords float64, labels int32, boxes float64, masks float64)``, each None
+    when not given, with a leading batch axis (of 1 when not ``batched``).
+    Raises ``ValueError`` naming the offending argument.
+    """
+    lead, extra = ("B, ", 1) if batched else ("", 0)
+    box_name = "boxes" if batched else "box"
+    coords = labels = bx = masks = None
+    if point_coords is not None:
+        if point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        coords = _finite("point_coords", point_coords, f"({lead}N, 2)", 2 + extra, 2)
+        allowed = (1, 0, PAD_LABEL, INVALID_LABEL) if batched else (0, 1)
+        labels = _check_labels(point_labels, coords.shape[:-1], allowed)
+    elif point_labels is not None:
+        raise ValueError("point_labels given without point_coords")
+    if boxes is not None:
+        bx = _finite(box_name, boxes, f"({lead}4)", 1 + extra, 4)
+        _check_boxes(bx)
+    if mask_input is not None:
+        r = low_res_size
+        want = f"({lead}1, {r}, {r})"
+        masks = _finite("mask_input", mask_input, want, 3 + extra, None)
+        if masks.shape[extra:] != (1, r, r):
+            raise ValueError(f"mask_input must have shape {want}, got {masks.shape}")
+    if not batched:
+        coords, labels, bx, masks = (None if x is None else x[None]
+                                     for x in (coords, labels, bx, masks))
+    rows = {len(x) for x in (coords, bx, masks) if x is not None}
+    if len(rows) > 1:
+        raise ValueError(f"prompt batch sizes differ: {sorted(rows)}")
+    return coords, labels, bx, masks
+
+
 class SamPredictor:
     """Prompted mask prediction on one (or a few) embedded images; see the module doc.
 
@@ -203,17 +194,14 @@ class SamPredictor:
         s = self.model.config.image_size
         rgb = [as_rgb_uint8(im, image_format) for im in images]
         resized = [self.transform.apply_image(im) for im in rgb]
-        batch = np.zeros((len(rgb), s, s, 3), np.uint8)
-        for i, r in enumerate(resized):
-            batch[i, : r.shape[0], : r.shape[1]] = r
+        batch = np.stack([pad_to_square(r, s) for r in resized])
         sizes = np.array([r.shape[:2] for r in resized], np.int32)
         embeddings = []
         start = 0
         while start < len(batch):  # chunks of powers of two: no padding, few shapes
             n = 1 << ((len(batch) - start).bit_length() - 1)
             n = min(n, 8)
-            emb = _embed(self.model.module, self.model.params, batch[start:start + n],
-                         sizes[start:start + n])
+            emb = self.model.embed_images(batch[start:start + n], sizes[start:start + n])
             embeddings.extend(emb[i:i + 1] for i in range(n))
             start += n
         self.reset_image()
@@ -264,29 +252,16 @@ class SamPredictor:
           low-res logits ``(C, 256, 256)``; ``C`` is 3 with ``multimask_output`` else 1.
         """
         self._require_image()
-        coords = labels = boxes = masks = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            pc = _finite("point_coords", point_coords, "(N, 2)", 2, 2)
-            labels = _check_labels(point_labels, pc.shape[:1], (0, 1))[None]
-            coords = self.transform.apply_coords(pc, self.original_size)[None]
-        elif point_labels is not None:
-            raise ValueError("point_labels given without point_coords")
-        if box is not None:
-            b = _finite("box", box, "(4,)", 1, 4)
-            _check_boxes(b)
-            boxes = self.transform.apply_boxes(b, self.original_size)
-        if mask_input is not None:
-            r = self.model.config.low_res_size
-            mi = _finite("mask_input", mask_input, f"(1, {r}, {r})", 3, None)
-            if mi.shape != (1, r, r):
-                raise ValueError(f"mask_input must have shape (1, {r}, {r}), got {mi.shape}")
-            masks = mi[None]
+        coords, labels, boxes, masks = check_prompts(
+            point_coords, point_labels, box, mask_input, self.model.config.low_res_size, False)
+        if coords is not None:
+            coords = self.transform.apply_coords(coords, self.original_size)
+        if boxes is not None:
+            boxes = self.transform.apply_boxes(boxes, self.original_size)
         text_emb = None if text is None else self.text_embedding(text)
         out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits,
                             text_emb)
-        return tuple(x[0] for x in out)
+        return tuple(np.asarray(x[0]) for x in out)
 
     def text_embedding(self, text: str) -> np.ndarray:
         """``(1, D)`` CLIP text embedding of ``text`` for a text prompt."""
@@ -322,31 +297,26 @@ class SamPredictor:
         Returns:
           masks ``(B, C, H, W)``, iou ``(B, C)``, low-res logits ``(B, C, 256, 256)``.
         """
-        self._require_image()
-        coords = labels = bx = masks = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            coords = _finite("point_coords", point_coords, "(B, N, 2)", 3, 2)
-            labels = _check_labels(point_labels, coords.shape[:2],
-                                   (1, 0, PAD_LABEL, INVALID_LABEL))
-        elif point_labels is not None:
-            raise ValueError("point_labels given without point_coords")
-        if boxes is not None:
-            bx = _finite("boxes", boxes, "(B, 4)", 2, 4)
-            _check_boxes(bx)
-        if mask_input is not None:
-            r = self.model.config.low_res_size
-            mi = _finite("mask_input", mask_input, f"(B, 1, {r}, {r})", 4, None)
-            if mi.shape[1:] != (1, r, r):
-                raise ValueError(f"mask_input must have shape (B, 1, {r}, {r}), got {mi.shape}")
-            masks = mi
-        rows = {len(x) for x in (coords, bx, masks) if x is not None}
-        if len(rows) > 1:
-            raise ValueError(f"prompt batch sizes differ: {sorted(rows)}")
-        return self._predict(coords, labels, bx, masks, multimask_output, return_logits)
+        out = self.predict_torch(point_coords, point_labels, boxes, mask_input,
+                                 multimask_output, return_logits)
+        return tuple(np.asarray(x) for x in out)
 
-    predict_torch = predict_batch
+    def predict_torch(
+        self,
+        point_coords: Any | None,
+        point_labels: Any | None,
+        boxes: Any | None = None,
+        mask_input: Any | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """:meth:`predict_batch` returning jax arrays left on the device (as the official
+        ``predict_torch`` returns torch tensors); the automatic mask generator decodes
+        through it."""
+        self._require_image()
+        coords, labels, boxes, masks = check_prompts(
+            point_coords, point_labels, boxes, mask_input, self.model.config.low_res_size, True)
+        return self._predict(coords, labels, boxes, masks, multimask_output, return_logits)
 
     def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits,
                  text=None):
@@ -370,12 +340,12 @@ class SamPredictor:
             masks = np.pad(np.asarray(masks, np.float32)[:, 0], ((0, rows - b), (0, 0), (0, 0)))
         if text is not None:
             text = np.broadcast_to(np.asarray(text, np.float32), (rows, text.shape[-1]))
-        low, iou = _decode(self.model.module, self.model.params, self.features, coords, labels,
-                           boxes, masks, bool(multimask_output), text)
+        low, iou = self.model.decode(self.features, coords, labels, boxes, masks,
+                                     bool(multimask_output), text_embeddings=text)
         low, iou = low[:b].astype(jnp.float32), iou[:b].astype(jnp.float32)
         out = _postprocess(low, self.input_size, self.original_size,
                            self.model.config.image_size, bool(return_logits))
-        return np.asarray(out), np.asarray(iou), np.asarray(low)
+        return out, iou, low
 
 
-__all__ = ["SamPredictor", "ResizeLongestSide", "as_rgb_uint8", "compile_counts"]
+__all__ = ["SamPredictor", "ResizeLongestSide", "as_rgb_uint8", "check_prompts", "compile_counts"]

@@ -16,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 sa_modeling = pytest.importorskip("segment_anything.modeling")
 
-from sam_jax.build_sam import SamModel, build_sam  # noqa: E402
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD, SamConfig  # noqa: E402
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from sam_jax.modeling.sam import SamConfig  # noqa: E402
+from sam_jax.sam_model import SamModel, build_sam  # noqa: E402
 
 # A small model with every structural feature of the real ones: windowed blocks
 # whose grid (16) needs padding to the window (14 -> 28), global blocks, and a

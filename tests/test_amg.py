@@ -182,3 +182,30 @@ def test_generator_rejects_bad_arguments(models):
                                   crop_n_layers=1)
     with pytest.raises(ValueError, match="dtype"):
         SamAutomaticMaskGenerator(ours, points_per_side=2).generate(np.zeros((8, 8, 3), np.float32))
+
+
+def test_generator_decodes_through_the_predictor_batched_api(models, monkeypatch):
+    from sam_jax.predictor import compile_counts
+
+    _, ours = models
+    image = skimage_data.chelsea()
+    kw = dict(COMMON, points_per_side=4)
+    gen = SamAutomaticMaskGenerator(ours, points_per_batch=8, **kw)
+    calls = []
+    real = gen.predictor.predict_torch
+
+    def spy(coords, labels, *args, **kwargs):
+        calls.append(np.shape(coords))
+        return real(coords, labels, *args, **kwargs)
+
+    monkeypatch.setattr(gen.predictor, "predict_torch", spy)
+    small = gen.generate(image)
+    assert calls == [(8, 1, 2), (8, 1, 2)]  # 16 grid points, 8 per call
+    counts = compile_counts()
+    again = gen.generate(image)
+    assert compile_counts() == counts  # a second image of the same size compiles nothing
+    whole = SamAutomaticMaskGenerator(ours, points_per_batch=16, **kw).generate(image)
+    assert len(small) == len(again) == len(whole) > 0
+    for a, b in zip(small, whole):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+        assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-5

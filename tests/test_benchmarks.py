@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 def test_encoder_flops_match_the_anchor_convention():
     from run import encoder_flops
-    from sam_jax.build_sam import VARIANTS
+    from sam_jax.modeling.variants import VARIANTS
 
     # The anchors' analytic counts (shared/anchors/torch_sam_bench.py), GFLOP per image.
     assert round(encoder_flops(VARIANTS["vit_b"]) / 1e9, 2) == 967.17

@@ -15,11 +15,12 @@ import pytest
 
 from reference_sam import TINY, official_sam, torch
 from sam_jax import build_sam, sam_model_registry
-from sam_jax.build_sam import VARIANTS
 from sam_jax.checkpoint import (
-    CheckpointMismatchError, UnsafeCheckpointError, convert_checkpoint, guess_variant,
-    load_params, param_template, read_pth, save_params, state_dict_to_params)
+    CheckpointMismatchError, UnsafeCheckpointError, load_params, read_pth, save_params,
+    state_dict_to_params)
 from sam_jax.modeling.sam import Sam
+from sam_jax.modeling.variants import VARIANTS, guess_variant, param_template
+from sam_jax.sam_model import convert_checkpoint
 
 
 @pytest.fixture(scope="module")

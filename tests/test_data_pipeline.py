@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 
 from data import sa1b
 from data.pipeline import Pipeline, record_stream
-from data.preprocess import PIXEL_MEAN, PIXEL_STD
 from data.synthetic import encode_jpeg, generate_image, sample_json, write_shards
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
 
 SEED = 11
 SHORT = 64

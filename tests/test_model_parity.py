@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from reference_sam import TINY, official_and_ours, to_torch, torch
-from sam_jax.build_sam import VARIANTS
+from sam_jax.modeling.variants import VARIANTS
 from sam_jax.modeling.image_encoder import attention, decomposed_attention
 
 MAX_DIFFS: dict[str, float] = {}

@@ -92,6 +92,19 @@ def test_output_shapes_and_types(predictor):
     np.testing.assert_array_equal(masks1, logits > 0)
 
 
+def test_predict_torch_leaves_results_on_the_device(predictor):
+    import jax
+
+    coords = np.array([[[10.0, 20.0]], [[30.0, 5.0]]])
+    on_device = predictor.predict_torch(coords, np.ones((2, 1)), return_logits=True)
+    on_host = predictor.predict_batch(coords, np.ones((2, 1)), return_logits=True)
+    for d, h in zip(on_device, on_host):
+        assert isinstance(d, jax.Array) and isinstance(h, np.ndarray)
+        np.testing.assert_array_equal(np.asarray(d), h)
+    with pytest.raises(ValueError, match="point_labels"):  # the same validation as predict
+        predictor.predict_torch(coords, np.full((2, 1), 3))
+
+
 def test_padding_is_exact_and_batch_equals_single(predictor):
     pts = np.array([[10.0, 20.0], [50.0, 30.0], [70.0, 50.0]])
     labels = np.array([1, 0, 1])

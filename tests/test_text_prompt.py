@@ -18,7 +18,9 @@ from sam_jax import build_sam, cli
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.clip.model import ClipConfig, build_clip
 from sam_jax.modeling.sam import Sam, SamConfig
-from sam_jax.predictor import SamPredictor, _decode
+from sam_jax.modeling.variants import param_template
+from sam_jax.predictor import SamPredictor
+from sam_jax.sam_model import _decode
 
 SMALL = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
                   encoder_global_attn_indexes=(1,), image_size=64, window_size=4,
@@ -49,7 +51,7 @@ def test_official_checkpoint_loads_unchanged_with_text_off(official):
     assert "text_proj" not in ours.params["prompt_encoder"]
     # A model with the text token refuses the released weights by name (nothing silently random).
     with pytest.raises(CheckpointMismatchError, match="prompt_encoder.text_proj"):
-        load_checkpoint(path, Sam(TEXT))
+        load_checkpoint(path, param_template(Sam(TEXT)))
     image = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
     coords, labels = _prompt()
     emb = ours.embed_images(image)
@@ -86,11 +88,11 @@ def test_our_checkpoint_with_text_saves_and_loads(tmp_path):
     sam = build_sam(TEXT, seed=4)
     assert sam.params["prompt_encoder"]["text_proj"]["kernel"].shape == (32, 32)
     save_params(sam.params, tmp_path / "text.npz")
-    again = load_checkpoint(tmp_path / "text.npz", Sam(TEXT))
+    again = load_checkpoint(tmp_path / "text.npz", param_template(Sam(TEXT)))
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(sam.params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointMismatchError, match="text_proj"):
-        load_checkpoint(tmp_path / "text.npz", Sam(SMALL))
+        load_checkpoint(tmp_path / "text.npz", param_template(Sam(SMALL)))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_predict_with_text_alone_and_with_points(predictor):
     emb = np.asarray(predictor.clip.embed_text(["a dog"]))
     np.testing.assert_allclose(np.linalg.norm(emb), 1.0, rtol=1e-5)
     ref_low, _ = _decode(predictor.model.module, predictor.model.params, predictor.features,
-                         None, None, None, None, True, emb)
+                         None, None, None, None, None, None, True, emb)
     np.testing.assert_allclose(low, np.asarray(ref_low[0]), atol=1e-6)
     cat = predictor.predict(text="a cat", multimask_output=True)[2]
     assert np.abs(cat - low).max() > 1e-4  # a different phrase, a different prompt

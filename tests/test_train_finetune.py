@@ -16,8 +16,9 @@ import pytest
 
 from configs.tiny import get_config
 from reference_sam import official_sam, torch
-from sam_jax.build_sam import build_sam
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
+from sam_jax.modeling.variants import param_template
+from sam_jax.sam_model import build_sam
 from train.loop import run
 from train.train_step import build_module, sam_config_from
 
@@ -42,7 +43,7 @@ def _leaves(tree):
 def test_finetune_from_official_checkpoint(tmp_path):
     c = _config(tmp_path / "run", tmp_path / "official.pth", num_steps=2)
     torch.save(official_sam(sam_config_from(c), seed=7).state_dict(), tmp_path / "official.pth")
-    want = load_checkpoint(tmp_path / "official.pth", build_module(c))
+    want = load_checkpoint(tmp_path / "official.pth", param_template(build_module(c)))
 
     first = run(c, max_steps=0, progress=False)  # initialise only
     assert first["start_step"] == first["end_step"] == 0

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 
 from configs.tiny import get_config
-from sam_jax.build_sam import init_variables
+from sam_jax.modeling.variants import init_variables
 from train.losses import LossConfig, dice_loss, focal_loss, mask_iou, sam_loss
 from train.optimizer import build_optimizer, decay_mask, layer_id, make_schedule
 from train.train_step import build_module

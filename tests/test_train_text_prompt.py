@@ -128,8 +128,9 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
 
     from configs.tiny import get_config
     from data.synthetic import write_shards
-    from sam_jax.checkpoint import param_template, read_pth, state_dict_to_params
+    from sam_jax.checkpoint import read_pth, state_dict_to_params
     from sam_jax.modeling.sam import Sam, SamConfig
+    from sam_jax.modeling.variants import param_template
     from train.checkpointing import Checkpointer
     from train.loop import run
     from train.train_step import build_module

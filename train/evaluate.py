@@ -20,7 +20,6 @@ batches with seeds disjoint from training.)
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -30,19 +29,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
+from sam_jax.modeling.sam import Sam
+from sam_jax.sam_model import SamModel
 from train.losses import mask_iou
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(module: Sam, params, image, points):
-    """``image (B,S,S,3)``, ``points (B,K,2)`` -> best low-res logits ``(B,K,R,R)``."""
+def best_single_point_logits(model: SamModel, image, points) -> jax.Array:
+    """``image (B,S,S,3)`` preprocessed, ``points (B,K,2)`` -> the multimask output with the
+    highest predicted IoU per point, low-res logits ``(B,K,R,R)`` float32 (inference core)."""
     b, k = points.shape[:2]
-    emb = module.apply({"params": params}, image, method=Sam.embed_images)
-    emb = jnp.repeat(emb, k, axis=0)
-    logits, iou = module.apply({"params": params}, emb, points.reshape(b * k, 1, 2),
-                               jnp.ones((b * k, 1), jnp.int32), None, None, True,
-                               method=Sam.decode)
+    emb = jnp.repeat(model.embed_images(image), k, axis=0)
+    logits, iou = model.decode(emb, jnp.reshape(points, (b * k, 1, 2)),
+                               jnp.ones((b * k, 1), jnp.int32), multimask_output=True)
     best = jnp.argmax(iou, axis=1)
     out = jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0]
     return out.reshape((b, k) + out.shape[-2:]).astype(jnp.float32)
@@ -51,10 +50,11 @@ def _predict(module: Sam, params, image, points):
 def single_point_miou(module: Sam, params, batches: Iterable[dict], overlay_dir: str | None = None,
                       max_overlays: int = 8, min_cells: int = 1) -> dict:
     """``{"miou": float, "num_masks": int, "overlays": [paths]}`` over ``batches``."""
+    model = SamModel(module, params)
     ious, paths = [], []
     for batch in batches:
-        logits = np.asarray(_predict(module, params, jnp.asarray(batch["image"]),
-                                     jnp.asarray(batch["points"])))
+        logits = np.asarray(best_single_point_logits(model, jnp.asarray(batch["image"]),
+                                                     jnp.asarray(batch["points"])))
         iou = np.asarray(mask_iou(logits, batch["masks"]))
         valid = _valid(batch, min_cells)
         ious.append(iou[valid])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD
+from sam_jax.geometry import normalize
 
 
 def _shape_mask(rng, s: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def make_batch(seed: int, batch_size: int, masks_per_image: int, image_size: int
     nv = k if num_valid is None else num_valid
     for i in range(batch_size):
         img, masks = make_image(rng, s, k)
-        out["image"][i] = (img - np.asarray(PIXEL_MEAN)) / np.asarray(PIXEL_STD)
+        out["image"][i] = normalize(img)
         for j in range(min(nv, k)):
             m = masks[j]
             if m.sum() < 16:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sam_jax.build_sam import get_config as get_sam_config, init_variables
+from sam_jax.modeling.variants import get_config as get_sam_config, init_variables
 from sam_jax.modeling.sam import Sam, SamConfig
 from train import sharding as shd
 from train.losses import LossConfig, sam_loss
@@ -221,14 +221,15 @@ class Trainer:
         """Params of ``model.init_checkpoint`` (an official ``.pth`` or our ``.npz``); a
         checkpoint without the text projection is read with the text prompt off."""
         from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint
+        from sam_jax.modeling.variants import param_template
 
         try:
-            return load_checkpoint(path, self.module)
+            return load_checkpoint(path, param_template(self.module))
         except CheckpointMismatchError:
             if not self.text_cfg.enabled:
                 raise
-            return load_checkpoint(path, self.module.clone(
-                config=self.module.config.replace(text_embed_dim=0)))
+            return load_checkpoint(path, param_template(self.module.clone(
+                config=self.module.config.replace(text_embed_dim=0))))
 
     def step(self, state: TrainState, batch: dict):
         with self._ctx():

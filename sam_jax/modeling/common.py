@@ -2,8 +2,8 @@
 
 Every layer here takes an explicit compute ``dtype`` and storage ``param_dtype`` and
 annotates its weights with *logical* axis names. Logical names are mapped onto
-device-mesh axes by the single rules table in ``configs/`` (see
-``sam_jax.sharding``); the model code never names mesh axes itself.
+device-mesh axes by the single rules table ``LOGICAL_AXIS_RULES`` in ``configs/base.py``
+(applied by ``train.sharding``); the model code never names mesh axes itself.
 
 Logical axis vocabulary used by the model:
 

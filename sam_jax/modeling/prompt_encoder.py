@@ -117,10 +117,6 @@ class PromptEncoder(nn.Module):
             self.text_proj = dense(self.embed_dim, (None, "embed"), self.dtype,
                                    self.param_dtype, "text_proj")
 
-    @property
-    def mask_input_size(self) -> tuple[int, int]:
-        return (4 * self.image_embedding_size[0], 4 * self.image_embedding_size[1])
-
     def get_dense_pe(self) -> jax.Array:
         """Positional encoding of the image embedding grid: ``(64, 64, 256)``."""
         return self.pe_layer.dense(self.image_embedding_size).astype(self.dtype)

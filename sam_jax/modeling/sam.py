@@ -1,4 +1,4 @@
-"""SAM: image encoder + prompt encoder + mask decoder, with pre/postprocessing.
+"""SAM: image encoder + prompt encoder + mask decoder, and mask postprocessing (paper section 3).
 
 ``Sam`` is a Linen module whose methods are applied separately (the image
 embedding is computed once and reused for many prompts)::
@@ -7,7 +7,9 @@ embedding is computed once and reused for many prompts)::
     masks, iou = module.apply(variables, emb, coords, labels, None, None, True,
                               method=Sam.decode)
 
-Pixel pre- and mask post-processing are pure functions of this module.
+Mask postprocessing is a pure function of this module; the input geometry and
+pixel constants are in :mod:`sam_jax.geometry`, the variant table in
+:mod:`sam_jax.modeling.variants`.
 """
 
 from __future__ import annotations
@@ -26,14 +28,12 @@ from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder
 from sam_jax.modeling.prompt_encoder import PromptEncoder
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
-    """Architecture of one SAM variant (see ``sam_jax.build_sam.VARIANTS``)."""
+    """Architecture of one SAM variant (see ``sam_jax.modeling.variants.VARIANTS``)."""
 
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
@@ -147,24 +147,6 @@ class Sam(nn.Module):
                            text_embeddings=text)
 
 
-def normalize(images: jax.Array) -> jax.Array:
-    """RGB pixels (0-255) -> float32 normalised by SAM's pixel mean and std. ``(..., 3)``."""
-    return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-
-
-def preprocess(images: jax.Array, image_size: int = 1024) -> jax.Array:
-    """Normalise RGB pixels and zero-pad them bottom/right to ``image_size``.
-
-    ``(B, h, w, 3)`` with ``max(h, w) <= image_size`` (0-255 values) ->
-    ``(B, image_size, image_size, 3)`` float32.
-    """
-    b, h, w, c = images.shape
-    if c != 3 or max(h, w) > image_size:
-        raise ValueError(f"expected (B, h, w, 3) with h, w <= {image_size}, got {images.shape}")
-    x = normalize(images)
-    return jnp.pad(x, ((0, 0), (0, image_size - h), (0, image_size - w), (0, 0)))
-
-
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Bilinear resize of the last two axes, half-pixel centres, no antialiasing.
 
@@ -223,11 +205,4 @@ def postprocess_masks(
                       precision=jax.lax.Precision.HIGHEST)
 
 
-def resized_shape(h: int, w: int, long_side: int = 1024) -> tuple[int, int]:
-    """Size of an ``h x w`` image whose longest side is scaled to ``long_side``."""
-    scale = long_side / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-__all__ = ["Sam", "SamConfig", "normalize", "preprocess", "postprocess_masks", "resize_bilinear",
-           "resized_shape", "PIXEL_MEAN", "PIXEL_STD", "MASK_THRESHOLD"]
+__all__ = ["Sam", "SamConfig", "postprocess_masks", "resize_bilinear", "MASK_THRESHOLD"]
