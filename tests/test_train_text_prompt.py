@@ -12,8 +12,8 @@ import pytest
 
 from sam_jax.clip.model import ClipConfig, build_clip
 from sam_jax.clip.model import normalize as clip_normalize
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
 from sam_jax.modeling.prompt_encoder import INVALID_LABEL
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD
 from train.prompt_simulation import SimConfig, simulate
 from train.text_prompt import TextPromptConfig, clip_image_prompts, crop_and_resize, crop_boxes, qualifying
 

@@ -37,7 +37,7 @@ from jax.scipy.ndimage import map_coordinates
 
 from sam_jax.clip.model import CLIP, CLIP_CONFIGS, ClipConfig, build_clip, l2_normalize
 from sam_jax.clip.model import normalize as clip_normalize
-from sam_jax.modeling.sam import PIXEL_MEAN, PIXEL_STD
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
 
 
 @dataclasses.dataclass(frozen=True)
