@@ -5,7 +5,7 @@ runs ``data.pipeline.Pipeline`` (K=64, model size 1024, targets 256) and prints
 one JSON line: images/s, images/s per core used, cores, plus a per-stage
 profile of the per-sample transform measured single-threaded.
 
-    python benchmarks/data_throughput.py [--images 24] [--batches 6] [--dir /tmp/sa1b_bench]
+    python -m benchmarks.data_throughput [--images 24] [--batches 6] [--dir /tmp/sa1b_bench]
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import argparse
 import glob
 import json
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _profile(shard: str, n: int) -> dict:
     """Single-thread time per stage (ms/image) of the transform."""
+    import io
+
     import numpy as np
     from PIL import Image
-    import io
 
     from data import rle, sa1b
     from data.preprocess import PreprocessConfig, process_record
@@ -33,7 +31,8 @@ def _profile(shard: str, n: int) -> dict:
     cfg = PreprocessConfig()
     loader = sa1b.Loader()
     refs = [r for r in sa1b.iter_refs(shard)][:n]
-    t = {"read": 0.0, "json": 0.0, "jpeg_decode_resize": 0.0, "rle_runs_all": 0.0, "targets_boxes_points": 0.0, "total_transform": 0.0}
+    t = dict.fromkeys(("read", "json", "jpeg_decode_resize", "rle_runs_all", "targets_boxes_points",
+                       "total_transform"), 0.0)
     for r in refs:
         t0 = time.perf_counter()
         jpg, payload = loader.load(r)
@@ -43,7 +42,7 @@ def _profile(shard: str, n: int) -> dict:
         im = Image.open(io.BytesIO(jpg))
         nh, nw = resized_shape(im.size[1], im.size[0], 1024)
         im.draft("RGB", (nw, nh))
-        arr = np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
+        np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
         t3 = time.perf_counter()
         cnts = [rle.decode_counts(c, ann.height, ann.width) for c in ann.counts]
         t4 = time.perf_counter()

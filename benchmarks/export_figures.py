@@ -7,7 +7,7 @@ figure: artifact size, export time, load time (deserialise / session
 creation), first call (compiles) and second call, and the max-abs error
 against the live model; for ONNX also against the official ``SamOnnxModel``
 exported by ``torch.onnx.export`` from the same weights. Usage:
-``python benchmarks/export_figures.py [--variant vit_b] [--out DIR] [--parts ...]``.
+``python -m benchmarks.export_figures [--variant vit_b] [--out DIR] [--parts ...]``.
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 
 def timed(fn):
@@ -52,9 +48,10 @@ def main() -> None:
 
     import jax
     import onnxruntime as ort
-    from reference_sam import TINY, official_and_ours, torch
     from segment_anything.utils.onnx import SamOnnxModel
 
+    from benchmarks.reference_sam import official_and_ours, torch
+    from configs.tiny import TINY
     from sam_jax.export import export_onnx, export_part, load_exported
     from sam_jax.geometry import resized_shape
     from sam_jax.modeling.sam import postprocess_masks

@@ -34,9 +34,9 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, keep stdout as NAME.
   timeout "$limit" "$@" > "$out/$name.jsonl" 2> "$out/$name.err"
   echo "$name: exit $?, $(grep -c '^{' "$out/$name.jsonl") JSON lines"
 }
-part encoder 200 "$py" benchmarks/run.py --parts encoder --variants vit_h,vit_b \
+part encoder 200 "$py" -m benchmarks.run --parts encoder --variants vit_h,vit_b \
   --batches 8,1 --dtypes bfloat16 --impls auto,xla "${tiny[@]}"
-part decoder_amg 100 "$py" benchmarks/run.py --parts decoder,amg --variants vit_h \
+part decoder_amg 100 "$py" -m benchmarks.run --parts decoder,amg --variants vit_h \
   --dtypes bfloat16 "${tiny[@]}"
-part train 180 "$py" -m train.gpu_check --variants vit_b,vit_h "${train_tiny[@]}"
+part train 180 "$py" -m benchmarks.gpu_check --variants vit_b,vit_h "${train_tiny[@]}"
 cat "$out/machine.txt"

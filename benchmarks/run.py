@@ -13,17 +13,28 @@ Figures (``--parts``):
   images/s, step ms, MFU (FLOPs from the compiled step's cost analysis), peak
   device memory.
 
+Two CPU comparisons with the official release on the SAME random weights (written
+by torch, read by our loader; they need the ``test`` extras), run only when named:
+
+* ``encoder-cpu``: one image embedding in float32 at batch 1, best of ``--iters``,
+  plus the first (compiling) call.
+* ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
+  calls, ours and theirs alternating) and ``generate`` at default settings on a
+  512x512 photo.
+
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
 AMG figures are measured for it in the same run and a ``ratio`` line gives
-ours / theirs. ``--tiny`` runs everything on tiny configs for one iteration (CI
+ours / theirs. ``--tiny`` runs everything on the tiny SAM at 128 px (``configs.tiny``) for one iteration (CI
 checks that every figure is produced; values are not checked).
 
 Usage::
 
-    python benchmarks/run.py                       # full suite on the default device
-    python benchmarks/run.py --parts encoder --variants vit_h --batches 8 --dtypes bfloat16
-    python benchmarks/run.py --tiny --iters 1      # CPU smoke run
+    python -m benchmarks.run                       # full suite on the default device
+    python -m benchmarks.run --parts encoder --variants vit_h --batches 8 --dtypes bfloat16
+    python -m benchmarks.run --tiny --iters 1      # CPU smoke run
+    python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
+    python -m benchmarks.run inference-cpu
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ import datetime
 import json
 import math
 import os
-import sys
+import pathlib
+import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Leave device memory to torch when both run in one process (official figures).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -44,16 +57,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
+from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 from sam_jax.modeling.variants import VARIANTS  # noqa: E402
 from sam_jax.sam_model import build_sam  # noqa: E402
 
-TINY = SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                 encoder_global_attn_indexes=(1,), image_size=128, prompt_embed_dim=64,
-                 decoder_mlp_dim=128)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -94,11 +102,10 @@ class Official:
 
     @staticmethod
     def load():
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
         try:
             import torch
-            import segment_anything  # noqa: F401 - the reference package
-            from reference_sam import official_sam  # the official model for a SamConfig (pytest)
+
+            from benchmarks.reference_sam import official_sam  # the official model for a SamConfig
         except ImportError:
             return None
 
@@ -171,8 +178,8 @@ def bench_encoder(args, official, base: dict) -> None:
                     emit(**base, bench="image_encoder", figure="ratio_ours_over_official",
                          variant=name, dtype=dtype, batch=batch,
                          ratio=ours["ms_per_image"] / (1e3 * sec_ref / batch))
-            del model
-        del ref
+            model = None  # free it before the next variant
+        ref = None
 
 
 def bench_decoder(args, official, base: dict) -> None:
@@ -240,8 +247,7 @@ def bench_amg(args, official, base: dict) -> None:
             emit(**base, bench="amg", impl="sam-jax", variant=name, dtype=dtype,
                  image=list(image.shape), ms_per_image=1e3 * sec, masks=len(masks))
         if official is not None and "float32" in seconds:
-            from segment_anything.automatic_mask_generator import \
-                SamAutomaticMaskGenerator as RefAMG
+            from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator as RefAMG
 
             ref = RefAMG(official.build(config), **extra)
             sec_ref = official.timed(lambda: ref.generate(image), args.iters)
@@ -252,7 +258,7 @@ def bench_amg(args, official, base: dict) -> None:
 
 
 def bench_train(args, official, base: dict) -> None:
-    from train.gpu_check import measure, train_config
+    from benchmarks.gpu_check import measure, train_config
 
     masks, passes = (4, 3) if args.tiny else (64, 11)
     for name in args.variants:
@@ -266,14 +272,102 @@ def bench_train(args, official, base: dict) -> None:
                  masks_per_image=masks, passes=passes, dtype=config.model.compute_dtype, **res)
 
 
-PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg,
-         "train": bench_train}
+def best_of(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def same_weights(config: SamConfig, official):
+    """``(official torch Sam, our SamModel)`` on the same random weights (a ``.pth``)."""
+    if official is None:
+        raise SystemExit("this part compares with the official package: install the test extras")
+    from benchmarks.reference_sam import official_and_ours
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return official_and_ours(config, pathlib.Path(tmp))
+
+
+def bench_encoder_cpu(args, official, base: dict) -> None:
+    torch = official.torch if official else None
+    for name in args.variants:
+        config = TINY if args.tiny else VARIANTS[name]
+        ref, ours = same_weights(config, official)
+        s = config.image_size
+        pixels = np.random.default_rng(0).normal(size=(1, s, s, 3)).astype(np.float32)
+        x, xt = jnp.asarray(pixels), torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+        first = best_of(lambda: ours.embed_images(x).block_until_ready(), 1)
+        sec = best_of(lambda: ours.embed_images(x).block_until_ready(), args.iters)
+        common = dict(**base, bench="encoder_cpu", variant=name, dtype="float32", image=s,
+                      cores=os.cpu_count())
+        emit(**common, impl="sam-jax", seconds=round(sec, 3), first_call_seconds=round(first, 3))
+        with torch.no_grad():
+            ref.image_encoder(xt)  # warm-up
+            sec_ref = best_of(lambda: ref.image_encoder(xt), args.iters)
+        emit(**common, impl="official", seconds=round(sec_ref, 3),
+             torch_threads=torch.get_num_threads())
+        emit(**common, figure="ratio_ours_over_official", ratio=round(sec / sec_ref, 3))
+
+
+def bench_inference_cpu(args, official, base: dict) -> None:
+    import segment_anything
+
+    from sam_jax import SamAutomaticMaskGenerator, SamPredictor
+
+    torch = official.torch if official else None
+    image = photo(64 if args.tiny else 512)
+    extra = dict(points_per_side=4) if args.tiny else {}
+    h, w = image.shape[:2]
+    point, label = np.array([[w * 0.45, h * 0.4]]), np.array([1])
+    for name in args.variants:
+        ref_model, ours = same_weights(TINY if args.tiny else VARIANTS[name], official)
+        common = dict(**base, bench="inference_cpu", variant=name, dtype="float32")
+        pred, ref = SamPredictor(ours), segment_anything.SamPredictor(ref_model)
+        for impl, fn in (("sam-jax", lambda: (pred.set_image(image),
+                                              pred.features.block_until_ready())),
+                         ("official", lambda: ref.set_image(image))):
+            with torch.no_grad():
+                first, sec = (best_of(fn, 1) for _ in range(2))
+            emit(**common, impl=impl, what="set_image", seconds=round(sec, 4),
+                 first_call=round(first, 3))
+        times = {"sam-jax": [], "official": []}  # alternating call by call
+        with torch.no_grad():
+            for _ in range(21):
+                times["sam-jax"].append(best_of(lambda: pred.predict(point, label), 1))
+                times["official"].append(best_of(lambda: ref.predict(point, label), 1))
+        for impl, t in times.items():
+            emit(**common, impl=impl, what="predict_1_point", seconds=round(float(np.median(t[1:])), 4),
+                 first_call=round(t[0], 3), calls=len(t) - 1)
+        gen = SamAutomaticMaskGenerator(ours, **extra)
+        first = best_of(lambda: gen.generate(image), 1)
+        emit(**common, impl="sam-jax", what="generate_default", first_call=round(first, 3),
+             seconds=round(best_of(lambda: gen.generate(image), 1), 4), masks=len(gen.generate(image)))
+        ref_gen = segment_anything.SamAutomaticMaskGenerator(ref_model, **extra)
+        with torch.no_grad():
+            emit(**common, impl="official", what="generate_default",
+                 seconds=round(best_of(lambda: ref_gen.generate(image), 1), 4),
+                 masks=len(ref_gen.generate(image)))
+
+
+DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg,
+                 "train": bench_train}
+PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu,
+                               "inference-cpu": bench_inference_cpu})
+CPU_PARTS = ("encoder-cpu", "inference-cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {list(PARTS)}")
-    parser.add_argument("--variants", default="vit_b,vit_l,vit_h")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=list(PARTS),
+                        help="run this one part (same as --parts MODE)")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                        help=f"comma list of {list(PARTS)}")
+    parser.add_argument("--variants", default=None,
+                        help="comma list (default vit_b,vit_l,vit_h; vit_b for the CPU comparisons)")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--impls", default="auto",
@@ -284,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
     args = parser.parse_args(argv)
+    if args.mode:
+        args.parts = args.mode
+    if args.variants is None:
+        cpu_only = all(p in CPU_PARTS for p in args.parts.split(","))
+        args.variants = "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
     for key in ("parts", "variants", "dtypes", "impls"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]

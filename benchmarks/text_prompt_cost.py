@@ -2,7 +2,8 @@
 precomputed embeddings stored beside the shards.
 
 Measures on this machine, tiny config (128 px SAM, a tiny random CLIP, 8 images x 8
-masks, every qualifying mask text-prompted, decoder passes not unrolled), median of ``--steps`` steps after compilation:
+masks, every qualifying mask text-prompted, decoder passes not unrolled), median of
+``--steps`` steps after compilation:
 
 * ``step_ms_off``: the train step without text prompts;
 * ``step_ms_on_device``: with the crop recipe and CLIP inside the step;
@@ -56,7 +57,8 @@ def _measure(on: bool, steps: int) -> dict:
     c.sim.unroll = 1              # short compiles; the same for both figures
     trainer = Trainer(c, sharding.make_mesh(dict(c.mesh.shape)))
     state = [trainer.init_state(0)]
-    host = make_batch(0, c.data.global_batch_size, c.data.masks_per_image, 128)
+    size = trainer.module.config.image_size
+    host = make_batch(0, c.data.global_batch_size, c.data.masks_per_image, size)
     batch = trainer.to_global(host)
 
     def step():
@@ -70,7 +72,7 @@ def _measure(on: bool, steps: int) -> dict:
            "text_prompted_masks": float(metrics["text_prompted"])}
     fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
     args = (trainer.clip, trainer.clip_params, jax.random.key(0), host["image"], host["masks"],
-            host["boxes"], host["mask_valid"], trainer.text_cfg, 128)
+            host["boxes"], host["mask_valid"], trainer.text_cfg, size)
     jax.block_until_ready(fn(*args))
     out["clip_ms"] = _median_ms(lambda: jax.block_until_ready(fn(*args)), steps)
     return out

@@ -5,8 +5,8 @@ Every variant file (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``) calls
 
 Config keys (``ml_collections.ConfigDict``):
 
-* ``model``: ``variant`` (``vit_b``/``vit_l``/``vit_h`` or ``custom``), ``custom``
-  (SamConfig fields, used when variant is ``custom``), ``drop_path_rate``,
+* ``model``: ``variant`` (``vit_b``/``vit_l``/``vit_h``), ``overrides`` (SamConfig
+  fields that replace the variant's, through ``sam_jax.modeling.variants.get_config``), ``drop_path_rate``,
   ``remat_policy`` (``none``/``full``/a ``jax.checkpoint_policies`` name),
   ``compute_dtype`` (``bfloat16``/``float32``; params and optimiser state are float32),
   ``init_checkpoint`` (an official ``.pth``/our ``.npz`` for fine-tuning, ``""`` = scratch).
@@ -25,8 +25,8 @@ Config keys (``ml_collections.ConfigDict``):
 * ``mesh``: ``shape`` (dict axis -> size, one ``-1`` = the remaining devices),
   ``axis_rules`` (the table below), multi-host ``coordinator_address``,
   ``num_processes``, ``process_id`` (empty/-1 = from env or automatic).
-* ``data``: ``train_dir`` / ``eval_dir`` (SA-1B shards: a directory of ``*.tar`` or a glob), ``masks_per_image``,
-  ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
+* ``data``: ``train_dir`` / ``eval_dir`` (SA-1B shards: a directory of ``*.tar`` or a
+  glob), ``masks_per_image``, ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
   in-memory synthetic batches, no tensorflow).
 * ``text``: CLIP prompts (``train.text_prompt``, paper section 7.5): ``enabled``,
   ``clip`` (``ViT-L/14@336px``/``ViT-B/16``/``custom`` with ``clip_custom`` fields),
@@ -55,7 +55,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = dict(variant="vit_b", custom={}, drop_path_rate=0.0, remat_policy="none",
+    c.model = dict(variant="vit_b", overrides={}, drop_path_rate=0.0, remat_policy="none",
                    compute_dtype="bfloat16", init_checkpoint="")
     c.sim = dict(num_passes=11, num_correction_points=8, box_prob=0.5, box_noise_frac=0.1,
                  box_noise_max=20.0, point_in_cell="uniform", unroll=1, remat=False)

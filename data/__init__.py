@@ -2,6 +2,7 @@
 
 Modules (importing ``data`` itself pulls in neither TensorFlow nor jax):
 
+* ``data.batch``      - the batch format (keys, dtypes, shapes), declared once;
 * ``data.sa1b``       - shard readers (tar streams, extracted folders, TFDS
   ``segment_anything`` tfrecords) and annotation parsing;
 * ``data.rle``        - COCO compressed RLE -> runs, boxes, points, resized
@@ -12,7 +13,8 @@ Modules (importing ``data`` itself pulls in neither TensorFlow nor jax):
   over processes, deterministic shuffling, epochs, resumption, stats;
 * ``data.status``     - per-sample status codes / counter names;
 * ``data.synthetic``  - deterministic synthetic SA-1B shard generator
-  (``python -m data.synthetic``).
+  (``python -m data.synthetic``);
+* ``data.synthetic_batch`` - in-memory synthetic batches (numpy only).
 
 ``Pipeline`` and ``generate_image`` / ``write_shards`` are re-exported lazily.
 """

@@ -9,17 +9,10 @@ Usage::
         ...
         pipe.stats()              # {"ok": .., "corrupt_jpeg": .., ...}
 
-Batch contract (dict of numpy arrays; S = model_size, R = target_size,
-K = max_masks, B = batch_size)::
+Batches are dicts of numpy arrays in the format of :mod:`data.batch`
+(S = model_size, R = target_size, K = max_masks, B = batch_size), plus three
+fields of the pipeline's own::
 
-    image        (B, S, S, 3) float32  normalised, zero-padded bottom/right
-    masks        (B, K, R, R) uint8    0/1 targets in the padded square frame
-    mask_valid   (B, K)       bool     False for padding masks / skipped slots
-    boxes        (B, K, 4)    float32  XYXY, resized-image pixel coordinates
-    points       (B, K, 2)    float32  (x, y), one foreground point per mask
-    resized_hw   (B, 2)       int32    image size inside the padded square
-    original_hw  (B, 2)       int32    JPEG size
-    image_id     (B,)         int64    SA-1B image id (-1 for skipped slots)
     status       (B,)         int32    data.status.Status (0 = OK)
     slot         (B,)         int64    position of the sample in this
                                        process's stream
@@ -70,12 +63,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from data import sa1b
+from data.batch import FIELDS
 from data.preprocess import PreprocessConfig, empty_sample, process_record
 from data.status import COUNTER_NAMES, Status
 
 __all__ = ["Pipeline", "record_stream", "default_process"]
 
-BATCH_KEYS = ("image", "masks", "mask_valid", "boxes", "points", "resized_hw", "original_hw", "image_id")
+BATCH_KEYS = tuple(FIELDS)
 
 
 def default_process() -> tuple[int, int]:

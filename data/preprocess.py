@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import rle
+from data.batch import empty_sample as empty_batch_sample
 from data.sa1b import Annotations, PayloadError, parse_payload
 from data.status import Status
 from sam_jax.geometry import apply_boxes, apply_coords, normalize, pad_to_square, resized_shape
@@ -83,18 +84,8 @@ class PreprocessConfig:
 
 
 def empty_sample(cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    """All-zero sample with the static shapes (used for skipped records)."""
-    S, R, K = cfg.model_size, cfg.target, cfg.max_masks
-    return {
-        "image": np.zeros((S, S, 3), np.float32),
-        "masks": np.zeros((K, R, R), np.uint8),
-        "mask_valid": np.zeros((K,), bool),
-        "boxes": np.zeros((K, 4), np.float32),
-        "points": np.zeros((K, 2), np.float32),
-        "resized_hw": np.zeros((2,), np.int32),
-        "original_hw": np.zeros((2,), np.int32),
-        "image_id": np.array(-1, np.int64),
-    }
+    """All-zero sample with the static shapes of :mod:`data.batch` (used for skipped records)."""
+    return empty_batch_sample(cfg.model_size, cfg.target, cfg.max_masks)
 
 
 class _Skip(Exception):

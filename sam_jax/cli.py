@@ -6,6 +6,7 @@
     sam-jax generate IMAGE_OR_FOLDER --out DIR
     sam-jax convert CHECKPOINT.pth OUT.npz
     sam-jax export --out DIR [--format stablehlo onnx]
+    sam-jax annotate IMAGES_DIR --out ANNOTATIONS_DIR [--prefill]   (see sam_jax.annotate)
 
 ``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
 ``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
@@ -21,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from sam_jax.image_files import IMAGE_SUFFIXES
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -138,28 +139,12 @@ def _segment(args: argparse.Namespace) -> None:
           f"predicted IoU {iou[best]:.3f})")
 
 
-def _sa1b_record(records: list[dict], path: Path, image_id: int, shape) -> dict:
-    return {
-        "image": {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]),
-                  "file_name": path.name},
-        "annotations": [{
-            "id": i,
-            "segmentation": r["segmentation"],
-            "bbox": [float(v) for v in r["bbox"]],
-            "area": int(r["area"]),
-            "predicted_iou": float(r["predicted_iou"]),
-            "stability_score": float(r["stability_score"]),
-            "crop_box": [float(v) for v in r["crop_box"]],
-            "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-        } for i, r in enumerate(records)],
-    }
-
-
 def _generate(args: argparse.Namespace) -> None:
     from pycocotools import mask as mask_utils
     from tqdm import tqdm
 
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.sa1b_json import sa1b_record
     from sam_jax.visualize import save_overlay
 
     if args.input.is_dir():
@@ -181,7 +166,7 @@ def _generate(args: argparse.Namespace) -> None:
                                          disable=len(paths) == 1)):
         image = _read_image(path)
         records = generator.generate(image)
-        doc = _sa1b_record(records, path, image_id, image.shape)
+        doc = sa1b_record(records, path.name, image_id, image.shape)
         (args.out / f"{path.stem}.json").write_text(json.dumps(doc))
         masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
                                         .encode())).astype(bool) for r in records]
@@ -203,6 +188,12 @@ def _export(args: argparse.Namespace) -> None:
     from sam_jax.export import run
 
     run(args, _load_model(args))
+
+
+def _annotate(args: argparse.Namespace) -> None:
+    from sam_jax import annotate
+
+    annotate.main(args, _load_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(exp)
     _add_model_args(exp)
     exp.set_defaults(func=_export)
+
+    from sam_jax import annotate
+
+    ann = sub.add_parser(
+        "annotate", help="browser annotation tool: click, SAM draws the mask (SA-1B JSON out)",
+        description="Serve a local web page for SAM-assisted annotation of a folder of images; "
+        "every accepted mask is saved as SA-1B JSON in --out. --stats summarises a folder of them.")
+    annotate.add_arguments(ann)
+    _add_model_args(ann)
+    ann.set_defaults(func=_annotate)
     return parser
 
 

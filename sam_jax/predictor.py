@@ -32,7 +32,8 @@ prompt rows and points per row are padded up to powers of two with
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -88,7 +89,7 @@ class SamModel:
     def variables(self) -> dict[str, Any]:
         return {"params": self.params}
 
-    def with_dtype(self, dtype: Any) -> "SamModel":
+    def with_dtype(self, dtype: Any) -> SamModel:
         """The same weights computing in ``dtype`` (e.g. ``jnp.bfloat16``)."""
         return dataclasses.replace(self, module=self.module.clone(dtype=dtype))
 

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
 def test_encoder_flops_match_the_anchor_convention():
-    from run import encoder_flops
+    from benchmarks.run import encoder_flops
     from sam_jax.modeling.variants import VARIANTS
 
     # The anchors' analytic counts (shared/anchors/torch_sam_bench.py), GFLOP per image.
@@ -22,7 +21,7 @@ def test_encoder_flops_match_the_anchor_convention():
 
 def test_suite_produces_every_figure():
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--tiny", "--iters", "1",
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--iters", "1",
          "--batches", "1,2", "--impls", "auto,xla"],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]

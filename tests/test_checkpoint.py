@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from reference_sam import TINY, official_sam, torch
+from benchmarks.reference_sam import official_sam, torch
+from configs.tiny import TINY
 from sam_jax import build_sam, sam_model_registry
 from sam_jax.checkpoint import (
     CheckpointMismatchError, UnsafeCheckpointError, load_params, read_pth, save_params,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reference_sam import TINY
+from configs.tiny import TINY
 
 from sam_jax import build_sam, cli  # noqa: E402
 from sam_jax.checkpoint import save_params  # noqa: E402
@@ -91,7 +91,7 @@ def test_generate_folder_writes_sa1b_json(files):
 
 def test_convert(files, tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from reference_sam import official_sam
+    from benchmarks.reference_sam import official_sam
 
     torch.save(official_sam(TINY, seed=0).state_dict(), tmp_path / "tiny.pth")
     cli.main(["convert", str(tmp_path / "tiny.pth"), str(tmp_path / "tiny.npz"),

@@ -147,20 +147,27 @@ def test_cli_writes_shards(tmp_path):
     assert js == sample_json(generate_image(3, 2, 64), 3)
 
 
-def test_sa1b_size_generation_is_fast_enough():
-    import time
-
-    t = time.perf_counter()
+def test_sa1b_size_generation_shape_and_mask_count():
+    # Its speed is a benchmark figure (benchmarks.data_throughput), not an assertion here.
     s = generate_image(0, 0, 1500, aspect=1.5)
-    dt = time.perf_counter() - t
     assert s.image.shape == (1500, 2250, 3) or s.image.shape == (2250, 1500, 3)
     assert 70 <= s.num_masks <= 160
-    assert dt < 4.0  # ~0.8 s on one core; generous for a loaded CI machine
 
 
 def test_import_data_does_not_import_tensorflow():
     code = (
         "import sys, data, data.sa1b, data.rle, data.preprocess, data.synthetic, data.status;"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_format_and_synthetic_batches_import_without_jax():
+    code = (
+        "import sys, data.batch, data.synthetic_batch, data.pipeline;"
+        "b = data.synthetic_batch.make_batch(1, 2, 3, 64);"
+        "assert {k: (v.dtype, v.ndim) for k, v in b.items()} == "
+        "{k: (d, data.batch.batch_rank(k)) for k, (d, _) in data.batch.FIELDS.items()};"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'tensorflow')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from reference_sam import TINY, official_and_ours, torch
 
+from benchmarks.reference_sam import official_and_ours, torch
+from configs.tiny import TINY
 from sam_jax import cli
 from sam_jax import export as sam_export
 from sam_jax.amg import calculate_stability_score

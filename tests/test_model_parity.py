@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reference_sam import TINY, official_and_ours, to_torch, torch
+from benchmarks.reference_sam import official_and_ours, to_torch, torch
+from configs.tiny import TINY
 from sam_jax.modeling.variants import VARIANTS
 from sam_jax.modeling.image_encoder import attention, decomposed_attention
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reference_sam import TINY
+from configs.tiny import TINY
 
 from sam_jax import SamPredictor, build_sam  # noqa: E402
 from sam_jax.predictor import compile_counts  # noqa: E402

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reference_sam import TINY, official_and_ours, torch
+from benchmarks.reference_sam import official_and_ours, torch
+from configs.tiny import TINY
 
 skimage_data = pytest.importorskip("skimage.data")
 segment_anything = pytest.importorskip("segment_anything")

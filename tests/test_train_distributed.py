@@ -49,7 +49,7 @@ def _config():
 
 
 def _batch(step):
-    from train.synthetic_batch import make_batch
+    from data.synthetic_batch import make_batch
 
     return make_batch(100 + step, B, K, 128)
 
@@ -185,8 +185,7 @@ def test_two_processes_match_one(sharded, tmp_path):
     np.testing.assert_allclose(results[0]["losses"], sharded["losses"], rtol=1e-4)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # PYTHONPATH (see _env) holds the repository root
     mode = sys.argv[1]
     if mode == "sharded":
         _worker_sharded(sys.argv[2])

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.reference_sam import official_sam, torch
 from configs.tiny import get_config
-from reference_sam import official_sam, torch
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.modeling.variants import param_template
 from sam_jax.sam_model import build_sam

@@ -153,7 +153,7 @@ def test_remat_passes_same_step_less_memory():
     """``sim.remat``: the same loss and updated params, less temporary memory."""
     from configs.tiny import get_config
     from train.sharding import make_mesh
-    from train.synthetic_batch import make_batch
+    from data.synthetic_batch import make_batch
     from train.train_step import Trainer, host_metrics
 
     results = {}

@@ -142,7 +142,7 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
     write_shards(str(tmp_path / "shards"), 4, images_per_shard=4, seed=0, short_side=64,
                  num_objects=4)
     c = get_config()
-    c.model.custom = dataclasses.asdict(sam)
+    c.model.variant, c.model.overrides = "custom", dataclasses.asdict(sam)
     c.model.init_checkpoint = str(tmp_path / "released.pth")
     c.text.enabled, c.text.clip = True, "custom"
     c.text.clip_custom = dataclasses.asdict(TINY_CLIP)

@@ -83,9 +83,6 @@ class Checkpointer:
         _barrier(f"ckpt_move_aside_{step}")
         self.manager.reload()
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -122,7 +119,7 @@ def any_process_preempted(flag: PreemptionFlag) -> bool:
     """True on every process if any got the signal (all must save together)."""
     if jax.process_count() == 1:
         return flag.set
-    from jax.experimental import multihost_utils
     import numpy as np
+    from jax.experimental import multihost_utils
 
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag.set))).max())

@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +102,7 @@ def eval_batches(config, image_size: int, data_dir: str = "", synthetic_batches:
         return iter(Pipeline(shard_pattern(data_dir), batch_size=batch_size, seed=0,
                              model_size=image_size, max_masks=config.data.masks_per_image,
                              num_epochs=1, shuffle=False, process_index=0, process_count=1))
-    from train.synthetic_batch import make_batch
+    from data.synthetic_batch import make_batch
 
     return (make_batch(10 ** 6 + i, batch_size, config.data.masks_per_image, image_size)
             for i in range(synthetic_batches))
@@ -124,20 +124,15 @@ def restore_params(config, workdir: str):
 
 
 def main(argv=None) -> int:
-    from train.loop import load_config
+    from configs import parse_config_args
 
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", "-c", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--data", default="")
     p.add_argument("--synthetic-batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--overlays", default="")
-    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bad = [r for r in rest if not r.startswith("--config.")]
-    if bad:
-        p.error(f"unrecognised arguments {bad}")
-    config = load_config(args.config, [r[len("--config."):] for r in rest])
+    args, config = parse_config_args(p, sys.argv[1:] if argv is None else argv)
     module, params, step = restore_params(config, args.workdir)
     batches = eval_batches(config, module.config.image_size, args.data or config.data.eval_dir,
                            args.synthetic_batches, args.batch_size)

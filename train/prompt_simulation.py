@@ -34,7 +34,7 @@ against the GT target at that resolution, restricted to the un-padded image
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

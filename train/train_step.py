@@ -1,10 +1,8 @@
 """The train state and the pure, jitted, sharded train step.
 
-Batch contract (global arrays; the leading axis sharded over ``batch``):
-``image`` ``(B, S, S, 3)`` float32 preprocessed, ``masks`` ``(B, K, R, R)`` uint8
-GT at low-res ``R = S/4``, ``mask_valid`` ``(B, K)`` bool, ``boxes`` ``(B, K, 4)``
-XYXY and ``points`` ``(B, K, 2)`` XY in the ``S`` frame, ``resized_hw`` ``(B, 2)``.
-Other keys of the data pipeline's batch (ids, original sizes) stay on the host.
+Batches are in the format of :mod:`data.batch` (global arrays; the leading axis
+sharded over ``batch``); only its ``DEVICE_KEYS`` go to the devices, the other
+keys (ids, original sizes) stay on the host.
 
 Masks with ``mask_valid`` False or fewer than ``loss.min_target_cells`` (>= 1) target
 cells at ``R`` are ignored.
@@ -35,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sam_jax.modeling.variants import get_config as get_sam_config, init_variables
+from data.batch import DEVICE_KEYS, batch_rank
 from sam_jax.modeling.sam import Sam, SamConfig
+from sam_jax.modeling.variants import get_config as get_sam_config
+from sam_jax.modeling.variants import init_variables
 from train import sharding as shd
 from train.losses import LossConfig, sam_loss
 from train.optimizer import build_optimizer
 from train.prompt_simulation import SimConfig, region_valid_from_hw, simulate
 from train.text_prompt import TextPromptConfig, clip_image_prompts, load_frozen_clip
-
-BATCH_KEYS = ("image", "masks", "mask_valid", "boxes", "points", "resized_hw")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -58,14 +56,9 @@ def text_config_from(config) -> TextPromptConfig:
 
 
 def sam_config_from(config) -> SamConfig:
-    m = config.model
-    if m.variant == "custom":
-        kw = dict(m.custom)
-        if "encoder_global_attn_indexes" in kw:
-            kw["encoder_global_attn_indexes"] = tuple(kw["encoder_global_attn_indexes"])
-        sam = SamConfig(**kw)
-    else:
-        sam = get_sam_config(m.variant)
+    """The SamConfig of ``model.variant`` with ``model.overrides`` applied (and the text
+    prompt's width when ``text.enabled``)."""
+    sam = get_sam_config(config.model.variant, **config.model.overrides)
     text = text_config_from(config)
     if text.enabled:
         sam = sam.replace(text_embed_dim=text.clip_config().embed_dim if not text.clip_checkpoint
@@ -193,8 +186,7 @@ class Trainer:
                           opt_state=self.tx.init(params), rng=jax.random.key_data(k_train))
 
     def batch_shardings(self) -> dict:
-        return {k: shd.batch_sharding(self.mesh, self.rules, nd)
-                for k, nd in zip(BATCH_KEYS, (4, 4, 2, 3, 3, 2))}
+        return {k: shd.batch_sharding(self.mesh, self.rules, batch_rank(k)) for k in DEVICE_KEYS}
 
     def _ctx(self):
         return _Context(self.mesh, self.rules)
@@ -215,7 +207,7 @@ class Trainer:
             return jax.jit(self._init, out_shardings=self.state_shardings)(rng, params)
 
     def to_global(self, host_batch: dict) -> dict:
-        return shd.global_batch({k: host_batch[k] for k in BATCH_KEYS}, self.mesh, self.rules)
+        return shd.global_batch({k: host_batch[k] for k in DEVICE_KEYS}, self.mesh, self.rules)
 
     def load_init_params(self, path: str) -> Any:
         """Params of ``model.init_checkpoint`` (an official ``.pth`` or our ``.npz``); a

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -60,7 +60,7 @@ class SamConfig:
         """Side of the low-res mask logits (256 at 1024 input)."""
         return 4 * self.embedding_size
 
-    def replace(self, **kw) -> "SamConfig":
+    def replace(self, **kw) -> SamConfig:
         return dataclasses.replace(self, **kw)
 
 

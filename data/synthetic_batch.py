@@ -1,16 +1,17 @@
-"""In-memory synthetic batches in the data pipeline's format (no tensorflow).
+"""In-memory synthetic batches in the format of :mod:`data.batch` (numpy only).
 
 ``make_batch(seed, batch_size, masks_per_image, image_size)`` returns the numpy dict
-of the batch contract (see ``train.train_step``): images of a few random
+of :mod:`data.batch`: images of a few random
 ellipses/rectangles on a noisy background, the GT masks of those shapes at
 ``R = S/4``, their boxes and one uniform foreground point per mask. Deterministic
-in ``seed``. Used by tests, ``gpu_check`` and ``data.synthetic=True`` training.
+in ``seed``. Used by tests, ``benchmarks.gpu_check`` and ``data.synthetic=True`` training.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from data.batch import empty_batch
 from sam_jax.geometry import normalize
 
 
@@ -44,14 +45,9 @@ def make_batch(seed: int, batch_size: int, masks_per_image: int, image_size: int
     """A batch of the data pipeline's format; masks beyond ``num_valid`` are padding."""
     rng = np.random.default_rng(seed)
     s, r, k = image_size, image_size // 4, masks_per_image
-    out = dict(image=np.zeros((batch_size, s, s, 3), np.float32),
-               masks=np.zeros((batch_size, k, r, r), np.uint8),
-               mask_valid=np.zeros((batch_size, k), bool),
-               boxes=np.zeros((batch_size, k, 4), np.float32),
-               points=np.zeros((batch_size, k, 2), np.float32),
-               resized_hw=np.full((batch_size, 2), s, np.int32),
-               original_hw=np.full((batch_size, 2), s, np.int32),
-               image_id=np.arange(batch_size, dtype=np.int64) + seed * batch_size)
+    out = empty_batch(batch_size, s, r, k)
+    out["resized_hw"][:] = out["original_hw"][:] = s
+    out["image_id"][:] = [(seed * batch_size + i) % 2**63 for i in range(batch_size)]
     nv = k if num_valid is None else num_valid
     for i in range(batch_size):
         img, masks = make_image(rng, s, k)

@@ -1,9 +1,11 @@
-"""The official ``segment-anything`` release as a test reference.
+"""The official ``segment-anything`` release as the parity and speed reference.
 
 Builds the official PyTorch SAM for any :class:`SamConfig`, fills it with
 random weights (every tensor, including those the reference initialises to
 zero), saves it with ``torch.save`` and loads the same file through our
-loader, so both implementations run on identical weights.
+loader, so both implementations run on identical weights. Used by the parity
+tests and the benchmarks; importing it needs torch and ``segment-anything`` (the
+``test`` extras) and raises ``ImportError`` without them.
 """
 
 from __future__ import annotations
@@ -11,21 +13,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
+import segment_anything.modeling as sa_modeling
+import torch
 
-torch = pytest.importorskip("torch")
-sa_modeling = pytest.importorskip("segment_anything.modeling")
-
-from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD  # noqa: E402
-from sam_jax.modeling.sam import SamConfig  # noqa: E402
-from sam_jax.sam_model import SamModel, build_sam  # noqa: E402
-
-# A small model with every structural feature of the real ones: windowed blocks
-# whose grid (16) needs padding to the window (14 -> 28), global blocks, and a
-# decoder narrower than 256.
-TINY = SamConfig(encoder_embed_dim=64, encoder_depth=4, encoder_num_heads=4,
-                 encoder_global_attn_indexes=(1, 3), image_size=256, prompt_embed_dim=64,
-                 decoder_mlp_dim=128)
+from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
+from sam_jax.modeling.sam import SamConfig
+from sam_jax.sam_model import SamModel, build_sam
 
 
 def official_sam(config: SamConfig, seed: int = 0):
@@ -81,8 +74,8 @@ def official_and_ours(config: SamConfig, tmp_path, seed: int = 0, **kwargs):
     return sam, build_sam(config, checkpoint=path, **kwargs)
 
 
-def to_torch(x) -> "torch.Tensor":
+def to_torch(x) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))
 
 
-__all__ = ["TINY", "official_sam", "official_and_ours", "to_torch", "SamModel", "torch"]
+__all__ = ["official_sam", "official_and_ours", "to_torch", "SamModel", "torch"]

@@ -14,8 +14,8 @@ FLOP/s (``--peak-tflops``, default 989 = H100/H200 dense bf16 on the spec sheet;
 the anchors measured 793 through JAX). The compiled step's FLOPs include the
 recomputation that remat adds, so this is hardware-FLOP utilisation.
 
-    python -m train.gpu_check                     # vit_b and vit_h on the device
-    python -m train.gpu_check --tiny              # the tiny config on CPU (smoke test)
+    python -m benchmarks.gpu_check                     # vit_b and vit_h on the device
+    python -m benchmarks.gpu_check --tiny              # the tiny config on CPU (smoke test)
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def train_config(variant: str, tiny: bool, masks: int, passes: int, sim_remat: b
 def measure(config, batch: int, steps: int, peak_tflops: float) -> dict:
     import jax
 
+    from data.synthetic_batch import make_batch
     from train.sharding import make_mesh
-    from train.synthetic_batch import make_batch
     from train.train_step import Trainer
 
     trainer = Trainer(config, make_mesh(dict(config.mesh.shape), jax.devices()[:1]))
@@ -79,7 +79,7 @@ def measure(config, batch: int, steps: int, peak_tflops: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="the tiny config (CPU smoke test)")
     p.add_argument("--variants", default="vit_b,vit_h")
     p.add_argument("--masks", type=int, default=64)
