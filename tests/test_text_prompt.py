@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from reference_clip import official_clip
-from reference_sam import official_sam, torch
 
+from benchmarks.reference_sam import official_sam, torch
 from sam_jax import build_sam, cli
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.clip.model import ClipConfig, build_clip

@@ -124,8 +124,7 @@ def test_text_rows_start_with_the_text_prompt_only():
 def test_training_on_shards_with_clip_prompts(tmp_path):
     """The real loop on synthetic SA-1B shards with text prompts on, fine-tuning from a
     released-format checkpoint (no text projection: it is initialised fresh)."""
-    from reference_sam import official_sam, torch
-
+    from benchmarks.reference_sam import official_sam, torch
     from configs.tiny import get_config
     from data.synthetic import write_shards
     from sam_jax.checkpoint import read_pth, state_dict_to_params
