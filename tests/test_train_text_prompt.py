@@ -165,4 +165,4 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
     w2 = np.asarray(params["image_encoder"]["patch_embed"]["proj"]["kernel"])
     assert 0 < np.abs(w2 - w0).max() < 0.1
     assert Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=3,
-                        async_save=False).latest_step() == 2
+                        async_save=False).manager.latest_step() == 2
