@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 import ml_collections
 
-__all__ = ["config_path", "load_config", "parse_config_args"]
+from configs.base import ConfigError, validate_config
+
+__all__ = ["ConfigError", "config_path", "load_config", "parse_config_args", "validate_config"]
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 PREFIX = "--config."
@@ -42,7 +44,8 @@ def config_path(name_or_path: str) -> str:
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file with ``dotted.key=value`` overrides applied."""
+    """``get_config()`` of a config file with ``dotted.key=value`` overrides applied, checked
+    by :func:`configs.base.validate_config` (raises ``ConfigError`` naming the key)."""
     path = config_path(name_or_path)
     spec = importlib.util.spec_from_file_location("_sam_jax_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -50,31 +53,39 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collecti
     config = module.get_config()
     for item in overrides:
         _override(config, item)
-    return config
+    return validate_config(config)
 
 
 def _override(config: ml_collections.ConfigDict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep:
-        raise ValueError(f"override {item!r} is not key=value")
+        raise ConfigError(f"override {item!r} is not key=value")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
-    *parents, leaf = key.split(".")
+    *parents, leaf = names = key.split(".")
     node = config
-    for p in parents:
-        if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-            raise KeyError(f"unknown config key {key!r}")
-        node = node[p]
-    if leaf not in node:
-        raise KeyError(f"unknown config key {key!r}")
+    for i, name in enumerate(names):
+        prefix = ".".join(names[:i])
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(f"{prefix!r} is a value, not a section (override {item!r})")
+        if name not in node:
+            what = f"{prefix or 'the config'} has {', '.join(sorted(node))}"
+            if i < len(parents):
+                what = f"no section {'.'.join(names[:i + 1])!r}; {what}"
+            raise ConfigError(f"unknown config key {key!r} ({what})")
+        if i < len(parents):
+            node = node[name]
     old = node[leaf]
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
         value = ml_collections.ConfigDict(value)
-    node[leaf] = value
+    try:
+        node[leaf] = value
+    except TypeError:
+        raise ConfigError(f"config key {key!r} expects a {type(old).__name__}, got {raw!r}") from None
 
 
 def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None

@@ -90,3 +90,81 @@ def paper_variant(variant: str, lr: float, layer_decay: float, drop_path: float,
     c.train.num_steps = num_steps
     c.data.global_batch_size = batch
     return c
+
+
+class ConfigError(ValueError):
+    """A training config value or key is invalid."""
+
+
+# Allowed ranges of the numeric keys: (low, high); a bound of None is open.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "train.num_steps": (1, None), "train.log_every": (1, None),
+    "ckpt.every": (1, None), "ckpt.keep": (1, None),
+    "data.global_batch_size": (1, None), "data.masks_per_image": (1, None),
+    "data.max_mask_area_frac": (0, 1),
+    "sim.num_passes": (1, None), "sim.num_correction_points": (0, None),
+    "sim.box_prob": (0, 1), "sim.box_noise_frac": (0, None), "sim.box_noise_max": (0, None),
+    "sim.unroll": (1, None),
+    "loss.focal_weight": (0, None), "loss.dice_weight": (0, None), "loss.iou_weight": (0, None),
+    "loss.focal_alpha": (0, 1), "loss.focal_gamma": (0, None), "loss.resolution": (0, None),
+    "loss.min_target_cells": (0, None),
+    "optim.lr": (0, None), "optim.b1": (0, 1), "optim.b2": (0, 1), "optim.eps": (0, None),
+    "optim.weight_decay": (0, None), "optim.layer_decay": (0, 1), "optim.warmup_steps": (0, None),
+    "optim.decay_factor": (0, None), "optim.grad_clip_norm": (0, None),
+    "model.drop_path_rate": (0, 1),
+}
+_CHOICES = {"model.variant": ("vit_b", "vit_l", "vit_h", "default", "custom"),
+            "model.compute_dtype": ("bfloat16", "float32"),
+            "sim.point_in_cell": ("uniform", "centre")}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check a training config before anything is built; returns it.
+
+    Unknown sections and keys (against :func:`base_config`), values out of range
+    (``_RANGES``), unknown choices, and a ``data.global_batch_size`` that does not
+    divide over the fixed ``data`` x ``fsdp`` mesh axes or the processes.
+
+    Raises:
+      ConfigError: naming the key and what is allowed.
+    """
+    known = base_config()
+    for section in config:
+        if section not in known:
+            raise ConfigError(f"unknown config section {section!r}; sections are "
+                              f"{', '.join(sorted(known))}")
+        for key in config[section]:
+            if key not in known[section]:
+                raise ConfigError(f"unknown config key '{section}.{key}'; {section} has "
+                                  f"{', '.join(sorted(known[section]))}")
+    for name, (lo, hi) in _RANGES.items():
+        section, key = name.split(".")
+        v = config[section][key]
+        rng = f"[{lo}, {'inf' if hi is None else hi}]"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{name} must be a number in {rng}, got {v!r}")
+        if isinstance(known[section][key], int) and not isinstance(v, int):
+            raise ConfigError(f"{name} must be an integer in {rng}, got {v!r}")
+        if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{name} must be in {rng}, got {v!r}")
+    for name, allowed in _CHOICES.items():
+        section, key = name.split(".")
+        if config[section][key] not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got "
+                              f"{config[section][key]!r}")
+    batch = config.data.global_batch_size
+    shape = dict(config.mesh.shape)
+    split = 1
+    for axis in ("data", "fsdp"):
+        n = shape.get(axis, 1)
+        if not isinstance(n, int) or (n < 1 and n != -1):
+            raise ConfigError(f"mesh.shape.{axis} must be an integer >= 1 or -1, got {n!r}")
+        split *= max(n, 1)
+    if batch % split:
+        raise ConfigError(f"data.global_batch_size={batch} must be divisible by the data x fsdp "
+                          f"mesh axes ({split})")
+    procs = config.mesh.num_processes
+    if isinstance(procs, int) and procs > 0 and batch % procs:
+        raise ConfigError(f"data.global_batch_size={batch} must be divisible by "
+                          f"mesh.num_processes={procs}")
+    return config

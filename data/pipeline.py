@@ -18,6 +18,11 @@ fields of the pipeline's own::
                                        process's stream
     epoch        (B,)         int64    epoch of the sample
 
+With a finite ``num_epochs`` every record is delivered: the last batch is
+filled up to ``B`` with padding slots (``status = Status.PADDING`` (-1),
+``mask_valid`` all False, ``image_id = slot = epoch = -1``, zero arrays), so
+an evaluation sees every held-out image even when there are fewer than ``B``.
+
 Geometry and target conventions are documented in ``data.preprocess``.
 
 Order (deterministic from ``seed``; a pure function of the shard list, the
@@ -57,6 +62,7 @@ from it (``tf.config.set_visible_devices([], "GPU")``).
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Iterator, Sequence
 
@@ -156,6 +162,22 @@ def record_stream(
         if n_epoch == 0:
             raise ValueError(f"shards of process {process_index} hold no record: {mine[:3]}...")
         epoch += 1
+
+
+# Values of the padding slots of a finite stream's last batch (other keys: zeros).
+_PAD_VALUES = {"mask_valid": False, "image_id": -1, "status": int(Status.PADDING), "slot": -1,
+               "epoch": -1}
+
+
+def _pad_batch(tf, batch_size: int, batch: dict) -> dict:
+    """Fill a (last, short) batch up to ``batch_size`` slots with padding (see the module doc)."""
+    out = {}
+    for k, t in batch.items():
+        n = batch_size - tf.shape(t)[0]
+        fill = tf.fill(tf.concat([[n], tf.shape(t)[1:]], 0), tf.constant(_PAD_VALUES.get(k, 0), t.dtype))
+        out[k] = tf.concat([t, fill], 0)
+        out[k].set_shape([batch_size] + t.shape[1:].as_list())
+    return out
 
 
 class Pipeline:
@@ -324,7 +346,10 @@ class Pipeline:
         ds = ds.map(fn, num_parallel_calls=par, deterministic=True)
         if self.drop_bad:
             ds = ds.filter(lambda d: tf.equal(d["status"], 0))
-        ds = ds.batch(self.batch_size, drop_remainder=True)
+        if self.num_epochs is None:
+            ds = ds.batch(self.batch_size, drop_remainder=True)
+        else:  # a finite stream: every record, the last batch padded with invalid slots
+            ds = ds.batch(self.batch_size).map(functools.partial(_pad_batch, tf, self.batch_size))
         if self.drop_bad and self.start_step:
             ds = ds.skip(self.start_step)
         ds = ds.prefetch(tf.data.AUTOTUNE if self.prefetch is None else self.prefetch)

@@ -188,7 +188,7 @@ def _iter_tar_refs(path: str) -> Iterator[RecordRef]:
     fsize = _size(path)
     pending: dict[str, dict[str, tuple[int, int]]] = {}
     order: list[str] = []
-    truncated = False
+    truncated = cut_in_member = False
     last_stem = None
     with _open(path) as f:
         try:
@@ -203,6 +203,9 @@ def _iter_tar_refs(path: str) -> Iterator[RecordRef]:
                 truncated = True
                 break
             if info is None:
+                # tarfile also returns None for a header cut short or a missing
+                # end-of-archive block: both are truncation.
+                truncated = truncated or not _ends_properly(f, tar.offset, fsize)
                 break
             if not info.isfile():
                 continue
@@ -214,7 +217,7 @@ def _iter_tar_refs(path: str) -> Iterator[RecordRef]:
             loc = (info.offset_data, info.size)
             if info.offset_data + info.size > fsize:
                 # The archive ends inside this member: it and its partner are lost.
-                truncated = True
+                truncated = cut_in_member = True
                 if stem in pending:
                     pending.pop(stem)
                     order.remove(stem)
@@ -233,6 +236,19 @@ def _iter_tar_refs(path: str) -> Iterator[RecordRef]:
         # the truncation; any other lonely member is simply unpaired.
         status = Status.TRUNCATED_MEMBER if truncated and stem == last_stem else Status.UNPAIRED_MEMBER
         yield RecordRef(path, f"{path}:{stem}", None, None, PAYLOAD_JSON, status)
+    if truncated and last_stem not in order and not cut_in_member:
+        # Cut between records (inside a header, or no end-of-archive block): whatever
+        # followed is lost; count the truncation once.
+        yield RecordRef(path, f"{path}:<end>", None, None, PAYLOAD_JSON, Status.TRUNCATED_MEMBER)
+
+
+def _ends_properly(f: IO[bytes], offset: int, fsize: int) -> bool:
+    """Whether a tar whose last header ended at ``offset`` has its end-of-archive block
+    there (a zero block; Python's ``tarfile`` stops silently without one)."""
+    if fsize - offset < tarfile.BLOCKSIZE:
+        return False
+    f.seek(offset)
+    return f.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
 
 
 def _iter_folder_refs(path: str) -> Iterator[RecordRef]:

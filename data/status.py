@@ -21,10 +21,11 @@ class Status(enum.IntEnum):
     NO_USABLE_MASK = 5  # no mask left after dropping empty and >90 % masks
     BAD_RLE = 6  # an RLE string that does not decode to h*w pixels
     UNPAIRED_MEMBER = 7  # a .jpg without its .json (or vice versa)
+    PADDING = -1  # no record: fills the last batch of a finite stream (not counted)
 
     @property
     def counter(self) -> str:
         return self.name.lower()
 
 
-COUNTER_NAMES: tuple[str, ...] = tuple(s.counter for s in Status)
+COUNTER_NAMES: tuple[str, ...] = tuple(s.counter for s in Status if s >= 0)

@@ -63,6 +63,7 @@ __all__ = [
     "sample_json",
     "encode_jpeg",
     "write_shards",
+    "write_eval_set",
     "image_id_for",
     "main",
 ]
@@ -430,6 +431,48 @@ def write_shards(
     return paths
 
 
+def write_eval_set(out_dir: str, num_images: int, seed: int = 0, short_side: int = 1500,
+                   aspect: float | None = None, num_objects: int | None = None,
+                   jpeg_quality: int = 90) -> str:
+    """Write an evaluation set of the same scenes in the formats benchmarks come in.
+
+    ``out_dir/images/sa_<id>.jpg``, ``out_dir/instances.json`` (COCO instances, one
+    category, compressed RLE, COCO ``bbox`` with exclusive maxima) and
+    ``out_dir/edges/sa_<id>.png`` (edge ground truth: 255 on the boundary pixels of
+    every annotated mask, the image border excluded). Returns the JSON path.
+    """
+    from pycocotools import mask as mask_utils
+    from scipy import ndimage
+
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "edges"), exist_ok=True)
+    doc: dict = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
+    for index in range(num_images):
+        s = generate_image(seed, index, short_side, aspect, num_objects)
+        name = f"sa_{s.image_id}"
+        with open(os.path.join(out_dir, "images", name + ".jpg"), "wb") as f:
+            f.write(encode_jpeg(s.image, jpeg_quality))
+        doc["images"].append({"id": s.image_id, "file_name": name + ".jpg", "height": s.height,
+                              "width": s.width})
+        edges = np.zeros((s.height, s.width), bool)
+        for i in range(s.num_masks):
+            m = s.mask(i, order="F")
+            edges |= m & ~ndimage.binary_erosion(m, border_value=1)
+            rle = mask_utils.encode(m.astype(np.uint8, order="F"))
+            doc["annotations"].append({
+                "id": s.image_id * 1000 + i, "image_id": s.image_id, "category_id": 1,
+                "segmentation": {"size": [s.height, s.width], "counts": rle["counts"].decode("ascii")},
+                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
+                "iscrowd": 0})
+        Image.fromarray(edges.astype(np.uint8) * 255).save(os.path.join(out_dir, "edges", name + ".png"))
+    path = os.path.join(out_dir, "instances.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Write synthetic SA-1B tar shards.")
     p.add_argument("--out", required=True, help="output directory")
@@ -440,8 +483,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--aspect", type=float, default=None, help="long/short ratio (default: random 1, 4/3, 3/2)")
     p.add_argument("--num-objects", type=int, default=None)
     p.add_argument("--extract", action="store_true", help="also write extracted folders")
+    p.add_argument("--eval-set", action="store_true",
+                   help="write images/, instances.json (COCO) and edges/ instead of tar shards")
     a = p.parse_args(argv)
     t0 = time.time()
+    if a.eval_set:
+        path = write_eval_set(a.out, a.num_images, a.seed, a.short_side, a.aspect, a.num_objects)
+        print(json.dumps({"coco": path, "images": a.num_images,
+                          "seconds": round(time.time() - t0, 2)}))
+        return
     paths = write_shards(a.out, a.num_images, a.images_per_shard, a.seed, a.short_side, a.aspect, a.num_objects, extract=a.extract)
     print(json.dumps({"shards": len(paths), "images": a.num_images, "seconds": round(time.time() - t0, 2), "out": a.out}))
 

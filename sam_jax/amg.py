@@ -151,16 +151,19 @@ def _nms_sorted(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
     b = boxes[order].astype(jnp.float32)
     v = valid[order]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = jnp.maximum(b[:, None, :2], b[None, :, :2])
-    rb = jnp.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = jnp.maximum(rb - lt, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
-    over = inter / (area[:, None] + area[None, :] - inter) > iou_threshold  # NaN -> False
-    later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
-    over = over & later
+    index = jnp.arange(n)
+
+    def suppress(i, keep):
+        # One row of the IoU matrix at a time: O(N) memory, so 16k proposals fit.
+        lt = jnp.maximum(b[i, :2], b[:, :2])
+        rb = jnp.minimum(b[i, 2:], b[:, 2:])
+        wh = jnp.maximum(rb - lt, 0.0)
+        inter = wh[:, 0] * wh[:, 1]
+        over = inter / (area[i] + area - inter) > iou_threshold  # NaN -> False
+        return keep & ~(over & (index > i))
 
     def body(i, keep):
-        return jnp.where(keep[i], keep & ~over[i], keep)
+        return jax.lax.cond(keep[i], suppress, lambda _, k: k, i, keep)
 
     keep = jax.lax.fori_loop(0, n, body, v)
     return order, keep

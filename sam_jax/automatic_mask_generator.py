@@ -17,7 +17,9 @@ crops, optionally cleaned of small holes and islands, and returned as records::
 
 ``segmentation`` is an ``(H, W)`` bool array (``output_mode="binary_mask"``),
 an uncompressed RLE dict (``"uncompressed_rle"``) or a COCO RLE with string
-counts (``"coco_rle"``).
+counts (``"coco_rle"``). With ``return_logits=True`` each record also holds
+``"logits"``: the mask's unthresholded logits ``(H, W)`` float16 at the image's
+size (``-inf`` outside its crop), e.g. for edge detection (paper 7.2).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class SamAutomaticMaskGenerator:
       point_grids: explicit ``(n_i, 2)`` grids in ``[0, 1]``, one per layer.
       min_mask_region_area: fill holes and drop islands smaller than this (pixels).
       output_mode: ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``.
+      return_logits: also return each mask's unthresholded logits (module doc).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        return_logits: bool = False,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -122,6 +126,7 @@ class SamAutomaticMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.return_logits = bool(return_logits)
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Masks of ``image`` ``(H, W, 3)`` uint8 RGB, as a list of records (module doc)."""
@@ -147,6 +152,7 @@ class SamAutomaticMaskGenerator:
                 "point_coords": [data["points"][i].tolist()],
                 "stability_score": float(data["stability_score"][i]),
                 "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+                **({"logits": data["logits"][i]} if self.return_logits else {}),
             })
         return records
 
@@ -188,16 +194,22 @@ class SamAutomaticMaskGenerator:
             iou = iou.reshape(-1)
             parts.append(self._filter_batch(
                 np.asarray(iou)[: 3 * n], np.asarray(stab)[: 3 * n], np.asarray(boxes)[: 3 * n],
-                masks[: 3 * n], np.repeat(points[sl], 3, axis=0), crop_box, orig_size))
+                masks[: 3 * n], np.repeat(points[sl], 3, axis=0), crop_box, orig_size,
+                logits.reshape((-1,) + logits.shape[2:])[: 3 * n] if self.return_logits else None))
         data = _concat(parts)
         if data["rles"]:
             data = _select(data, box_nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64), (len(data["rles"]), 1))
+        if self.return_logits:
+            x0, y0, x1, y1 = crop_box
+            data["logits"] = np.pad(data["logits"], ((0, 0), (y0, orig_size[0] - y1),
+                                                     (x0, orig_size[1] - x1)),
+                                    constant_values=-np.inf)
         return data
 
-    def _filter_batch(self, iou, stab, boxes, masks, points, crop_box, orig_size):
+    def _filter_batch(self, iou, stab, boxes, masks, points, crop_box, orig_size, logits=None):
         orig_h, orig_w = orig_size
         keep = np.ones(len(iou), bool)
         # Thresholds compared in float32, as the reference's tensors do.
@@ -208,11 +220,15 @@ class SamAutomaticMaskGenerator:
         keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
         idx = np.flatnonzero(keep)
         kept = np.asarray(masks[idx]) if len(idx) else np.zeros((0,) + masks.shape[1:], bool)
-        return {
+        out = {
             "rles": mask_to_rle(uncrop_masks(kept, crop_box, orig_h, orig_w)),
             "iou_preds": iou[idx], "stability_score": stab[idx],
             "boxes": boxes[idx].astype(np.int64), "points": points[idx],
         }
+        if logits is not None:
+            out["logits"] = (np.asarray(logits[idx]).astype(np.float16) if len(idx) else
+                             np.zeros((0,) + logits.shape[1:], np.float16))
+        return out
 
     @staticmethod
     def _postprocess_small_regions(data: dict[str, Any], min_area: int,

@@ -35,7 +35,9 @@ import io
 import os
 import pickle
 import re
+import struct
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -57,6 +59,23 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 
+class CorruptCheckpointError(ValueError):
+    """The checkpoint file is truncated or its bytes are damaged."""
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong_shapes: list[str],
+                      first: int = 3) -> str:
+    """A short summary of a key/shape mismatch: counts and the first ``first`` keys of each kind
+    (a full list can run to thousands of keys)."""
+    def part(what: str, items: list[str]) -> str:
+        more = f", ... ({len(items) - first} more)" if len(items) > first else ""
+        return f"{len(items)} {what} ({'; '.join(items[:first])}{more})"
+
+    parts = [part(w, i) for w, i in (("missing", missing), ("unexpected", unexpected),
+                                     ("with wrong shapes", wrong_shapes)) if i]
+    return ", ".join(parts) or "no differences"
+
+
 class _Storage:
     """Marker for a ``torch.<Type>Storage`` class named in the pickle."""
 
@@ -72,17 +91,40 @@ _STORAGES = {
 }
 
 
+def _ints(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"tensor {name} must be a tuple of integers, got {value!r}")
+    return tuple(value)
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_unused):
-    """``torch._utils._rebuild_tensor_v2`` for numpy: a strided view, copied."""
-    size, stride = tuple(size), tuple(stride)
+    """``torch._utils._rebuild_tensor_v2`` for numpy: a strided view, copied.
+
+    The record comes from the file, so it is checked before any view is made: offset,
+    sizes and strides >= 0 and the whole strided extent inside the storage (numpy's
+    ``as_strided`` would otherwise read memory outside it).
+    """
+    if not isinstance(storage, np.ndarray):
+        raise ValueError(f"tensor storage is {type(storage).__name__}, not a storage record")
+    size, stride = _ints("size", size), _ints("stride", stride)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"tensor has a bad storage offset {offset!r} (must be an integer >= 0)")
+    if len(size) != len(stride):
+        raise ValueError(f"tensor size {size} and stride {stride} differ in length")
+    if min(size, default=0) < 0 or min(stride, default=0) < 0:
+        raise ValueError(f"tensor has a negative size or stride (size {size}, stride {stride})")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    extent = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if extent > storage.size:
+        raise ValueError(f"tensor of size {size}, stride {stride} at offset {offset} runs past "
+                         f"its storage ({storage.size} items)")
     if not size:
         return np.array(storage[offset])
-    itemsize = storage.dtype.itemsize
-    needed = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
-    if min(size) > 0 and needed > storage.size:
-        raise ValueError(f"tensor of size {size} runs past its storage ({storage.size} items)")
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False)
+        storage[offset:], shape=size, strides=[s * storage.dtype.itemsize for s in stride],
+        writeable=False)
     return np.array(view)
 
 
@@ -125,33 +167,66 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raw = self._archive.read(name)
             except KeyError:
                 raise ValueError(f"{self._source}: storage {name} is missing from the archive")
+            if len(raw) % storage.dtype.itemsize:
+                raise ValueError(f"storage {name} has {len(raw)} bytes, not a whole number of "
+                                 f"{storage.dtype} items")
             self._cache[key] = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))
         return self._cache[key]
+
+
+def _check_archive(path: str, what: str) -> None:
+    """Raise a clear error unless ``path`` is a complete zip archive (``.pth`` / ``.npz``)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a {what} file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CorruptCheckpointError(f"checkpoint {path} is truncated: the file is empty")
+    if head == b"PK\x03\x04":  # a zip's first entry without the archive's end record
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is truncated: the zip archive has no end record (was the "
+            "download or copy cut short?)")
+    if what == ".npz":
+        raise CorruptCheckpointError(f"checkpoint {path} is not an .npz archive")
+    raise ValueError(
+        f"{path} is not a zip-format PyTorch checkpoint (torch >= 1.6 torch.save); "
+        "legacy tar/pickle checkpoints are not read")
+
+
+# What a damaged archive raises while it is read (bad CRC, bad headers, a cut pickle, ...).
+_DAMAGE = (zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, EOFError, struct.error,
+           ValueError, TypeError, IndexError, KeyError, AttributeError, OSError)
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a ``torch.save``-d state_dict into ``{key: numpy array}`` without torch.
 
     Raises:
-      FileNotFoundError: no such file.
+      FileNotFoundError: no such file. IsADirectoryError: a directory.
       UnsafeCheckpointError: the pickle names a callable beyond plain tensors.
+      CorruptCheckpointError: the file is truncated or damaged (bad CRC, bad pickle,
+        a tensor record outside its storage).
       ValueError: not a zip-format torch checkpoint, or not a dict of tensors.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path} is not a zip-format PyTorch checkpoint (torch >= 1.6 torch.save); "
-            "legacy tar/pickle checkpoints are not read")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
-        prefix = pickles[0][: -len("data.pkl")]
-        with archive.open(pickles[0]) as f:
-            unpickler = _RestrictedUnpickler(io.BytesIO(f.read()), archive, prefix, path)
-            obj = unpickler.load()
+    _check_archive(path, ".pth")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
+            prefix = pickles[0][: -len("data.pkl")]
+            with archive.open(pickles[0]) as f:
+                unpickler = _RestrictedUnpickler(io.BytesIO(f.read()), archive, prefix, path)
+                obj = unpickler.load()
+    except (UnsafeCheckpointError, CorruptCheckpointError):
+        raise
+    except _DAMAGE as e:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {type(e).__name__}: {e}") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and set(obj) == {wrapper}:
             obj = obj[wrapper]
@@ -193,7 +268,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) ->
     missing = sorted(set(wanted) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(wanted))
     out, bad_shapes = {}, []
-    for key, path in wanted.items():
+    for key, path in sorted(wanted.items()):
         if key not in state_dict:
             continue
         target = flat[path]
@@ -203,15 +278,9 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) ->
                               f"(flax layout), checkpoint has {tuple(state_dict[key].shape)}")
             continue
         out[path] = np.asarray(value, dtype=target.dtype)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if bad_shapes:
-        problems.append("wrong shapes: " + "; ".join(bad_shapes))
-    if problems:
-        raise CheckpointMismatchError("checkpoint does not fit the model: " + " | ".join(problems))
+    if missing or unexpected or bad_shapes:
+        raise CheckpointMismatchError("checkpoint does not fit the model: "
+                                      + describe_mismatch(missing, unexpected, bad_shapes))
     return traverse_util.unflatten_dict(out)
 
 
@@ -228,8 +297,13 @@ def save_params(params: Any, path: str | os.PathLike) -> None:
 
 def load_params(path: str | os.PathLike, template: Any) -> dict:
     """Load a ``.npz`` written by :func:`save_params`, checked against ``template``."""
-    with np.load(os.fspath(path), allow_pickle=False) as f:
-        flat = {tuple(k.split("/")): f[k] for k in f.files}
+    path = os.fspath(path)
+    _check_archive(path, ".npz")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            flat = {tuple(k.split("/")): f[k] for k in f.files}
+    except _DAMAGE as e:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {type(e).__name__}: {e}") from None
     want = traverse_util.flatten_dict(nn.unbox(template))
     missing = sorted("/".join(k) for k in set(want) - set(flat))
     unexpected = sorted("/".join(k) for k in set(flat) - set(want))
@@ -237,8 +311,7 @@ def load_params(path: str | os.PathLike, template: Any) -> dict:
                  for k in set(want) & set(flat) if tuple(want[k].shape) != flat[k].shape)
     if missing or unexpected or bad:
         raise CheckpointMismatchError(
-            f"{path} does not fit the model: missing {missing}, unexpected {unexpected}, "
-            f"wrong shapes {bad}")
+            f"{path} does not fit the model: {describe_mismatch(missing, unexpected, bad)}")
     return traverse_util.unflatten_dict(
         {k: np.asarray(v, dtype=want[k].dtype) for k, v in flat.items()})
 

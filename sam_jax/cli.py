@@ -10,7 +10,11 @@
 
 ``segment`` writes ``<stem>_mask<i>.png`` (one per predicted mask, 0/255),
 ``<stem>_overlay.png`` and ``<stem>_scores.json``. ``generate`` writes, per image,
-``<stem>.json`` in the SA-1B schema (COCO RLE masks) and ``<stem>_overlay.png``.
+``<stem>.json`` in the SA-1B schema (COCO RLE masks) and ``<stem>_overlay.png``; an
+image it cannot read or process is skipped with a warning, and the exit status is the
+number of images that failed (0 = all written). Bad input (``--out`` not a folder, a
+missing or damaged checkpoint, a bad prompt) is a one-line error, checked before the
+model is built where possible.
 The model is chosen with ``--model-type`` and ``--checkpoint`` (an official
 ``.pth`` or a converted ``.npz``); without a checkpoint its weights are random
 and a warning says so. ``--config-json`` (advanced) builds a custom
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,17 +92,35 @@ def _load_model(args: argparse.Namespace, text_embed_dim: int = 0):
     if args.checkpoint is None:
         print(f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
               " model has RANDOM weights; its masks are meaningless", file=sys.stderr)
-    elif not args.checkpoint.is_file():
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+    else:
+        _check_checkpoint(args.checkpoint)
     return build_sam(variant, checkpoint=args.checkpoint)
+
+
+def _check_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        raise SystemExit(f"error: checkpoint {path} is a directory, not a .pth or .npz file")
+    if not path.is_file():
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+
+
+def _output_dir(path: Path) -> None:
+    """Create ``--out`` (or check it is a writable folder) before any model work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "it exists and is not a folder" if path.exists() else e.strerror or str(e)
+        raise SystemExit(f"error: cannot use --out {path} as the output folder: {why}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: output folder {path} is not writable")
 
 
 def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- commands
@@ -108,6 +131,7 @@ def _segment(args: argparse.Namespace) -> None:
 
     if not args.point and args.box is None and args.text is None:
         raise SystemExit("error: give at least one --point, a --box or a --text")
+    _output_dir(args.out)
     image = _read_image(args.image)
     clip = None
     if args.text is not None:
@@ -126,7 +150,6 @@ def _segment(args: argparse.Namespace) -> None:
     box = None if args.box is None else np.asarray(args.box, np.float64)
     masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single,
                                       text=args.text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.image.stem
     for i, m in enumerate(masks):
         Image.fromarray(m.astype(np.uint8) * 255).save(args.out / f"{stem}_mask{i}.png")
@@ -140,12 +163,11 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from pycocotools import mask as mask_utils
+    """Masks for every image; a bad image is warned about and skipped, and the exit status
+    is the number of images that failed (capped at 125; 0 = all written)."""
     from tqdm import tqdm
 
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
-    from sam_jax.sa1b_json import sa1b_record
-    from sam_jax.visualize import save_overlay
 
     if args.input.is_dir():
         paths = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -155,31 +177,52 @@ def _generate(args: argparse.Namespace) -> None:
         paths = [args.input]
     else:
         raise SystemExit(f"error: {args.input} does not exist")
+    _output_dir(args.out)
     generator = SamAutomaticMaskGenerator(
         _load_model(args), points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
         crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area,
         output_mode="coco_rle")
-    args.out.mkdir(parents=True, exist_ok=True)
+    failed = []
     for image_id, path in enumerate(tqdm(paths, desc="images", unit="img",
                                          disable=len(paths) == 1)):
-        image = _read_image(path)
-        records = generator.generate(image)
-        doc = sa1b_record(records, path.name, image_id, image.shape)
-        (args.out / f"{path.stem}.json").write_text(json.dumps(doc))
-        masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
-                                        .encode())).astype(bool) for r in records]
-        save_overlay(args.out / f"{path.stem}_overlay.png", image,
-                     masks=np.stack(masks) if masks else None)
-        tqdm.write(f"{path.name}: {len(records)} masks")
+        try:
+            n = _generate_one(generator, path, image_id, args.out)
+        except Exception as e:  # noqa: BLE001 - one bad image must not stop the others
+            failed.append(path)
+            tqdm.write(f"warning: skipped {path.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        tqdm.write(f"{path.name}: {n} masks")
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images failed: {', '.join(p.name for p in failed)}",
+              file=sys.stderr)
+        raise SystemExit(min(len(failed), 125))
+
+
+def _generate_one(generator, path: Path, image_id: int, out: Path) -> int:
+    """Write ``<stem>.json`` and ``<stem>_overlay.png`` for one image; the number of masks."""
+    from pycocotools import mask as mask_utils
+
+    from sam_jax.sa1b_json import sa1b_record
+    from sam_jax.visualize import save_overlay
+
+    image = _read_image(path)
+    records = generator.generate(image)
+    doc = sa1b_record(records, path.name, image_id, image.shape)
+    (out / f"{path.stem}.json").write_text(json.dumps(doc))
+    masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
+                                    .encode())).astype(bool) for r in records]
+    save_overlay(out / f"{path.stem}_overlay.png", image, masks=np.stack(masks) if masks else None)
+    return len(records)
 
 
 def _convert(args: argparse.Namespace) -> None:
     from sam_jax.sam_model import convert_checkpoint
 
-    if not args.src.is_file():
-        raise SystemExit(f"error: checkpoint {args.src} does not exist")
+    _check_checkpoint(args.src)
+    if not args.dst.parent.is_dir():
+        raise SystemExit(f"error: output folder {args.dst.parent} does not exist")
     variant = convert_checkpoint(args.src, args.dst, _custom_config(args) or args.model_type)
     print(f"wrote {args.dst} ({variant})")
 
@@ -187,6 +230,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from sam_jax.export import run
 
+    _output_dir(args.out)
     run(args, _load_model(args))
 
 
@@ -278,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_arguments(ann)
     _add_model_args(ann)
     ann.set_defaults(func=_annotate)
+
+    from sam_jax.evaluation.runner import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -285,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input (image, checkpoint, prompt): one line
         raise SystemExit(f"error: {e}") from None
 
 

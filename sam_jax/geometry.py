@@ -7,7 +7,8 @@ bottom/right; pixels are normalised with the ImageNet mean and std (RGB,
 (PIL for the image resize, imported on use), so it is shared by the predictor,
 the model and the jax-free data pipeline (``data.preprocess``).
 
-* :func:`resized_shape`: ``(int(H*s + 0.5), int(W*s + 0.5))`` with ``s = S / max(H, W)``;
+* :func:`resized_shape`: ``(int(H*s + 0.5), int(W*s + 0.5))`` with ``s = S / max(H, W)``,
+  each side at least 1;
 * :func:`apply_coords` / :func:`apply_boxes`: XY points and XYXY boxes into the resized frame;
 * :func:`normalize`: ``(x - PIXEL_MEAN) / PIXEL_STD`` as float32 (numpy or jax arrays);
 * :func:`pad_to_square`: zero-pad ``(h, w, ...)`` bottom/right to ``(S, S, ...)``;
@@ -34,9 +35,10 @@ PIXEL_STD = _frozen((58.395, 57.12, 57.375))
 
 
 def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """``(h', w')`` of an ``h x w`` image whose longest side is scaled to ``long_side``."""
+    """``(h', w')`` of an ``h x w`` image whose longest side is scaled to ``long_side``; each
+    side is at least 1 (an extremely elongated image would otherwise round to 0)."""
     scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def apply_coords(coords: Any, original_size: tuple[int, int], long_side: int) -> np.ndarray:

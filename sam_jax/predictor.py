@@ -322,6 +322,14 @@ class SamPredictor:
     def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits,
                  text=None):
         """Pad the (validated, input-frame) prompts to buckets, decode, postprocess."""
+        dtype = self.model.module.dtype
+        for name, x in (("point_coords", coords), ("box", boxes), ("mask_input", masks)):
+            with np.errstate(over="ignore"):
+                fits = x is None or np.all(np.isfinite(np.asarray(x, np.float32).astype(dtype)))
+            if not fits:
+                raise ValueError(f"{name} has values too large for the model's "
+                                 f"{np.dtype(dtype).name} computation (finite, but beyond "
+                                 f"{float(jnp.finfo(dtype).max):.3g} after resizing)")
         b = next((len(x) for x in (coords, boxes, masks) if x is not None), 1)
         rows = bucket_size(b)
         if coords is None and boxes is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -17,8 +19,8 @@ from benchmarks.reference_sam import official_sam, torch
 from configs.tiny import TINY
 from sam_jax import build_sam, sam_model_registry
 from sam_jax.checkpoint import (
-    CheckpointMismatchError, UnsafeCheckpointError, load_params, read_pth, save_params,
-    state_dict_to_params)
+    CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError, load_params,
+    read_pth, save_params, state_dict_to_params)
 from sam_jax.modeling.sam import Sam
 from sam_jax.modeling.variants import VARIANTS, guess_variant, param_template
 from sam_jax.sam_model import convert_checkpoint
@@ -91,9 +93,20 @@ def test_mismatched_checkpoints_name_the_keys(tiny_pth):
     with pytest.raises(CheckpointMismatchError) as err:
         state_dict_to_params(broken, template)
     msg = str(err.value)
-    assert "missing keys: mask_decoder.iou_token.weight" in msg
-    assert "unexpected keys: mask_decoder.extra_head.weight" in msg
-    assert "image_encoder.pos_embed" in msg and "(1, 8, 8, 64)" in msg
+    assert "1 missing (mask_decoder.iou_token.weight)" in msg
+    assert "1 unexpected (mask_decoder.extra_head.weight)" in msg
+    assert "1 with wrong shapes (image_encoder.pos_embed" in msg and "(1, 8, 8, 64)" in msg
+
+
+def test_mismatch_message_is_summarised(tiny_pth):
+    """A checkpoint of another variant: counts and the first keys, not every key (~20 KB)."""
+    _, sd = tiny_pth
+    with pytest.raises(CheckpointMismatchError) as err:
+        state_dict_to_params(sd, param_template(Sam(VARIANTS["vit_b"])))
+    msg = str(err.value)
+    assert len(msg) < 1500, len(msg)
+    assert re.search(r"\d+ missing \(image_encoder\.blocks\.", msg), msg
+    assert re.search(r"\d+ with wrong shapes \(.*\.\.\. \(\d+ more\)", msg), msg
 
 
 class _Evil:
@@ -130,6 +143,82 @@ def test_bad_files_give_clear_errors(tmp_path):
     _zip_pickle(tmp_path / "list.pth", pickle.dumps([1, 2]))
     with pytest.raises(ValueError, match="state_dict of tensors"):
         read_pth(tmp_path / "list.pth")
+
+
+class _StorageRef:
+    """Pickled as the persistent id of a 4-item float32 storage (see ``_tensor_zip``)."""
+
+
+class _TensorRecord:
+    def __init__(self, offset, size, stride):
+        self.args = (_StorageRef(), offset, size, stride, False, collections.OrderedDict())
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", 4) if isinstance(obj, _StorageRef) else None
+
+
+def _tensor_zip(path, offset, size, stride):
+    """A .pth whose one tensor record has the given offset/size/stride over 4 float32 items."""
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(collections.OrderedDict(w=_TensorRecord(offset, size, stride)))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+        z.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("offset,size,stride,match", [
+    (0, (1_000_000,), (-1000,), "negative size or stride"),
+    (-1_000_000, (1_000_000,), (1,), "bad storage offset"),
+    (2, (3,), (1,), "runs past its storage"),
+    (0, (2, 3), (3, 1), "runs past its storage"),
+    (4, (), (), "runs past its storage"),
+])
+def test_tensor_records_outside_their_storage_are_refused(tmp_path, offset, size, stride, match):
+    """Crafted records that made ``as_strided`` read heap memory (segfault) on main."""
+    path = tmp_path / "crafted.pth"
+    _tensor_zip(path, offset, size, stride)
+    with pytest.raises(CorruptCheckpointError, match=f"crafted.pth is corrupt: .*{match}"):
+        read_pth(path)
+    _tensor_zip(path, 1, (3,), (1,))  # the same record in bounds reads fine
+    np.testing.assert_array_equal(read_pth(path)["w"], [1, 2, 3])
+
+
+def _flip_byte(path, pos):
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_truncated_and_damaged_files_say_so(tiny_pth, tmp_path):
+    src, _ = tiny_pth
+    data = src.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match="cut.pth is truncated"):
+        read_pth(cut)
+    flipped = tmp_path / "flipped.pth"
+    flipped.write_bytes(data)
+    _flip_byte(flipped, len(data) // 2)  # inside a tensor's bytes: the CRC check fails
+    with pytest.raises(CorruptCheckpointError, match="flipped.pth is corrupt"):
+        read_pth(flipped)
+    template = param_template(Sam(TINY))
+    npz = tmp_path / "tiny.npz"
+    save_params(state_dict_to_params(read_pth(src), template), npz)
+    data = npz.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match="cut.npz is truncated"):
+        load_params(tmp_path / "cut.npz", template)
+    _flip_byte(npz, len(data) // 2)
+    with pytest.raises(CorruptCheckpointError, match="tiny.npz is corrupt"):
+        load_params(npz, template)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_pth(tmp_path)
 
 
 def test_convert_and_reload_npz(tiny_pth, tmp_path):

@@ -117,3 +117,47 @@ def test_help_for_each_command(capsys):
         if cmd:
             assert {"segment": "--point", "generate": "--points-per-side",
                     "convert": "dst"}[cmd[0]] in text
+
+
+def test_bad_out_and_checkpoint_fail_first_in_one_line(files, monkeypatch, capsys):
+    """--out that is a file or under a file: a one-line error before the model is built."""
+    def no_model(args):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(cli, "_load_model", no_model)
+    a_file = files / "img.png"
+    for out in ("/dev/null", str(a_file), str(a_file / "sub")):
+        with pytest.raises(SystemExit, match=f"error: cannot use --out {out} as the output folder"):
+            cli.main(["segment", str(a_file), "--point", "10,10", "--out", out] + _model_args(files))
+        with pytest.raises(SystemExit, match="cannot use --out"):
+            cli.main(["generate", str(a_file), "--out", out] + _model_args(files))
+        with pytest.raises(SystemExit, match="cannot use --out"):
+            cli.main(["export", "--out", out] + _model_args(files))
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=f"checkpoint {files} is a directory"):
+        cli.main(["segment", str(a_file), "--point", "10,10", "--out", str(files / "o"),
+                  "--checkpoint", str(files), "--config-json", CONFIG])
+    cut = files / "cut.pth"
+    cut.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(SystemExit, match="cut.pth is truncated"):
+        cli.main(["convert", str(cut), str(files / "cut.npz"), "--config-json", CONFIG])
+
+
+def test_generate_skips_bad_images_and_counts_them(files, capsys):
+    folder = files / "some_bad"
+    folder.mkdir()
+    (folder / "a_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    Image.fromarray(np.full((40, 50, 3), 60, np.uint8)).save(folder / "b.jpg")
+    (folder / "c_empty.png").write_bytes(b"")
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(folder / "d.jpg")
+    out = files / "gen_some_bad"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", str(folder), "--out", str(out), "--points-per-side", "4"]
+                 + _model_args(files))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "skipped a_corrupt.jpg" in err and "skipped c_empty.png" in err
+    assert "2 of 4 images failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b.json", "b_overlay.png", "d.json",
+                                                     "d_overlay.png"]
+    assert json.loads((out / "d.json").read_text())["image"]["image_id"] == 3

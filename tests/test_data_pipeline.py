@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 
 from data import sa1b
 from data.pipeline import Pipeline, record_stream
+from data.status import Status
 from data.synthetic import encode_jpeg, generate_image, sample_json, write_shards
 from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
 
@@ -212,6 +213,71 @@ def test_bad_samples_skipped_in_order_and_counted(bad_shard):
             assert int(b["image_id"][0]) == img_id and b["mask_valid"][0].any()
         else:
             assert int(b["image_id"][0]) == -1 and not b["mask_valid"][0].any() and not b["image"].any()
+
+
+def test_tar_cut_between_members_counts_as_truncated(tmp_path):
+    """A cut inside a member's header, or a missing end-of-archive block, is truncation
+    (Python's tarfile just returns None there)."""
+    path = str(tmp_path / "sa_1.tar")
+    with tarfile.open(path, "w") as tar:
+        for i in (1, 2):
+            _add(tar, f"sa_{i}.jpg", b"j" * 10)
+            _add(tar, f"sa_{i}.json", b"{}")
+    with tarfile.open(path) as t:
+        members = t.getmembers()
+    data = open(path, "rb").read()
+
+    def statuses(n_bytes):
+        with open(path, "wb") as f:
+            f.write(data[:n_bytes])
+        return [(r.key.rsplit(":", 1)[1], Status(r.status).counter) for r in sa1b.iter_refs(path)]
+
+    json2, jpg2 = members[3], members[2]
+    assert statuses(len(data)) == [("sa_1", "ok"), ("sa_2", "ok")]
+    assert statuses(json2.offset + 100) == [("sa_1", "ok"), ("sa_2", "truncated_member")]
+    assert statuses(jpg2.offset + 100) == [("sa_1", "ok"), ("<end>", "truncated_member")]
+    end = json2.offset_data + tarfile.BLOCKSIZE  # both pairs whole, no end-of-archive block
+    assert statuses(end) == [("sa_1", "ok"), ("sa_2", "ok"), ("<end>", "truncated_member")]
+
+
+def _tar_ids(folder):
+    ids = []
+    for t in glob.glob(os.path.join(folder, "*.tar")):
+        with tarfile.open(t) as tar:
+            ids += [int(os.path.basename(n)[3:-4]) for n in tar.getnames() if n.endswith(".jpg")]
+    return sorted(ids)
+
+
+def test_one_epoch_delivers_every_record_padding_the_last_batch(syn):
+    """num_epochs=1: 10 records at batch 4 are 3 batches, the last with 2 padding slots; a
+    shard of 3 records at batch 4 is one batch (no record dropped)."""
+    tars = sorted(glob.glob(os.path.join(syn, "*.tar")))
+    pipe = Pipeline(tars, num_epochs=1, shuffle=False, **_small(batch_size=4))
+    batches = _take(pipe)
+    assert [b["image"].shape[0] for b in batches] == [4, 4, 4]
+    ids = np.concatenate([b["image_id"] for b in batches])
+    status = np.concatenate([b["status"] for b in batches])
+    assert sorted(ids[:10]) == _tar_ids(syn) and len(set(ids[:10])) == 10
+    np.testing.assert_array_equal(status, [0] * 10 + [Status.PADDING] * 2)
+    np.testing.assert_array_equal(ids[10:], [-1, -1])
+    last = batches[-1]
+    assert not last["mask_valid"][2:].any() and last["mask_valid"][:2].any(axis=1).all()
+    np.testing.assert_array_equal(last["slot"], [8, 9, -1, -1])
+    assert not last["image"][2:].any() and not last["masks"][2:].any()
+    assert sum(pipe.stats().values()) == 10 and "padding" not in pipe.stats()
+
+    one = _take(Pipeline(tars[0], num_epochs=1, shuffle=False, **_small(batch_size=4)))
+    assert len(one) == 1 and list(one[0]["status"]) == [0, 0, 0, Status.PADDING]
+
+
+def test_evaluation_batches_cover_every_held_out_image(syn):
+    from configs.tiny import get_config
+    from train.evaluate import eval_batches
+
+    c = get_config()
+    c.data.masks_per_image = K
+    seen = [i for b in eval_batches(c, S, syn, batch_size=4) for i in b["image_id"] if i >= 0]
+    assert sorted(seen) == _tar_ids(syn)
 
 
 def test_missing_inputs_are_clear_errors(tmp_path):

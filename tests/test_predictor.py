@@ -157,3 +157,39 @@ def test_set_images_matches_set_image(predictor):
         np.testing.assert_allclose(p.get_image_embedding(), q.get_image_embedding(), atol=1e-4)
     with pytest.raises(ValueError, match="out of range"):
         p.use_image(3)
+
+
+@pytest.mark.parametrize("shape", [(1, 4000, 3), (4000, 1, 3), (2, 3000, 3)])
+def test_extremely_elongated_images(predictor, shape):
+    """The short side rounds to 0 pixels at the model's size: it is clamped to 1."""
+    s = TINY.image_size
+    image = np.zeros(shape, np.uint8)
+    image[..., 0] = 200
+    predictor.set_image(image)
+    h, w = shape[:2]
+    assert predictor.original_size == (h, w)
+    assert predictor.input_size == ((1, s) if h < w else (s, 1))
+    masks, iou, low = predictor.predict(np.array([[min(w, 5) - 1.0, min(h, 5) - 1.0]]), np.array([1]))
+    assert masks.shape == (3, h, w) and np.all(np.isfinite(iou)) and np.all(np.isfinite(low))
+
+
+def test_elongated_image_in_the_mask_generator():
+    from sam_jax import SamAutomaticMaskGenerator
+
+    gen = SamAutomaticMaskGenerator(build_sam(TINY, seed=1), points_per_side=2,
+                                    pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    records = gen.generate(np.full((2, 3000, 3), 120, np.uint8))
+    assert all(r["segmentation"].shape == (2, 3000) for r in records)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(point_coords=np.array([[1e300, 5.0]]), point_labels=np.array([1])), "point_coords"),
+    (dict(point_coords=np.array([[5.0, -1e39]]), point_labels=np.array([1])), "point_coords"),
+    (dict(box=np.array([0.0, 0.0, 1e300, 4.0])), "box"),
+    (dict(mask_input=np.full((1, TINY.image_size // 4, TINY.image_size // 4), 1e39)), "mask_input"),
+])
+def test_finite_but_huge_prompts_are_refused(predictor, kwargs, name):
+    """Finite in float64, infinite in the model's dtype: NaN scores before the check."""
+    predictor.set_image(np.zeros((60, 90, 3), np.uint8))
+    with pytest.raises(ValueError, match=f"{name} has values too large for the model's float32"):
+        predictor.predict(**kwargs)

@@ -9,6 +9,7 @@ an error naming the mismatched keys.
 """
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from configs.tiny import get_config
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.modeling.variants import param_template
 from sam_jax.sam_model import build_sam
+from train.evaluate import restore_params
 from train.loop import run
 from train.train_step import build_module, sam_config_from
 
@@ -60,6 +62,19 @@ def test_finetune_from_official_checkpoint(tmp_path):
     c.train.num_steps = 3
     resumed = run(c, progress=False)  # restores step 2, not the .pth
     assert resumed["start_step"] == 2 and sorted(resumed["losses"]) == [3]
+
+    # A changed model config neither restarts from step 0 nor renames the run's checkpoints,
+    # in training or in the read-only evaluation.
+    ckpts = tmp_path / "run" / "checkpoints"
+    before = sorted(os.listdir(ckpts))
+    c.train.num_steps = 4
+    c.model.overrides.decoder_mlp_dim = 64
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoints/3 does not fit the model.*"
+                       r"with wrong shapes \(opt_state/.*mask_decoder/"):
+        run(c, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="does not fit the model"):
+        restore_params(c, str(tmp_path / "run"))
+    assert sorted(os.listdir(ckpts)) == before
 
 
 def test_finetune_from_checkpoint_of_another_shape_names_the_keys(tmp_path):

@@ -79,13 +79,17 @@ def write_overlays(out_dir: str, batch: dict, logits: np.ndarray, valid: np.ndar
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     s = batch["image"].shape[1]
-    for i in range(min(limit, len(batch["image"]))):
+    for i in range(len(batch["image"])):
+        if len(paths) == limit:
+            break
+        if not np.all(np.asarray(batch["resized_hw"][i]) > 0):
+            continue  # a skipped record or a padding slot: no image
         img = batch["image"][i] * np.asarray(PIXEL_STD) + np.asarray(PIXEL_MEAN)
         img = np.clip(img, 0, 255).astype(np.uint8)
         f = s // logits.shape[-1]
         masks = np.repeat(np.repeat(logits[i][valid[i]] > 0, f, axis=1), f, axis=2)
         h, w = (int(v) for v in batch["resized_hw"][i])
-        path = os.path.join(out_dir, f"pred_{start + i:03d}.png")
+        path = os.path.join(out_dir, f"pred_{start + len(paths):03d}.png")
         save_overlay(path, img[:h, :w], masks=masks[:, :h, :w], points=batch["points"][i][valid[i]])
         paths.append(path)
     return paths
@@ -109,13 +113,19 @@ def eval_batches(config, image_size: int, data_dir: str = "", synthetic_batches:
 
 
 def restore_params(config, workdir: str):
-    """The params of the newest checkpoint in ``<workdir>/checkpoints`` (single process)."""
+    """The params of the newest readable checkpoint in ``<workdir>/checkpoints`` (single
+    process; read-only). Raises ``CheckpointMismatchError`` if it does not fit ``config``'s
+    model, ``FileNotFoundError`` if there is none."""
     from train.checkpointing import Checkpointer
     from train.sharding import make_mesh
     from train.train_step import Trainer
 
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
     trainer = Trainer(config, make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1000, async_save=False)
+    # read-only: evaluation never renames or deletes anything in the workdir
+    ckpt = Checkpointer(directory, keep=1000, async_save=False, read_only=True)
     state = ckpt.restore_latest(trainer.abstract_state)
     ckpt.close()
     if state is None:
@@ -133,7 +143,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--overlays", default="")
     args, config = parse_config_args(p, sys.argv[1:] if argv is None else argv)
-    module, params, step = restore_params(config, args.workdir)
+    try:
+        module, params, step = restore_params(config, args.workdir)
+    except (ValueError, FileNotFoundError) as e:  # no checkpoint, or one of another model
+        raise SystemExit(f"error: {e}") from None
     batches = eval_batches(config, module.config.image_size, args.data or config.data.eval_dir,
                            args.synthetic_batches, args.batch_size)
     res = single_point_miou(module, params, batches, args.overlays or None,

@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from configs import parse_config_args
+from configs import parse_config_args, validate_config
+from sam_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from train import checkpointing, sharding
 from train.train_step import Trainer, host_metrics
 
@@ -206,6 +207,7 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     Returns a summary: ``start_step``, ``end_step``, ``losses`` (step -> loss of the
     steps run here), ``last_metrics``, ``preempted``, ``workdir``, ``state``.
     """
+    validate_config(config)
     sharding.initialize_distributed(config.mesh)
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
     workdir = os.path.abspath(config.train.workdir)
@@ -249,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
     _, config = parse_config_args(parser, sys.argv[1:] if argv is None else argv)
-    summary = run(config)
+    try:
+        summary = run(config)
+    except (CheckpointMismatchError, CorruptCheckpointError) as e:  # a changed model, a bad file
+        raise SystemExit(f"error: {e}") from None
     out = {k: v for k, v in summary.items() if k not in ("state", "losses")}
     print(json.dumps(out, default=float), flush=True)
     return 0
