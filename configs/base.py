@@ -32,6 +32,11 @@ Config keys (``ml_collections.ConfigDict``):
   (train on this fraction of the images, chosen by image id: ``data.subsets``);
   ``mixture`` (a stage mixture ``((glob, integer weight), ...)`` read instead of
   ``train_dir``, each shard ``weight`` times per epoch).
+* ``text``: CLIP prompts (``train.text_prompt``, paper section 7.5): ``enabled``,
+  ``clip`` (``ViT-L/14@336px``/``ViT-B/16``/``custom`` with ``clip_custom`` fields),
+  ``clip_checkpoint`` (OpenAI ``.pt``; ``""`` = random CLIP, for tests), ``clip_seed``,
+  ``min_mask_side`` (masks with area > side^2 px qualify), ``crop_scale``,
+  ``zero_outside_prob``, ``masked_attention``, ``masks_per_image`` (0 = all qualifying).
 * ``train``: ``num_steps``, ``seed``, ``log_every``, ``workdir``;
   ``ckpt``: ``every``, ``keep``, ``async_save``.
 """
@@ -69,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(train_dir="", eval_dir="", masks_per_image=64, global_batch_size=256,
                   seed=0, max_mask_area_frac=0.9, synthetic=False,
                   synthetic_images=0, fraction=1.0, mixture=())
+    c.text = dict(enabled=False, clip="ViT-L/14@336px", clip_custom={}, clip_checkpoint="",
+                  clip_seed=0, min_mask_side=100.0, crop_scale=(1.0, 2.0), zero_outside_prob=0.5,
+                  masked_attention=True, masks_per_image=0)
     c.train = dict(num_steps=90000, seed=0, log_every=50, workdir="/tmp/sam_jax_train")
     c.ckpt = dict(every=1000, keep=3, async_save=True)
     return c

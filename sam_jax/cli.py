@@ -2,7 +2,7 @@
 
 ::
 
-    sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] --out DIR
+    sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] [--text PHRASE] --out DIR
     sam-jax generate IMAGE_OR_FOLDER --out DIR
     sam-jax convert CHECKPOINT.pth OUT.npz
     sam-jax export --out DIR [--format stablehlo onnx]
@@ -27,8 +27,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -82,10 +82,13 @@ def _custom_config(args: argparse.Namespace):
         raise SystemExit(f"error: bad --config-json: {e}") from None
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, text_embed_dim: int = 0):
+    from sam_jax.modeling.variants import get_config
     from sam_jax.sam_model import build_sam
 
     variant = _custom_config(args) or args.model_type
+    if text_embed_dim:
+        variant = get_config(variant, text_embed_dim=text_embed_dim)
     if args.checkpoint is None:
         print(f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
               " model has RANDOM weights; its masks are meaningless", file=sys.stderr)
@@ -126,18 +129,27 @@ def _segment(args: argparse.Namespace) -> None:
     from sam_jax.predictor import SamPredictor
     from sam_jax.visualize import save_overlay
 
-    if not args.point and args.box is None:
-        raise SystemExit("error: give at least one --point or a --box")
+    if not args.point and args.box is None and args.text is None:
+        raise SystemExit("error: give at least one --point, a --box or a --text")
     _output_dir(args.out)
     image = _read_image(args.image)
-    predictor = SamPredictor(_load_model(args))
+    clip = None
+    if args.text is not None:
+        if args.clip_checkpoint is None or not args.clip_checkpoint.is_file():
+            raise SystemExit("error: --text needs --clip-checkpoint (an OpenAI CLIP .pt file, "
+                             f"e.g. ViT-L-14-336px.pt); got {args.clip_checkpoint}")
+        from sam_jax.clip import build_clip
+
+        clip = build_clip(checkpoint=args.clip_checkpoint)
+    predictor = SamPredictor(_load_model(args, clip.config.embed_dim if clip else 0), clip=clip)
     predictor.set_image(image)
     coords = labels = None
     if args.point:
         pts = np.asarray(args.point, np.float64)
         coords, labels = pts[:, :2], pts[:, 2].astype(np.int32)
     box = None if args.box is None else np.asarray(args.box, np.float64)
-    masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single)
+    masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single,
+                                      text=args.text)
     stem = args.image.stem
     for i, m in enumerate(masks):
         Image.fromarray(m.astype(np.uint8) * 255).save(args.out / f"{stem}_mask{i}.png")
@@ -245,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "repeat for several")
     seg.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
                      help="a box prompt (XYXY pixels)")
+    seg.add_argument("--text", default=None, metavar="PHRASE",
+                     help="a text prompt (needs --clip-checkpoint and a SAM trained with text "
+                     "prompts, e.g. --checkpoint of sam-jax training with text.enabled)")
+    seg.add_argument("--clip-checkpoint", type=Path, default=None,
+                     help="OpenAI CLIP weights for --text (TorchScript .pt, read without torch)")
     seg.add_argument("--single", action="store_true",
                      help="predict one mask instead of three candidates")
     seg.add_argument("--out", type=Path, required=True, help="output folder")

@@ -17,6 +17,9 @@ A drop-in for ``segment_anything.SamPredictor`` (numpy in, numpy out):
 * ``get_image_embedding()`` -> ``(1, 256, 64, 64)`` (NCHW, as the reference).
 * Beyond the reference: ``set_images(images)`` embeds several images in one
   batched call; ``use_image(i)`` then selects which one prompts refer to.
+* Text prompts (SAM paper section 7.5): ``SamPredictor(sam, clip=clip_model)``
+  then ``predict(text="a dog")``, alone or with points/box; needs a SAM built with
+  ``text_embed_dim`` equal to the CLIP embedding width.
 
 Embedding and decoding are the inference core's jitted functions
 (:class:`~sam_jax.sam_model.SamModel`), called with inputs of few distinct
@@ -29,7 +32,8 @@ prompt rows and points per row are padded up to powers of two with
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -162,8 +166,10 @@ class SamPredictor:
       is_image_set: whether an image has been embedded.
     """
 
-    def __init__(self, model: SamModel) -> None:
+    def __init__(self, model: SamModel, clip: Any = None) -> None:
+        """``clip``: a :class:`sam_jax.clip.ClipModel` for text prompts (optional)."""
         self.model = model
+        self.clip = clip
         self.transform = ResizeLongestSide(model.config.image_size)
         self.reset_image()
 
@@ -234,12 +240,14 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt in original-image pixels.
 
         Args:
           point_coords: ``(N, 2)`` XY, with point_labels ``(N,)`` (1 fg, 0 bg).
           box: ``(4,)`` XYXY. mask_input: ``(1, 256, 256)`` low-res logits.
+          text: a phrase, embedded by the attached CLIP model (see the module doc).
         Returns:
           masks ``(C, H, W)`` bool (float32 logits if ``return_logits``), iou ``(C,)``,
           low-res logits ``(C, 256, 256)``; ``C`` is 3 with ``multimask_output`` else 1.
@@ -251,8 +259,24 @@ class SamPredictor:
             coords = self.transform.apply_coords(coords, self.original_size)
         if boxes is not None:
             boxes = self.transform.apply_boxes(boxes, self.original_size)
-        out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits)
+        text_emb = None if text is None else self.text_embedding(text)
+        out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits,
+                            text_emb)
         return tuple(np.asarray(x[0]) for x in out)
+
+    def text_embedding(self, text: str) -> np.ndarray:
+        """``(1, D)`` CLIP text embedding of ``text`` for a text prompt."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text must be a non-empty string, got {text!r}")
+        if self.clip is None:
+            raise ValueError("text prompts need a CLIP model: SamPredictor(sam, clip=build_clip("
+                             "checkpoint='ViT-L-14-336px.pt'))")
+        want = self.model.config.text_embed_dim
+        if want != self.clip.config.embed_dim:
+            raise ValueError(
+                f"this SAM takes no text prompt of width {self.clip.config.embed_dim} "
+                f"(its text_embed_dim is {want}; a SAM trained with text prompts is needed)")
+        return np.asarray(self.clip.embed_text([text]), np.float32)
 
     def predict_batch(
         self,
@@ -295,7 +319,8 @@ class SamPredictor:
             point_coords, point_labels, boxes, mask_input, self.model.config.low_res_size, True)
         return self._predict(coords, labels, boxes, masks, multimask_output, return_logits)
 
-    def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits):
+    def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits,
+                 text=None):
         """Pad the (validated, input-frame) prompts to buckets, decode, postprocess."""
         dtype = self.model.module.dtype
         for name, x in (("point_coords", coords), ("box", boxes), ("mask_input", masks)):
@@ -322,8 +347,10 @@ class SamPredictor:
             boxes = np.pad(np.asarray(boxes, np.float32), ((0, rows - b), (0, 0)))
         if masks is not None:
             masks = np.pad(np.asarray(masks, np.float32)[:, 0], ((0, rows - b), (0, 0), (0, 0)))
+        if text is not None:
+            text = np.broadcast_to(np.asarray(text, np.float32), (rows, text.shape[-1]))
         low, iou = self.model.decode(self.features, coords, labels, boxes, masks,
-                                     bool(multimask_output))
+                                     bool(multimask_output), text_embeddings=text)
         low, iou = low[:b].astype(jnp.float32), iou[:b].astype(jnp.float32)
         out = _postprocess(low, self.input_size, self.original_size,
                            self.model.config.image_size, bool(return_logits))

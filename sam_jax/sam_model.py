@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,9 +53,9 @@ def _embed(module: Sam, params: Any, pixels: jax.Array, sizes: jax.Array | None)
 def _decode(module: Sam, params: Any, emb: jax.Array, coords: jax.Array | None,
             labels: jax.Array | None, boxes: jax.Array | None, masks: jax.Array | None,
             box_valid: jax.Array | None, mask_valid: jax.Array | None,
-            multimask_output: bool) -> tuple[jax.Array, jax.Array]:
+            multimask_output: bool, text: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     return module.apply({"params": params}, emb, coords, labels, boxes, masks, multimask_output,
-                        box_valid, mask_valid, method=Sam.decode)
+                        box_valid, mask_valid, text, method=Sam.decode)
 
 
 def compile_counts() -> dict[str, int]:
@@ -88,7 +89,7 @@ class SamModel:
     def variables(self) -> dict[str, Any]:
         return {"params": self.params}
 
-    def with_dtype(self, dtype: Any) -> "SamModel":
+    def with_dtype(self, dtype: Any) -> SamModel:
         """The same weights computing in ``dtype`` (e.g. ``jnp.bfloat16``)."""
         return dataclasses.replace(self, module=self.module.clone(dtype=dtype))
 
@@ -104,13 +105,16 @@ class SamModel:
         return _embed(self.module, self.params, pixels, sizes)
 
     def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None,
-               mask_inputs=None, multimask_output=True, box_valid=None, mask_valid=None):
-        """Jitted :meth:`Sam.decode` on this model's parameters (arguments and shapes there).
+               mask_inputs=None, multimask_output=True, box_valid=None, mask_valid=None,
+               text_embeddings=None):
+        """Jitted :meth:`Sam.decode` on this model's parameters (arguments and shapes there;
+        ``text_embeddings`` ``(B, D)``: CLIP prompts, for a SAM with ``text_embed_dim``).
 
         Returns low-res mask logits ``(B, K, S/4, S/4)`` and IoU predictions ``(B, K)``.
         """
         return _decode(self.module, self.params, image_embeddings, point_coords, point_labels,
-                       boxes, mask_inputs, box_valid, mask_valid, bool(multimask_output))
+                       boxes, mask_inputs, box_valid, mask_valid, bool(multimask_output),
+                       text_embeddings)
 
 
 def build_sam(

@@ -208,9 +208,7 @@ def restore_or_init(config, trainer: Trainer, ckpt: checkpointing.Checkpointer):
         return state
     params = None
     if config.model.init_checkpoint:
-        from sam_jax.checkpoint import load_checkpoint
-        from sam_jax.modeling.variants import param_template
-        params = load_checkpoint(config.model.init_checkpoint, param_template(trainer.module))
+        params = trainer.load_init_params(config.model.init_checkpoint)
     log.info("initialised a new state (%s)", config.model.init_checkpoint or "random")
     return trainer.init_state(config.train.seed, params)
 

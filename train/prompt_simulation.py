@@ -18,7 +18,9 @@ its image's embedding) the model is run ``P = num_passes`` times (11):
 Static shapes: the point array has one slot per pass, ``(n, P, 2)`` / ``(n, P)``;
 a slot not (yet) filled carries ``INVALID_LABEL`` and is excluded from attention.
 A box stays in the prompt for all passes once drawn. If the error region is empty
-(perfect prediction) the pass adds no point.
+(perfect prediction) the pass adds no point. Rows flagged ``text_first`` (CLIP
+prompts, :mod:`train.text_prompt`) get neither point nor box in pass 0: their first
+prompt is the text token, which ``decode_fn`` adds to every pass.
 
 Error regions are computed at the low-res resolution ``R`` (256 for 1024 input)
 against the GT target at that resolution, restricted to the un-padded image
@@ -32,7 +34,7 @@ against the GT target at that resolution, restricted to the un-padded image
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -164,12 +166,13 @@ def region_valid_from_hw(resized_hw: jax.Array, low_res: int, image_size: int) -
 
 def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax.Array,
              boxes: jax.Array, sim: SimConfig, image_size: int,
-             region_valid: jax.Array | None = None):
+             region_valid: jax.Array | None = None, text_first: jax.Array | None = None):
     """Run the ``P`` decoder passes for ``n`` masks.
 
     Args:
       decode_fn: see :data:`DecodeFn` (closes over params and image embeddings).
       target: ``(n, R, R)`` bool GT; points ``(n, 2)``, boxes ``(n, 4)``: GT prompts.
+      text_first: optional ``(n,)`` bool: rows whose first prompt is the text token.
     Returns a dict:
       ``first_logits`` ``(n, 3, R, R)``, ``first_iou`` ``(n, 3)`` (pass 0, multimask);
       ``logits`` ``(P-1, n, R, R)``, ``iou`` ``(P-1, n)`` (passes 1..P-1, single mask);
@@ -182,6 +185,9 @@ def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax
         decode_fn = jax.checkpoint(decode_fn, static_argnums=(6,))
     k_init, k_sched, k_passes = jax.random.split(key, 3)
     coords, labels, boxes, box_valid = initial_prompts(k_init, points, boxes, sim, image_size)
+    if text_first is not None:
+        labels = labels.at[:, 0].set(jnp.where(text_first, INVALID_LABEL, labels[:, 0]))
+        box_valid = box_valid & ~text_first
     add_point = pass_schedule(k_sched, n, sim)
 
     no_mask = jnp.zeros((n, r, r), jnp.float32)

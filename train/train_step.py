@@ -41,6 +41,7 @@ from train import sharding as shd
 from train.losses import LossConfig, sam_loss
 from train.optimizer import build_optimizer
 from train.prompt_simulation import SimConfig, region_valid_from_hw, simulate
+from train.text_prompt import TextPromptConfig, clip_image_prompts, load_frozen_clip
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -50,9 +51,25 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array           # uint32 raw key data (jax.random.key_data)
 
 
+def text_config_from(config) -> TextPromptConfig:
+    return TextPromptConfig.from_section(config.text) if "text" in config else TextPromptConfig()
+
+
 def sam_config_from(config) -> SamConfig:
-    """The SamConfig of ``model.variant`` with ``model.overrides`` applied."""
-    return get_sam_config(config.model.variant, **config.model.overrides)
+    """The SamConfig of ``model.variant`` with ``model.overrides`` applied (and the text
+    prompt's width when ``text.enabled``)."""
+    sam = get_sam_config(config.model.variant, **config.model.overrides)
+    text = text_config_from(config)
+    if text.enabled:
+        sam = sam.replace(text_embed_dim=text.clip_config().embed_dim if not text.clip_checkpoint
+                          else _checkpoint_embed_dim(text.clip_checkpoint))
+    return sam
+
+
+def _checkpoint_embed_dim(path: str) -> int:
+    from sam_jax.clip.checkpoint import read_clip_state_dict
+
+    return int(read_clip_state_dict(path)["text_projection"].shape[1])
 
 
 def _dataclass_from(cls, section):
@@ -67,11 +84,23 @@ def build_module(config) -> Sam:
                remat_policy=config.model.remat_policy, dtype=dtype, param_dtype=jnp.float32)
 
 
-def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key):
-    """Scalar loss and metrics for one global batch (see module doc)."""
+def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key,
+                 text: tuple | None = None):
+    """Scalar loss and metrics for one global batch (see module doc).
+
+    ``text``: ``(TextPromptConfig, CLIP module, CLIP params)`` for CLIP-prompted first
+    passes (:mod:`train.text_prompt`), or None.
+    """
     c = module.config
     b, k, r = batch["masks"].shape[:3]
     k_drop, k_sim = jax.random.split(key)
+    text_emb = text_first = None
+    if text is not None:
+        text_cfg, clip, clip_params = text
+        k_sim, k_text = jax.random.split(k_sim)
+        text_emb, text_first = clip_image_prompts(
+            clip, clip_params, k_text, batch["image"], batch["masks"], batch["boxes"],
+            batch["mask_valid"], text_cfg, c.image_size)
     emb = module.apply({"params": params}, batch["image"], deterministic=False,
                        method=Sam.embed_images, rngs={"dropout": k_drop})
     emb = jnp.repeat(emb, k, axis=0)                                       # (n, g, g, E)
@@ -79,27 +108,33 @@ def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batc
 
     def decode(coords, labels, boxes, box_valid, mask_inputs, mask_valid, multimask):
         return module.apply({"params": params}, emb, coords, labels, boxes, mask_inputs,
-                            multimask, box_valid, mask_valid, method=Sam.decode)
+                            multimask, box_valid, mask_valid, text_emb, text_first,
+                            method=Sam.decode)
 
     flat = lambda x: x.reshape((b * k,) + x.shape[2:])
     target = flat(batch["masks"]).astype(bool)
     region = region_valid_from_hw(jnp.repeat(batch["resized_hw"], k, axis=0), r, c.image_size)
     out = simulate(decode, k_sim, target, flat(batch["points"]), flat(batch["boxes"]), sim,
-                   c.image_size, region)
+                   c.image_size, region, text_first)
     # Masks whose target has fewer than loss.min_target_cells cells at R (e.g. a tiny
     # object that vanished at the low resolution) are not trained.
     cells = target.sum(axis=(1, 2))
     valid = flat(batch["mask_valid"]) & (cells >= max(loss_cfg.min_target_cells, 1))
-    return sam_loss(out, target, valid, loss_cfg)
+    loss, metrics = sam_loss(out, target, valid, loss_cfg)
+    if text is not None:
+        metrics["text_prompted"] = (text_first & valid).sum().astype(jnp.float32)
+    return loss, metrics
 
 
-def train_step(state: TrainState, batch: dict, *, module: Sam, tx, schedule, sim: SimConfig,
-               loss_cfg: LossConfig):
-    """Pure: ``(state, batch) -> (new state, metrics)`` (scalars)."""
+def train_step(state: TrainState, batch: dict, clip_params: Any = None, *, module: Sam, tx,
+               schedule, sim: SimConfig, loss_cfg: LossConfig, text_cfg: Any = None,
+               clip: Any = None):
+    """Pure: ``(state, batch[, clip_params]) -> (new state, metrics)`` (scalars)."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    text = None if clip is None else (text_cfg, clip, clip_params)
     grad_fn = jax.value_and_grad(functools.partial(compute_loss, module, sim, loss_cfg),
                                  has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, key)
+    (_, metrics), grads = grad_fn(state.params, batch, key, text)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
@@ -127,10 +162,18 @@ class Trainer:
             self.state_shardings)
         self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.text_cfg = text_config_from(config)
+        self.clip = self.clip_params = None
+        if self.text_cfg.enabled:  # frozen CLIP for the text-prompted passes, replicated
+            frozen = load_frozen_clip(self.text_cfg, self.module.dtype)
+            self.clip = frozen.module
+            self.clip_params = jax.device_put(frozen.params, self.replicated)
         step = functools.partial(train_step, module=self.module, tx=self.tx,
                                  schedule=self.schedule, sim=_dataclass_from(SimConfig, config.sim),
-                                 loss_cfg=_dataclass_from(LossConfig, config.loss))
-        self._step_jit = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
+                                 loss_cfg=_dataclass_from(LossConfig, config.loss),
+                                 text_cfg=self.text_cfg, clip=self.clip)
+        self._step_jit = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(),
+                                                     self.replicated),
                                  out_shardings=(self.state_shardings, self.replicated),
                                  donate_argnums=0)
 
@@ -149,24 +192,44 @@ class Trainer:
         return _Context(self.mesh, self.rules)
 
     def init_state(self, seed: int, params: Any = None) -> TrainState:
-        """A fresh state created directly sharded (``params``: e.g. an official checkpoint)."""
+        """A fresh state created directly sharded (``params``: e.g. an official checkpoint;
+        without a text projection one is initialised when text prompts are enabled)."""
         rng = jax.random.key_data(jax.random.key(seed))
         with self._ctx():
             if params is None:
                 return self._init_jit(rng)
+            if self.text_cfg.enabled and "text_proj" not in params["prompt_encoder"]:
+                fresh = nn.unbox(jax.jit(init_variables, static_argnums=0)(
+                    self.module, jax.random.key(seed))["params"])
+                params = dict(params, prompt_encoder=dict(
+                    params["prompt_encoder"], text_proj=fresh["prompt_encoder"]["text_proj"]))
             params = jax.device_put(params, self.param_shardings)
             return jax.jit(self._init, out_shardings=self.state_shardings)(rng, params)
 
     def to_global(self, host_batch: dict) -> dict:
         return shd.global_batch({k: host_batch[k] for k in DEVICE_KEYS}, self.mesh, self.rules)
 
+    def load_init_params(self, path: str) -> Any:
+        """Params of ``model.init_checkpoint`` (an official ``.pth`` or our ``.npz``); a
+        checkpoint without the text projection is read with the text prompt off."""
+        from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint
+        from sam_jax.modeling.variants import param_template
+
+        try:
+            return load_checkpoint(path, param_template(self.module))
+        except CheckpointMismatchError:
+            if not self.text_cfg.enabled:
+                raise
+            return load_checkpoint(path, param_template(self.module.clone(
+                config=self.module.config.replace(text_embed_dim=0))))
+
     def step(self, state: TrainState, batch: dict):
         with self._ctx():
-            return self._step_jit(state, batch)
+            return self._step_jit(state, batch, self.clip_params)
 
     def lower(self, state, batch):
         with self._ctx():
-            return self._step_jit.lower(state, batch)
+            return self._step_jit.lower(state, batch, self.clip_params)
 
 
 class _Context:

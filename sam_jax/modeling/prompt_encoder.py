@@ -10,6 +10,11 @@ Point labels: ``1`` foreground, ``0`` background, ``-1`` the reference's
 token at all. Invalid slots let callers use static, padded prompt arrays (for
 jit and batching) with results identical to calling with fewer points: their
 tokens are excluded from attention by the returned validity mask.
+
+Text prompts (paper section 7.5): with ``text_embed_dim > 0`` a CLIP embedding
+``(B, D)`` (l2-normalised here) becomes one more sparse token through a learned
+linear projection ``text_proj`` (D -> E). The default ``text_embed_dim = 0`` has no
+such parameter, so the released checkpoints load and behave unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.modeling.common import Dtype, conv, gelu, layer_norm, partitioned
+from sam_jax.modeling.common import Dtype, conv, dense, gelu, layer_norm, partitioned
 
 POSITIVE_LABEL = 1
 NEGATIVE_LABEL = 0
@@ -74,12 +79,14 @@ class PromptEncoder(nn.Module):
       image_embedding_size: ``(64, 64)`` grid of the image embedding.
       input_image_size: ``(1024, 1024)`` frame the coordinates live in.
       mask_in_chans: hidden channels of the mask downscaler (16).
+      text_embed_dim: width of the CLIP embeddings taken as a prompt token (0 = none).
     """
 
     embed_dim: int = 256
     image_embedding_size: tuple[int, int] = (64, 64)
     input_image_size: tuple[int, int] = (1024, 1024)
     mask_in_chans: int = 16
+    text_embed_dim: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -106,6 +113,9 @@ class PromptEncoder(nn.Module):
                                              "mask_downscaling_4")
         self.mask_downscaling_6 = conv(self.embed_dim, 1, self.dtype, self.param_dtype,
                                        "mask_downscaling_6", axes=(None, "embed"))
+        if self.text_embed_dim:
+            self.text_proj = dense(self.embed_dim, (None, "embed"), self.dtype,
+                                   self.param_dtype, "text_proj")
 
     def get_dense_pe(self) -> jax.Array:
         """Positional encoding of the image embedding grid: ``(64, 64, 256)``."""
@@ -132,6 +142,17 @@ class PromptEncoder(nn.Module):
                           self._table(self.point_embeddings[3])])
         return pe + kind
 
+    def embed_text(self, text_embeddings: jax.Array) -> jax.Array:
+        """``(B, D)`` CLIP embeddings -> ``(B, 1, E)`` prompt tokens (l2-normalised first)."""
+        if not self.text_embed_dim:
+            raise ValueError("this SAM has no text prompt (build it with text_embed_dim > 0)")
+        if text_embeddings.shape[-1] != self.text_embed_dim:
+            raise ValueError(f"text embeddings must have width {self.text_embed_dim}, got "
+                             f"shape {text_embeddings.shape}")
+        x = text_embeddings.astype(jnp.float32)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return self.text_proj(x.astype(self.dtype))[:, None, :]
+
     def embed_masks(self, masks: jax.Array) -> jax.Array:
         """``(B, 256, 256)`` mask logits -> ``(B, 64, 64, E)``."""
         x = masks[..., None].astype(self.dtype)
@@ -147,6 +168,8 @@ class PromptEncoder(nn.Module):
         masks: jax.Array | None,
         box_valid: jax.Array | None = None,
         mask_valid: jax.Array | None = None,
+        text_embeddings: jax.Array | None = None,
+        text_valid: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Embed a batch of prompts.
 
@@ -160,10 +183,14 @@ class PromptEncoder(nn.Module):
             without a box.
           mask_valid: optional ``(B,)`` bool: which rows really have a mask
             prompt; the others get ``no_mask_embed``.
+          text_embeddings: optional ``(B, D)`` CLIP embeddings, one token per row after
+            the point and box tokens (needs ``text_embed_dim``).
+          text_valid: optional ``(B,)`` bool: which rows really have a text prompt.
         Returns:
           sparse ``(B, T, E)``, token validity ``(B, T)`` bool, dense ``(B, 64, 64, E)``.
         """
-        bs = next((x.shape[0] for x in (point_coords, boxes, masks) if x is not None), 1)
+        bs = next((x.shape[0] for x in (point_coords, boxes, masks, text_embeddings)
+                   if x is not None), 1)
         tokens, valid = [], []
         if point_coords is not None:
             if point_labels is None:
@@ -182,6 +209,10 @@ class PromptEncoder(nn.Module):
             tokens.append(self._embed_boxes(boxes))
             bv = jnp.ones((bs,), bool) if box_valid is None else box_valid
             valid.append(jnp.broadcast_to(bv[:, None], (bs, 2)))
+        if text_embeddings is not None:
+            tokens.append(self.embed_text(text_embeddings))
+            tv = jnp.ones((bs,), bool) if text_valid is None else text_valid
+            valid.append(tv[:, None])
         if tokens:
             sparse = jnp.concatenate(tokens, axis=1).astype(self.dtype)
             sparse_valid = jnp.concatenate(valid, axis=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,8 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
+    # Width of CLIP embeddings accepted as a text prompt token (0: none, as released).
+    text_embed_dim: int = 0
 
     @property
     def embedding_size(self) -> int:
@@ -58,7 +60,7 @@ class SamConfig:
         """Side of the low-res mask logits (256 at 1024 input)."""
         return 4 * self.embedding_size
 
-    def replace(self, **kw) -> "SamConfig":
+    def replace(self, **kw) -> SamConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -88,7 +90,8 @@ class Sam(nn.Module):
         grid = (c.embedding_size, c.embedding_size)
         self.prompt_encoder = PromptEncoder(
             embed_dim=c.prompt_embed_dim, image_embedding_size=grid,
-            input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans, **kw)
+            input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans,
+            text_embed_dim=c.text_embed_dim, **kw)
         self.mask_decoder = MaskDecoder(
             transformer_dim=c.prompt_embed_dim, transformer_depth=c.decoder_depth,
             transformer_heads=c.decoder_heads, transformer_mlp_dim=c.decoder_mlp_dim, **kw)
@@ -107,6 +110,8 @@ class Sam(nn.Module):
         multimask_output: bool,
         box_valid: jax.Array | None = None,
         mask_valid: jax.Array | None = None,
+        text_embeddings: jax.Array | None = None,
+        text_valid: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Encode prompts and decode masks (coordinates in the ``S x S`` input frame).
 
@@ -115,11 +120,14 @@ class Sam(nn.Module):
           point_coords ``(B, N, 2)`` XY, point_labels ``(B, N)``, boxes ``(B, 4)`` XYXY,
           mask_inputs ``(B, 256, 256)`` logits; each may be None.
           box_valid, mask_valid: optional ``(B,)`` per-row presence flags.
+          text_embeddings: optional ``(B, D)`` CLIP embeddings (``config.text_embed_dim``);
+          text_valid: optional ``(B,)`` presence flags for them.
         Returns:
           low-res mask logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
         """
         sparse, token_valid, dense = self.prompt_encoder(
-            point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid)
+            point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid,
+            text_embeddings, text_valid)
         if mask_inputs is None and image_embeddings.shape[0] == 1:
             # Every row has the same image and dense embedding: the decoder then computes
             # the image side of its first block once for all prompts.
@@ -132,7 +140,11 @@ class Sam(nn.Module):
                  multimask_output=True, deterministic=True):
         """Embed and decode in one call (one prompt row per image); used for init."""
         emb = self.embed_images(pixels, deterministic)
-        return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output)
+        text = None
+        if self.config.text_embed_dim:
+            text = jnp.ones((pixels.shape[0], self.config.text_embed_dim), jnp.float32)
+        return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output,
+                           text_embeddings=text)
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
