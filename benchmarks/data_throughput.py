@@ -31,8 +31,9 @@ def _profile(shard: str, n: int) -> dict:
     cfg = PreprocessConfig()
     loader = sa1b.Loader()
     refs = [r for r in sa1b.iter_refs(shard)][:n]
-    t = dict.fromkeys(("read", "json", "jpeg_decode_resize", "rle_runs_all", "targets_boxes_points",
-                       "total_transform"), 0.0)
+    t = dict.fromkeys(
+        ("read", "json", "jpeg_decode_resize", "rle_runs_all", "targets_boxes_points", "total_transform"), 0.0
+    )
     for r in refs:
         t0 = time.perf_counter()
         jpg, payload = loader.load(r)
@@ -76,8 +77,17 @@ def main() -> None:
     from data.pipeline import Pipeline
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    pipe = Pipeline(shards, batch_size=a.batch_size, seed=0, model_size=1024, target_size=256, max_masks=64,
-                    process_index=0, process_count=1, num_parallel_calls=a.parallel)
+    pipe = Pipeline(
+        shards,
+        batch_size=a.batch_size,
+        seed=0,
+        model_size=1024,
+        target_size=256,
+        max_masks=64,
+        process_index=0,
+        process_count=1,
+        num_parallel_calls=a.parallel,
+    )
     it = iter(pipe)
     next(it)  # warm-up (TF init, first decode)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -89,15 +99,23 @@ def main() -> None:
     ips = n / wall
     cores_used = cpu / wall
     masks = int(b["mask_valid"].sum(1).mean())
-    print(json.dumps({
-        "images_per_s": round(ips, 2),
-        "images_per_s_per_core": round(n / cpu, 2),
-        "cores": cores,
-        "cores_used": round(cores_used, 2),
-        "image": "1500x2250", "K": 64, "model_size": 1024, "target": 256, "masks_per_batch_image": masks,
-        "profile_ms_per_image_single_thread": _profile(shards[0], 4),
-        "stats": pipe.stats(),
-    }))
+    print(
+        json.dumps(
+            {
+                "images_per_s": round(ips, 2),
+                "images_per_s_per_core": round(n / cpu, 2),
+                "cores": cores,
+                "cores_used": round(cores_used, 2),
+                "image": "1500x2250",
+                "K": 64,
+                "model_size": 1024,
+                "target": 256,
+                "masks_per_batch_image": masks,
+                "profile_ms_per_image_single_thread": _profile(shards[0], 4),
+                "stats": pipe.stats(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -77,21 +77,24 @@ def main(argv=None) -> None:
     out["set_image_s"] = round(_timed(embed, coco, name="set_image")[0], 2)
     if "points" in only:
         s = PointSettings(clicks=(1, 2, 3, 5, 9), masks_per_batch=16)
-        evaluate_image(predictor, coco, masks, s)                      # compiles
-        out["points_s_per_image"] = round(_timed(evaluate_image, predictor, coco[::-1].copy(),
-                                                 masks[:, ::-1].copy(), s, name="points")[0], 2)
+        evaluate_image(predictor, coco, masks, s)  # compiles
+        out["points_s_per_image"] = round(
+            _timed(evaluate_image, predictor, coco[::-1].copy(), masks[:, ::-1].copy(), s, name="points")[0],
+            2,
+        )
         print(json.dumps(dict(out, cpu_s=CPU_SECONDS)), flush=True)  # partial
     if "instances" in only:
         nz = [np.nonzero(m) for m in masks]
         boxes = np.array([[x.min(), y.min(), x.max() + 1, y.max() + 1] for y, x in nz], float)
         box_prompts_to_masks(predictor, coco, boxes, 16)
-        out["instances_s_per_image"] = round(_timed(box_prompts_to_masks, predictor, coco, boxes,
-                                                    16, name="instances")[0], 2)
+        out["instances_s_per_image"] = round(
+            _timed(box_prompts_to_masks, predictor, coco, boxes, 16, name="instances")[0], 2
+        )
         print(json.dumps(dict(out, cpu_s=CPU_SECONDS)), flush=True)  # partial
     if "edges" in only:
         es = EdgeSettings()
         gen = edge_generator(model, es)
-        edge_generator(model, EdgeSettings(points_per_side=8)).generate(bsds)   # compiles
+        edge_generator(model, EdgeSettings(points_per_side=8)).generate(bsds)  # compiles
         from scipy import ndimage
 
         regions = _masks(321, 481, 5).any(axis=0)

@@ -30,8 +30,10 @@ def timed(fn):
 
 
 def emit(**record) -> None:
-    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v)
-                      for k, v in record.items()}), flush=True)
+    print(
+        json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in record.items()}),
+        flush=True,
+    )
 
 
 def max_abs(a, b) -> float:
@@ -42,8 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
     parser.add_argument("--out", type=Path, default=None, help="artifact folder (default: temp)")
-    parser.add_argument("--parts", nargs="+", default=["image_encoder", "mask_decoder"],
-                        choices=["image_encoder", "mask_decoder"], help="StableHLO parts")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["image_encoder", "mask_decoder"],
+        choices=["image_encoder", "mask_decoder"],
+        help="StableHLO parts",
+    )
     args = parser.parse_args()
 
     import jax
@@ -68,17 +75,34 @@ def main() -> None:
         emb, t_live = timed(lambda: np.asarray(model.embed_images(pixels)))
         emit(figure="live_encoder_first_call_s", variant=args.variant, value=t_live)
     else:  # decoder figures only: a random embedding
-        emb = rng.normal(size=(1, config.embedding_size, config.embedding_size,
-                               config.prompt_embed_dim)).astype(np.float32)
+        emb = rng.normal(
+            size=(1, config.embedding_size, config.embedding_size, config.prompt_embed_dim)
+        ).astype(np.float32)
     coords = rng.uniform(0, s, (2, 3, 2)).astype(np.float32)
     labels = np.array([[1, 0, 1], [1, -2, -2]], np.int32)
     boxes = np.array([[100, 120, 600, 700], [0, 0, 0, 0]], np.float32) * s / 1024
-    dec_in = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
-              "boxes": boxes, "box_valid": np.array([True, False]),
-              "mask_input": rng.normal(size=(2, r, r)).astype(np.float32),
-              "has_mask_input": np.array([False, True])}
-    live = [model.decode(emb, coords, labels, boxes, dec_in["mask_input"], mm,
-                         dec_in["box_valid"], dec_in["has_mask_input"]) for mm in (False, True)]
+    dec_in = {
+        "image_embeddings": emb,
+        "point_coords": coords,
+        "point_labels": labels,
+        "boxes": boxes,
+        "box_valid": np.array([True, False]),
+        "mask_input": rng.normal(size=(2, r, r)).astype(np.float32),
+        "has_mask_input": np.array([False, True]),
+    }
+    live = [
+        model.decode(
+            emb,
+            coords,
+            labels,
+            boxes,
+            dec_in["mask_input"],
+            mm,
+            dec_in["box_valid"],
+            dec_in["has_mask_input"],
+        )
+        for mm in (False, True)
+    ]
     live_low = np.concatenate([np.asarray(x[0]) for x in live], 1)
 
     for weights in ("constants", "inputs"):
@@ -100,42 +124,73 @@ def main() -> None:
             t_first, t_second = t1 - t0, time.perf_counter() - t1
             ref = emb if part == "image_encoder" else live_low
             got = res["image_embeddings" if part == "image_encoder" else "low_res_masks"]
-            emit(figure="stablehlo", variant=args.variant, part=part, weights=weights,
-                 size_mib=size / 2**20, export_s=t_export, load_s=module.load_seconds,
-                 first_call_s=t_first, second_call_s=t_second, max_abs_err_vs_live=max_abs(got, ref))
+            emit(
+                figure="stablehlo",
+                variant=args.variant,
+                part=part,
+                weights=weights,
+                size_mib=size / 2**20,
+                export_s=t_export,
+                load_s=module.load_seconds,
+                first_call_s=t_first,
+                second_call_s=t_second,
+                max_abs_err_vs_live=max_abs(got, ref),
+            )
 
     # ONNX decoder: ours vs live, and vs the official export of the same weights.
     orig = (768, 1024)
     pts = np.array([[[500.0, 375.0], [620, 300], [0, 0]]], np.float32) * s / 1024
     lab = np.array([[1, 0, -1]], np.float32)
-    feed = {"image_embeddings": np.ascontiguousarray(emb.transpose(0, 3, 1, 2)),
-            "point_coords": pts, "point_labels": lab,
-            "mask_input": np.zeros((1, 1, r, r), np.float32),
-            "has_mask_input": np.zeros(1, np.float32), "orig_im_size": np.array(orig, np.float32)}
+    feed = {
+        "image_embeddings": np.ascontiguousarray(emb.transpose(0, 3, 1, 2)),
+        "point_coords": pts,
+        "point_labels": lab,
+        "mask_input": np.zeros((1, 1, r, r), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array(orig, np.float32),
+    }
     path, t_export = timed(lambda: export_onnx(model, out / "sam_decoder.onnx"))
     sess, t_load = timed(lambda: ort.InferenceSession(str(path)))
     res, t_first = timed(lambda: sess.run(None, feed))
     _, t_second = timed(lambda: sess.run(None, feed))
-    low = np.concatenate([np.asarray(model.decode(emb, pts[:, :2], lab[:, :2].astype(np.int32),
-                                                  None, None, mm)[0]) for mm in (False, True)], 1)
+    low = np.concatenate(
+        [
+            np.asarray(model.decode(emb, pts[:, :2], lab[:, :2].astype(np.int32), None, None, mm)[0])
+            for mm in (False, True)
+        ],
+        1,
+    )
     up = np.asarray(postprocess_masks(low, resized_shape(*orig, s), orig, s))
     dummy = {k: torch.from_numpy(v) for k, v in feed.items()}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(SamOnnxModel(sam, return_single_mask=False), tuple(dummy.values()), buf,
-                          opset_version=17, input_names=list(dummy), dynamo=False,
-                          output_names=["masks", "iou_predictions", "low_res_masks"],
-                          dynamic_axes={"point_coords": {1: "num_points"},
-                                        "point_labels": {1: "num_points"}})
+        torch.onnx.export(
+            SamOnnxModel(sam, return_single_mask=False),
+            tuple(dummy.values()),
+            buf,
+            opset_version=17,
+            input_names=list(dummy),
+            dynamo=False,
+            output_names=["masks", "iou_predictions", "low_res_masks"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        )
     official = ort.InferenceSession(buf.getvalue()).run(None, feed)
-    emit(figure="onnx_decoder", variant=args.variant, size_mib=path.stat().st_size / 2**20,
-         official_size_mib=len(buf.getvalue()) / 2**20, export_s=t_export, load_s=t_load,
-         first_call_s=t_first, second_call_s=t_second,
-         max_abs_err_vs_live_masks=max_abs(res[0], up), max_abs_err_vs_live_low_res=max_abs(res[2], low),
-         max_abs_err_vs_official_masks=max_abs(res[0], official[0]),
-         max_abs_err_vs_official_iou=max_abs(res[1], official[1]),
-         max_abs_err_vs_official_low_res=max_abs(res[2], official[2]))
+    emit(
+        figure="onnx_decoder",
+        variant=args.variant,
+        size_mib=path.stat().st_size / 2**20,
+        official_size_mib=len(buf.getvalue()) / 2**20,
+        export_s=t_export,
+        load_s=t_load,
+        first_call_s=t_first,
+        second_call_s=t_second,
+        max_abs_err_vs_live_masks=max_abs(res[0], up),
+        max_abs_err_vs_live_low_res=max_abs(res[2], low),
+        max_abs_err_vs_official_masks=max_abs(res[0], official[0]),
+        max_abs_err_vs_official_iou=max_abs(res[1], official[1]),
+        max_abs_err_vs_official_low_res=max_abs(res[2], official[2]),
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,7 @@ def train_config(variant: str, tiny: bool, masks: int, passes: int, sim_remat: b
     else:
         from configs.base import paper_variant
 
-        c = paper_variant(variant, lr=8e-4, layer_decay=0.8, drop_path=0.4, num_steps=90000,
-                          batch=1)
+        c = paper_variant(variant, lr=8e-4, layer_decay=0.8, drop_path=0.4, num_steps=90000, batch=1)
         c.model.compute_dtype = "bfloat16"
         c.model.remat_policy = "full"
         c.sim.unroll = 1
@@ -63,7 +62,7 @@ def measure(config, batch: int, steps: int, peak_tflops: float) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float((cost or {}).get("flops", 0.0))
-    state, m = trainer.step(state, gbatch)   # warm-up
+    state, m = trainer.step(state, gbatch)  # warm-up
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(steps):
@@ -71,11 +70,16 @@ def measure(config, batch: int, steps: int, peak_tflops: float) -> dict:
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t) / steps
     stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use", 0) / 2 ** 30
-    return dict(ok=True, images_per_s=batch / dt, step_s=dt, peak_gib=round(peak, 3),
-                tflops_per_step=flops / 1e12,
-                mfu=(flops / dt) / (peak_tflops * 1e12) if flops else None,
-                loss=float(m["loss"]))
+    peak = stats.get("peak_bytes_in_use", 0) / 2**30
+    return dict(
+        ok=True,
+        images_per_s=batch / dt,
+        step_s=dt,
+        peak_gib=round(peak, 3),
+        tflops_per_step=flops / 1e12,
+        mfu=(flops / dt) / (peak_tflops * 1e12) if flops else None,
+        loss=float(m["loss"]),
+    )
 
 
 def main(argv=None) -> int:
@@ -88,8 +92,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--no-sim-remat", dest="sim_remat", action="store_false",
-                   help="keep the decoder passes' activations instead of recomputing them")
+    p.add_argument(
+        "--no-sim-remat",
+        dest="sim_remat",
+        action="store_false",
+        help="keep the decoder passes' activations instead of recomputing them",
+    )
     a = p.parse_args(argv)
     import jax
 
@@ -103,13 +111,11 @@ def main(argv=None) -> int:
                 res = measure(config, batch, a.steps, a.peak_tflops)
             except Exception as e:  # noqa: BLE001 - OOM shows up as various XLA errors
                 res = dict(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
-            print(json.dumps(dict(variant=variant, batch=batch, sim_remat=a.sim_remat, **res)),
-                  flush=True)
+            print(json.dumps(dict(variant=variant, batch=batch, sim_remat=a.sim_remat, **res)), flush=True)
             if not res["ok"]:
                 break
             best, batch = dict(res, batch=batch), batch * 2
-        print(json.dumps(dict(variant=variant, largest_batch=best and best["batch"],
-                              best=best)), flush=True)
+        print(json.dumps(dict(variant=variant, largest_batch=best and best["batch"], best=best)), flush=True)
     return 0
 
 

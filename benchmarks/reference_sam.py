@@ -27,24 +27,44 @@ def official_sam(config: SamConfig, seed: int = 0):
     e = config.prompt_embed_dim
     grid = config.embedding_size
     encoder = sa_modeling.ImageEncoderViT(
-        depth=config.encoder_depth, embed_dim=config.encoder_embed_dim,
-        img_size=config.image_size, mlp_ratio=4, norm_layer=functools.partial(
-            torch.nn.LayerNorm, eps=1e-6),
-        num_heads=config.encoder_num_heads, patch_size=config.patch_size, qkv_bias=True,
-        use_rel_pos=True, global_attn_indexes=tuple(config.encoder_global_attn_indexes),
-        window_size=config.window_size, out_chans=e)
+        depth=config.encoder_depth,
+        embed_dim=config.encoder_embed_dim,
+        img_size=config.image_size,
+        mlp_ratio=4,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=config.encoder_num_heads,
+        patch_size=config.patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+        window_size=config.window_size,
+        out_chans=e,
+    )
     prompt = sa_modeling.PromptEncoder(
-        embed_dim=e, image_embedding_size=(grid, grid),
+        embed_dim=e,
+        image_embedding_size=(grid, grid),
         input_image_size=(config.image_size, config.image_size),
-        mask_in_chans=config.mask_in_chans)
+        mask_in_chans=config.mask_in_chans,
+    )
     decoder = sa_modeling.MaskDecoder(
         num_multimask_outputs=3,
         transformer=sa_modeling.TwoWayTransformer(
-            depth=config.decoder_depth, embedding_dim=e, mlp_dim=config.decoder_mlp_dim,
-            num_heads=config.decoder_heads),
-        transformer_dim=e, iou_head_depth=3, iou_head_hidden_dim=256)
-    sam = sa_modeling.Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
-                          pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
+            depth=config.decoder_depth,
+            embedding_dim=e,
+            mlp_dim=config.decoder_mlp_dim,
+            num_heads=config.decoder_heads,
+        ),
+        transformer_dim=e,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    sam = sa_modeling.Sam(
+        image_encoder=encoder,
+        prompt_encoder=prompt,
+        mask_decoder=decoder,
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in sam.named_parameters():
@@ -55,10 +75,18 @@ def official_sam(config: SamConfig, seed: int = 0):
                 p.copy_(0.1 * noise)
             elif p.ndim == 1:
                 p.copy_(0.05 * noise)  # biases
-            elif name.endswith(("point_embeddings.0.weight", "point_embeddings.1.weight",
-                                "point_embeddings.2.weight", "point_embeddings.3.weight",
-                                "not_a_point_embed.weight", "no_mask_embed.weight",
-                                "iou_token.weight", "mask_tokens.weight")):
+            elif name.endswith(
+                (
+                    "point_embeddings.0.weight",
+                    "point_embeddings.1.weight",
+                    "point_embeddings.2.weight",
+                    "point_embeddings.3.weight",
+                    "not_a_point_embed.weight",
+                    "no_mask_embed.weight",
+                    "iou_token.weight",
+                    "mask_tokens.weight",
+                )
+            ):
                 p.copy_(noise)
             else:
                 fan_in = int(np.prod(p.shape[1:]))

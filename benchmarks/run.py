@@ -78,7 +78,7 @@ def encoder_flops(c: SamConfig) -> float:
     tp = nw * n
     n_global = len(tuple(c.encoder_global_attn_indexes))
     n_window = c.encoder_depth - n_global
-    f = 2 * 3 * c.patch_size ** 2 * d * t
+    f = 2 * 3 * c.patch_size**2 * d * t
     f += n_window * (2 * 4 * d * d * tp + 2 * 8 * d * d * t + 4 * n * n * d * nw)
     f += n_global * (2 * 4 * d * d * t + 2 * 8 * d * d * t + 4 * t * t * d)
     e = c.prompt_embed_dim
@@ -134,8 +134,7 @@ class Official:
         return (time.perf_counter() - t0) / iters
 
     def autocast(self, dtype: str):
-        return self.torch.autocast(self.device, dtype=self.torch.bfloat16,
-                                   enabled=dtype == "bfloat16")
+        return self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def bench_encoder(args, official, base: dict) -> None:
@@ -149,20 +148,37 @@ def bench_encoder(args, official, base: dict) -> None:
             for batch in args.batches:
                 x = jax.random.normal(jax.random.key(0), (batch, s, s, 3), jnp.float32)
                 for impl in args.impls:
-                    fn = jax.jit(lambda p, x, impl=impl: model.module.clone(
-                        attention_impl=None if impl == "auto" else impl).apply(
-                        {"params": p}, x, method="embed_images"))
+                    fn = jax.jit(
+                        lambda p, x, impl=impl: model.module.clone(
+                            attention_impl=None if impl == "auto" else impl
+                        ).apply({"params": p}, x, method="embed_images")
+                    )
                     try:
                         sec = timed(lambda: fn(model.params, x), args.iters)
                     except Exception as err:  # noqa: BLE001 - an impl may not exist here
-                        emit(**base, bench="image_encoder", impl="sam-jax", variant=name,
-                             dtype=dtype, batch=batch, attention=impl,
-                             error=f"{type(err).__name__}: {str(err)[:300]}")
+                        emit(
+                            **base,
+                            bench="image_encoder",
+                            impl="sam-jax",
+                            variant=name,
+                            dtype=dtype,
+                            batch=batch,
+                            attention=impl,
+                            error=f"{type(err).__name__}: {str(err)[:300]}",
+                        )
                         continue
-                    ours = dict(**base, bench="image_encoder", impl="sam-jax", variant=name,
-                                dtype=dtype, batch=batch, attention=impl,
-                                ms_per_image=1e3 * sec / batch,
-                                tflops=flops * batch / sec / 1e12, gflop_per_image=flops / 1e9)
+                    ours = dict(
+                        **base,
+                        bench="image_encoder",
+                        impl="sam-jax",
+                        variant=name,
+                        dtype=dtype,
+                        batch=batch,
+                        attention=impl,
+                        ms_per_image=1e3 * sec / batch,
+                        tflops=flops * batch / sec / 1e12,
+                        gflop_per_image=flops / 1e9,
+                    )
                     emit(**ours)
                 if ref is not None:
                     xt = official.torch.randn(batch, 3, s, s, device=official.device)
@@ -172,12 +188,25 @@ def bench_encoder(args, official, base: dict) -> None:
                             ref.image_encoder(xt)
 
                     sec_ref = official.timed(run_ref, args.iters)
-                    emit(**base, bench="image_encoder", impl="official", variant=name,
-                         dtype=dtype, batch=batch, ms_per_image=1e3 * sec_ref / batch,
-                         tflops=flops * batch / sec_ref / 1e12)
-                    emit(**base, bench="image_encoder", figure="ratio_ours_over_official",
-                         variant=name, dtype=dtype, batch=batch,
-                         ratio=ours["ms_per_image"] / (1e3 * sec_ref / batch))
+                    emit(
+                        **base,
+                        bench="image_encoder",
+                        impl="official",
+                        variant=name,
+                        dtype=dtype,
+                        batch=batch,
+                        ms_per_image=1e3 * sec_ref / batch,
+                        tflops=flops * batch / sec_ref / 1e12,
+                    )
+                    emit(
+                        **base,
+                        bench="image_encoder",
+                        figure="ratio_ours_over_official",
+                        variant=name,
+                        dtype=dtype,
+                        batch=batch,
+                        ratio=ours["ms_per_image"] / (1e3 * sec_ref / batch),
+                    )
             model = None  # free it before the next variant
         ref = None
 
@@ -194,8 +223,15 @@ def bench_decoder(args, official, base: dict) -> None:
                 coords = jax.random.uniform(jax.random.key(2), (prompts, 1, 2)) * s
                 labels = jnp.ones((prompts, 1), jnp.int32)
                 sec = timed(lambda: model.decode(emb, coords, labels), args.iters * 10, warmup=2)
-                emit(**base, bench="prompt+decoder", impl="sam-jax", variant=name, dtype=dtype,
-                     prompts=prompts, ms_per_call=1e3 * sec)
+                emit(
+                    **base,
+                    bench="prompt+decoder",
+                    impl="sam-jax",
+                    variant=name,
+                    dtype=dtype,
+                    prompts=prompts,
+                    ms_per_call=1e3 * sec,
+                )
                 if ref is not None:
                     torch = official.torch
                     emb_t = torch.randn(1, e, g, g, device=official.device)
@@ -205,16 +241,33 @@ def bench_decoder(args, official, base: dict) -> None:
                     def run_ref():
                         with official.autocast(dtype):
                             sp, de = ref.prompt_encoder(points=(pts, lab), boxes=None, masks=None)
-                            ref.mask_decoder(image_embeddings=emb_t,
-                                             image_pe=ref.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sp,
-                                             dense_prompt_embeddings=de, multimask_output=True)
+                            ref.mask_decoder(
+                                image_embeddings=emb_t,
+                                image_pe=ref.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sp,
+                                dense_prompt_embeddings=de,
+                                multimask_output=True,
+                            )
 
                     sec_ref = official.timed(run_ref, args.iters * 10, warmup=2)
-                    emit(**base, bench="prompt+decoder", impl="official", variant=name,
-                         dtype=dtype, prompts=prompts, ms_per_call=1e3 * sec_ref)
-                    emit(**base, bench="prompt+decoder", figure="ratio_ours_over_official",
-                         variant=name, dtype=dtype, prompts=prompts, ratio=sec / sec_ref)
+                    emit(
+                        **base,
+                        bench="prompt+decoder",
+                        impl="official",
+                        variant=name,
+                        dtype=dtype,
+                        prompts=prompts,
+                        ms_per_call=1e3 * sec_ref,
+                    )
+                    emit(
+                        **base,
+                        bench="prompt+decoder",
+                        figure="ratio_ours_over_official",
+                        variant=name,
+                        dtype=dtype,
+                        prompts=prompts,
+                        ratio=sec / sec_ref,
+                    )
 
 
 def photo(size: int) -> np.ndarray:
@@ -244,17 +297,38 @@ def bench_amg(args, official, base: dict) -> None:
             gen = SamAutomaticMaskGenerator(build_sam(config, dtype=DTYPES[dtype]), **extra)
             masks = gen.generate(image)
             seconds[dtype] = sec = timed(lambda: gen.generate(image), args.iters, warmup=0)
-            emit(**base, bench="amg", impl="sam-jax", variant=name, dtype=dtype,
-                 image=list(image.shape), ms_per_image=1e3 * sec, masks=len(masks))
+            emit(
+                **base,
+                bench="amg",
+                impl="sam-jax",
+                variant=name,
+                dtype=dtype,
+                image=list(image.shape),
+                ms_per_image=1e3 * sec,
+                masks=len(masks),
+            )
         if official is not None and "float32" in seconds:
             from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator as RefAMG
 
             ref = RefAMG(official.build(config), **extra)
             sec_ref = official.timed(lambda: ref.generate(image), args.iters)
-            emit(**base, bench="amg", impl="official", variant=name, dtype="float32",
-                 image=list(image.shape), ms_per_image=1e3 * sec_ref)
-            emit(**base, bench="amg", figure="ratio_ours_over_official", variant=name,
-                 dtype="float32", ratio=seconds["float32"] / sec_ref)
+            emit(
+                **base,
+                bench="amg",
+                impl="official",
+                variant=name,
+                dtype="float32",
+                image=list(image.shape),
+                ms_per_image=1e3 * sec_ref,
+            )
+            emit(
+                **base,
+                bench="amg",
+                figure="ratio_ours_over_official",
+                variant=name,
+                dtype="float32",
+                ratio=seconds["float32"] / sec_ref,
+            )
 
 
 def bench_train(args, official, base: dict) -> None:
@@ -268,8 +342,17 @@ def bench_train(args, official, base: dict) -> None:
                 res = measure(config, batch, args.iters, args.peak_tflops)
             except Exception as err:  # noqa: BLE001 - out of memory shows as XLA errors
                 res = dict(ok=False, error=f"{type(err).__name__}: {str(err)[:300]}")
-            emit(**base, bench="train_step", impl="sam-jax", variant=name, batch=batch,
-                 masks_per_image=masks, passes=passes, dtype=config.model.compute_dtype, **res)
+            emit(
+                **base,
+                bench="train_step",
+                impl="sam-jax",
+                variant=name,
+                batch=batch,
+                masks_per_image=masks,
+                passes=passes,
+                dtype=config.model.compute_dtype,
+                **res,
+            )
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> float:
@@ -301,14 +384,14 @@ def bench_encoder_cpu(args, official, base: dict) -> None:
         x, xt = jnp.asarray(pixels), torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
         first = best_of(lambda: ours.embed_images(x).block_until_ready(), 1)
         sec = best_of(lambda: ours.embed_images(x).block_until_ready(), args.iters)
-        common = dict(**base, bench="encoder_cpu", variant=name, dtype="float32", image=s,
-                      cores=os.cpu_count())
+        common = dict(
+            **base, bench="encoder_cpu", variant=name, dtype="float32", image=s, cores=os.cpu_count()
+        )
         emit(**common, impl="sam-jax", seconds=round(sec, 3), first_call_seconds=round(first, 3))
         with torch.no_grad():
             ref.image_encoder(xt)  # warm-up
             sec_ref = best_of(lambda: ref.image_encoder(xt), args.iters)
-        emit(**common, impl="official", seconds=round(sec_ref, 3),
-             torch_threads=torch.get_num_threads())
+        emit(**common, impl="official", seconds=round(sec_ref, 3), torch_threads=torch.get_num_threads())
         emit(**common, figure="ratio_ours_over_official", ratio=round(sec / sec_ref, 3))
 
 
@@ -326,55 +409,76 @@ def bench_inference_cpu(args, official, base: dict) -> None:
         ref_model, ours = same_weights(TINY if args.tiny else VARIANTS[name], official)
         common = dict(**base, bench="inference_cpu", variant=name, dtype="float32")
         pred, ref = SamPredictor(ours), segment_anything.SamPredictor(ref_model)
-        for impl, fn in (("sam-jax", lambda: (pred.set_image(image),
-                                              pred.features.block_until_ready())),
-                         ("official", lambda: ref.set_image(image))):
+        for impl, fn in (
+            ("sam-jax", lambda: (pred.set_image(image), pred.features.block_until_ready())),
+            ("official", lambda: ref.set_image(image)),
+        ):
             with torch.no_grad():
                 first, sec = (best_of(fn, 1) for _ in range(2))
-            emit(**common, impl=impl, what="set_image", seconds=round(sec, 4),
-                 first_call=round(first, 3))
+            emit(**common, impl=impl, what="set_image", seconds=round(sec, 4), first_call=round(first, 3))
         times = {"sam-jax": [], "official": []}  # alternating call by call
         with torch.no_grad():
             for _ in range(21):
                 times["sam-jax"].append(best_of(lambda: pred.predict(point, label), 1))
                 times["official"].append(best_of(lambda: ref.predict(point, label), 1))
         for impl, t in times.items():
-            emit(**common, impl=impl, what="predict_1_point", seconds=round(float(np.median(t[1:])), 4),
-                 first_call=round(t[0], 3), calls=len(t) - 1)
+            emit(
+                **common,
+                impl=impl,
+                what="predict_1_point",
+                seconds=round(float(np.median(t[1:])), 4),
+                first_call=round(t[0], 3),
+                calls=len(t) - 1,
+            )
         gen = SamAutomaticMaskGenerator(ours, **extra)
         first = best_of(lambda: gen.generate(image), 1)
-        emit(**common, impl="sam-jax", what="generate_default", first_call=round(first, 3),
-             seconds=round(best_of(lambda: gen.generate(image), 1), 4), masks=len(gen.generate(image)))
+        emit(
+            **common,
+            impl="sam-jax",
+            what="generate_default",
+            first_call=round(first, 3),
+            seconds=round(best_of(lambda: gen.generate(image), 1), 4),
+            masks=len(gen.generate(image)),
+        )
         ref_gen = segment_anything.SamAutomaticMaskGenerator(ref_model, **extra)
         with torch.no_grad():
-            emit(**common, impl="official", what="generate_default",
-                 seconds=round(best_of(lambda: ref_gen.generate(image), 1), 4),
-                 masks=len(ref_gen.generate(image)))
+            emit(
+                **common,
+                impl="official",
+                what="generate_default",
+                seconds=round(best_of(lambda: ref_gen.generate(image), 1), 4),
+                masks=len(ref_gen.generate(image)),
+            )
 
 
-DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg,
-                 "train": bench_train}
-PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu,
-                               "inference-cpu": bench_inference_cpu})
+DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
+PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
 CPU_PARTS = ("encoder-cpu", "inference-cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", choices=list(PARTS),
-                        help="run this one part (same as --parts MODE)")
-    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
-                        help=f"comma list of {list(PARTS)}")
-    parser.add_argument("--variants", default=None,
-                        help="comma list (default vit_b,vit_l,vit_h; vit_b for the CPU comparisons)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "mode", nargs="?", choices=list(PARTS), help="run this one part (same as --parts MODE)"
+    )
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma list of {list(PARTS)}")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma list (default vit_b,vit_l,vit_h; vit_b for the CPU comparisons)",
+    )
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--impls", default="auto",
-                        help="attention implementations to sweep: auto,xla,cudnn,decomposed")
+    parser.add_argument(
+        "--impls", default="auto", help="attention implementations to sweep: auto,xla,cudnn,decomposed"
+    )
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="dense bf16 peak of the device, for MFU (H100/H200: 989)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bf16 peak of the device, for MFU (H100/H200: 989)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
     args = parser.parse_args(argv)
@@ -395,9 +499,15 @@ def main(argv: list[str] | None = None) -> None:
     official = None if args.no_official else Official.load()
     dev = jax.devices()[0]
     base = dict(device=getattr(dev, "device_kind", dev.platform), backend=jax.default_backend())
-    emit(**base, bench="environment", date=datetime.date.today().isoformat(),
-         jax=jax.__version__, official=official.device if official else None,
-         torch=official.torch.__version__ if official else None, tiny=args.tiny)
+    emit(
+        **base,
+        bench="environment",
+        date=datetime.date.today().isoformat(),
+        jax=jax.__version__,
+        official=official.device if official else None,
+        torch=official.torch.__version__ if official else None,
+        tiny=args.tiny,
+    )
     for part in args.parts:
         PARTS[part](args, official, base)
 

@@ -25,9 +25,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY_CLIP = {"embed_dim": 32, "image_size": 32, "patch_size": 8, "vision_width": 32,
-             "vision_layers": 2, "vision_heads": 2, "text_width": 32, "text_layers": 1,
-             "text_heads": 2}
+TINY_CLIP = {
+    "embed_dim": 32,
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_width": 32,
+    "vision_layers": 2,
+    "vision_heads": 2,
+    "text_width": 32,
+    "text_layers": 1,
+    "text_heads": 2,
+}
 SA1B_MASKS = 1.1e9
 
 
@@ -53,8 +61,8 @@ def _measure(on: bool, steps: int) -> dict:
 
     c = get_config()
     c.text.enabled, c.text.clip, c.text.clip_custom = on, "custom", TINY_CLIP
-    c.text.min_mask_side = 12.5   # 100 px at 1024, scaled to 128
-    c.sim.unroll = 1              # short compiles; the same for both figures
+    c.text.min_mask_side = 12.5  # 100 px at 1024, scaled to 128
+    c.sim.unroll = 1  # short compiles; the same for both figures
     trainer = Trainer(c, sharding.make_mesh(dict(c.mesh.shape)))
     state = [trainer.init_state(0)]
     size = trainer.module.config.image_size
@@ -68,11 +76,22 @@ def _measure(on: bool, steps: int) -> dict:
     metrics = step()  # compile
     if not on:
         return {"step_ms_off": _median_ms(step, steps)}
-    out = {"step_ms_on_device": _median_ms(step, steps),
-           "text_prompted_masks": float(metrics["text_prompted"])}
+    out = {
+        "step_ms_on_device": _median_ms(step, steps),
+        "text_prompted_masks": float(metrics["text_prompted"]),
+    }
     fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
-    args = (trainer.clip, trainer.clip_params, jax.random.key(0), host["image"], host["masks"],
-            host["boxes"], host["mask_valid"], trainer.text_cfg, size)
+    args = (
+        trainer.clip,
+        trainer.clip_params,
+        jax.random.key(0),
+        host["image"],
+        host["masks"],
+        host["boxes"],
+        host["mask_valid"],
+        trainer.text_cfg,
+        size,
+    )
     jax.block_until_ready(fn(*args))
     out["clip_ms"] = _median_ms(lambda: jax.block_until_ready(fn(*args)), steps)
     return out

@@ -73,7 +73,7 @@ def _override(config: ml_collections.ConfigDict, item: str) -> None:
         if name not in node:
             what = f"{prefix or 'the config'} has {', '.join(sorted(node))}"
             if i < len(parents):
-                what = f"no section {'.'.join(names[:i + 1])!r}; {what}"
+                what = f"no section {'.'.join(names[: i + 1])!r}; {what}"
             raise ConfigError(f"unknown config key {key!r} ({what})")
         if i < len(parents):
             node = node[name]
@@ -88,22 +88,26 @@ def _override(config: ml_collections.ConfigDict, item: str) -> None:
         raise ConfigError(f"config key {key!r} expects a {type(old).__name__}, got {raw!r}") from None
 
 
-def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
-                      ) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+def parse_config_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
     """``(args, config)``: ``parser``'s options plus ``--config`` and its overrides.
 
     A missing file, an unknown key or a malformed override ends with a one-line
     usage error (exit status 2).
     """
-    parser.add_argument("--config", "-c", required=True,
-                        help=f"configs/<name>.py or a name (tiny, vit_b, ...); "
-                             f"then {PREFIX}<key>=<value> overrides")
+    parser.add_argument(
+        "--config",
+        "-c",
+        required=True,
+        help=f"configs/<name>.py or a name (tiny, vit_b, ...); then {PREFIX}<key>=<value> overrides",
+    )
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if not r.startswith(PREFIX)]
     if bad:
         parser.error(f"unrecognised arguments {bad} (overrides are {PREFIX}key=value)")
     try:
-        config = load_config(args.config, [r[len(PREFIX):] for r in rest])
+        config = load_config(args.config, [r[len(PREFIX) :] for r in rest])
     except (FileNotFoundError, KeyError, ValueError) as e:
         parser.error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
     return args, config

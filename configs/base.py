@@ -59,31 +59,84 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = dict(variant="vit_b", overrides={}, drop_path_rate=0.0, remat_policy="none",
-                   compute_dtype="bfloat16", init_checkpoint="")
-    c.sim = dict(num_passes=11, num_correction_points=8, box_prob=0.5, box_noise_frac=0.1,
-                 box_noise_max=20.0, point_in_cell="uniform", unroll=1, remat=False)
-    c.loss = dict(focal_weight=20.0, dice_weight=1.0, iou_weight=1.0, focal_alpha=0.25,
-                  focal_gamma=2.0, resolution=0, min_target_cells=1)
-    c.optim = dict(lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, layer_decay=0.8,
-                   warmup_steps=250, decay_steps=(60000, 86666), decay_factor=0.1,
-                   grad_clip_norm=0.0)
-    c.mesh = dict(shape={"data": -1, "fsdp": 1, "tensor": 1},
-                  axis_rules=LOGICAL_AXIS_RULES,
-                  coordinator_address="", num_processes=-1, process_id=-1)
-    c.data = dict(train_dir="", eval_dir="", masks_per_image=64, global_batch_size=256,
-                  seed=0, max_mask_area_frac=0.9, synthetic=False,
-                  synthetic_images=0, fraction=1.0, mixture=())
-    c.text = dict(enabled=False, clip="ViT-L/14@336px", clip_custom={}, clip_checkpoint="",
-                  clip_seed=0, min_mask_side=100.0, crop_scale=(1.0, 2.0), zero_outside_prob=0.5,
-                  masked_attention=True, masks_per_image=0)
+    c.model = dict(
+        variant="vit_b",
+        overrides={},
+        drop_path_rate=0.0,
+        remat_policy="none",
+        compute_dtype="bfloat16",
+        init_checkpoint="",
+    )
+    c.sim = dict(
+        num_passes=11,
+        num_correction_points=8,
+        box_prob=0.5,
+        box_noise_frac=0.1,
+        box_noise_max=20.0,
+        point_in_cell="uniform",
+        unroll=1,
+        remat=False,
+    )
+    c.loss = dict(
+        focal_weight=20.0,
+        dice_weight=1.0,
+        iou_weight=1.0,
+        focal_alpha=0.25,
+        focal_gamma=2.0,
+        resolution=0,
+        min_target_cells=1,
+    )
+    c.optim = dict(
+        lr=8e-4,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        layer_decay=0.8,
+        warmup_steps=250,
+        decay_steps=(60000, 86666),
+        decay_factor=0.1,
+        grad_clip_norm=0.0,
+    )
+    c.mesh = dict(
+        shape={"data": -1, "fsdp": 1, "tensor": 1},
+        axis_rules=LOGICAL_AXIS_RULES,
+        coordinator_address="",
+        num_processes=-1,
+        process_id=-1,
+    )
+    c.data = dict(
+        train_dir="",
+        eval_dir="",
+        masks_per_image=64,
+        global_batch_size=256,
+        seed=0,
+        max_mask_area_frac=0.9,
+        synthetic=False,
+        synthetic_images=0,
+        fraction=1.0,
+        mixture=(),
+    )
+    c.text = dict(
+        enabled=False,
+        clip="ViT-L/14@336px",
+        clip_custom={},
+        clip_checkpoint="",
+        clip_seed=0,
+        min_mask_side=100.0,
+        crop_scale=(1.0, 2.0),
+        zero_outside_prob=0.5,
+        masked_attention=True,
+        masks_per_image=0,
+    )
     c.train = dict(num_steps=90000, seed=0, log_every=50, workdir="/tmp/sam_jax_train")
     c.ckpt = dict(every=1000, keep=3, async_save=True)
     return c
 
 
-def paper_variant(variant: str, lr: float, layer_decay: float, drop_path: float,
-                  num_steps: int, batch: int) -> ml_collections.ConfigDict:
+def paper_variant(
+    variant: str, lr: float, layer_decay: float, drop_path: float, num_steps: int, batch: int
+) -> ml_collections.ConfigDict:
     """A paper recipe (REFERENCE section 6): the lr steps sit at 2/3 and ~96% of training."""
     c = base_config()
     c.model.variant = variant
@@ -103,24 +156,42 @@ class ConfigError(ValueError):
 
 # Allowed ranges of the numeric keys: (low, high); a bound of None is open.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
-    "train.num_steps": (1, None), "train.log_every": (1, None),
-    "ckpt.every": (1, None), "ckpt.keep": (1, None),
-    "data.global_batch_size": (1, None), "data.masks_per_image": (1, None),
+    "train.num_steps": (1, None),
+    "train.log_every": (1, None),
+    "ckpt.every": (1, None),
+    "ckpt.keep": (1, None),
+    "data.global_batch_size": (1, None),
+    "data.masks_per_image": (1, None),
     "data.max_mask_area_frac": (0, 1),
-    "sim.num_passes": (1, None), "sim.num_correction_points": (0, None),
-    "sim.box_prob": (0, 1), "sim.box_noise_frac": (0, None), "sim.box_noise_max": (0, None),
+    "sim.num_passes": (1, None),
+    "sim.num_correction_points": (0, None),
+    "sim.box_prob": (0, 1),
+    "sim.box_noise_frac": (0, None),
+    "sim.box_noise_max": (0, None),
     "sim.unroll": (1, None),
-    "loss.focal_weight": (0, None), "loss.dice_weight": (0, None), "loss.iou_weight": (0, None),
-    "loss.focal_alpha": (0, 1), "loss.focal_gamma": (0, None), "loss.resolution": (0, None),
+    "loss.focal_weight": (0, None),
+    "loss.dice_weight": (0, None),
+    "loss.iou_weight": (0, None),
+    "loss.focal_alpha": (0, 1),
+    "loss.focal_gamma": (0, None),
+    "loss.resolution": (0, None),
     "loss.min_target_cells": (0, None),
-    "optim.lr": (0, None), "optim.b1": (0, 1), "optim.b2": (0, 1), "optim.eps": (0, None),
-    "optim.weight_decay": (0, None), "optim.layer_decay": (0, 1), "optim.warmup_steps": (0, None),
-    "optim.decay_factor": (0, None), "optim.grad_clip_norm": (0, None),
+    "optim.lr": (0, None),
+    "optim.b1": (0, 1),
+    "optim.b2": (0, 1),
+    "optim.eps": (0, None),
+    "optim.weight_decay": (0, None),
+    "optim.layer_decay": (0, 1),
+    "optim.warmup_steps": (0, None),
+    "optim.decay_factor": (0, None),
+    "optim.grad_clip_norm": (0, None),
     "model.drop_path_rate": (0, 1),
 }
-_CHOICES = {"model.variant": ("vit_b", "vit_l", "vit_h", "default", "custom"),
-            "model.compute_dtype": ("bfloat16", "float32"),
-            "sim.point_in_cell": ("uniform", "centre")}
+_CHOICES = {
+    "model.variant": ("vit_b", "vit_l", "vit_h", "default", "custom"),
+    "model.compute_dtype": ("bfloat16", "float32"),
+    "sim.point_in_cell": ("uniform", "centre"),
+}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -136,12 +207,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     known = base_config()
     for section in config:
         if section not in known:
-            raise ConfigError(f"unknown config section {section!r}; sections are "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config section {section!r}; sections are {', '.join(sorted(known))}")
         for key in config[section]:
             if key not in known[section]:
-                raise ConfigError(f"unknown config key '{section}.{key}'; {section} has "
-                                  f"{', '.join(sorted(known[section]))}")
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}'; {section} has {', '.join(sorted(known[section]))}"
+                )
     for name, (lo, hi) in _RANGES.items():
         section, key = name.split(".")
         v = config[section][key]
@@ -155,8 +226,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     for name, allowed in _CHOICES.items():
         section, key = name.split(".")
         if config[section][key] not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got "
-                              f"{config[section][key]!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {config[section][key]!r}")
     batch = config.data.global_batch_size
     shape = dict(config.mesh.shape)
     split = 1
@@ -166,10 +236,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             raise ConfigError(f"mesh.shape.{axis} must be an integer >= 1 or -1, got {n!r}")
         split *= max(n, 1)
     if batch % split:
-        raise ConfigError(f"data.global_batch_size={batch} must be divisible by the data x fsdp "
-                          f"mesh axes ({split})")
+        raise ConfigError(
+            f"data.global_batch_size={batch} must be divisible by the data x fsdp mesh axes ({split})"
+        )
     procs = config.mesh.num_processes
     if isinstance(procs, int) and procs > 0 and batch % procs:
-        raise ConfigError(f"data.global_batch_size={batch} must be divisible by "
-                          f"mesh.num_processes={procs}")
+        raise ConfigError(f"data.global_batch_size={batch} must be divisible by mesh.num_processes={procs}")
     return config

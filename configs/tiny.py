@@ -12,9 +12,15 @@ from configs.base import base_config
 from sam_jax.modeling.variants import get_config as get_sam_config
 
 # SamConfig fields that replace vit_b's (the other fields are vit_b's).
-TINY_FIELDS = dict(encoder_embed_dim=64, encoder_depth=4, encoder_num_heads=4,
-                   encoder_global_attn_indexes=(1, 3), image_size=256, prompt_embed_dim=64,
-                   decoder_mlp_dim=128)
+TINY_FIELDS = dict(
+    encoder_embed_dim=64,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1, 3),
+    image_size=256,
+    prompt_embed_dim=64,
+    decoder_mlp_dim=128,
+)
 TINY = get_sam_config("vit_b", **TINY_FIELDS)
 TRAIN_IMAGE_SIZE = 128
 TINY_TRAIN = TINY.replace(image_size=TRAIN_IMAGE_SIZE)

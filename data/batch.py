@@ -51,14 +51,17 @@ def batch_rank(key: str) -> int:
 
 def empty_sample(model_size: int, target_size: int, max_masks: int) -> dict[str, np.ndarray]:
     """All-zero sample with the static shapes (``image_id`` -1: no image)."""
-    out = {k: np.zeros(sample_shape(k, model_size, target_size, max_masks), dtype)
-           for k, (dtype, _) in FIELDS.items()}
+    out = {
+        k: np.zeros(sample_shape(k, model_size, target_size, max_masks), dtype)
+        for k, (dtype, _) in FIELDS.items()
+    }
     out["image_id"][...] = -1
     return out
 
 
-def empty_batch(batch_size: int, model_size: int, target_size: int,
-                max_masks: int) -> dict[str, np.ndarray]:
+def empty_batch(batch_size: int, model_size: int, target_size: int, max_masks: int) -> dict[str, np.ndarray]:
     """All-zero batch of ``batch_size`` samples (``image_id`` -1)."""
-    return {k: np.repeat(v[None], batch_size, axis=0)
-            for k, v in empty_sample(model_size, target_size, max_masks).items()}
+    return {
+        k: np.repeat(v[None], batch_size, axis=0)
+        for k, v in empty_sample(model_size, target_size, max_masks).items()
+    }

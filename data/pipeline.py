@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -135,16 +135,22 @@ def record_stream(
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     mine = shards[process_index::process_count]
     if not mine:
-        raise ValueError(f"process {process_index} of {process_count} gets no shard: only {len(shards)} shards")
+        raise ValueError(
+            f"process {process_index} of {process_count} gets no shard: only {len(shards)} shards"
+        )
     slot = 0
     epoch = 0
     while num_epochs is None or epoch < num_epochs:
-        order = np.random.default_rng([seed, epoch, process_index, 1]).permutation(len(mine)) if shuffle else np.arange(len(mine))
+        order = (
+            np.random.default_rng([seed, epoch, process_index, 1]).permutation(len(mine))
+            if shuffle
+            else np.arange(len(mine))
+        )
         files = [mine[i] for i in order]
         n_epoch = 0
         block_idx = 0
         for g in range(0, len(files), cycle_length):
-            stream = _round_robin([sa1b.iter_refs(f, kind) for f in files[g:g + cycle_length]])
+            stream = _round_robin([sa1b.iter_refs(f, kind) for f in files[g : g + cycle_length]])
             while True:
                 block = []
                 for ref in stream:
@@ -156,7 +162,9 @@ def record_stream(
                 if not block:
                     break
                 if shuffle:
-                    perm = np.random.default_rng([seed, epoch, process_index, 2, g, block_idx]).permutation(len(block))
+                    perm = np.random.default_rng([seed, epoch, process_index, 2, g, block_idx]).permutation(
+                        len(block)
+                    )
                     block = [block[i] for i in perm]
                 block_idx += 1
                 for ref in block:
@@ -170,8 +178,7 @@ def record_stream(
 
 
 # Values of the padding slots of a finite stream's last batch (other keys: zeros).
-_PAD_VALUES = {"mask_valid": False, "image_id": -1, "status": int(Status.PADDING), "slot": -1,
-               "epoch": -1}
+_PAD_VALUES = {"mask_valid": False, "image_id": -1, "status": int(Status.PADDING), "slot": -1, "epoch": -1}
 
 
 def _pad_batch(tf, batch_size: int, batch: dict) -> dict:
@@ -256,7 +263,9 @@ class Pipeline:
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if len(self.shards) < self.process_count:
-            raise ValueError(f"{len(self.shards)} shards for {self.process_count} processes: each process needs one")
+            raise ValueError(
+                f"{len(self.shards)} shards for {self.process_count} processes: each process needs one"
+            )
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
@@ -317,7 +326,9 @@ class Pipeline:
             loader.close()
 
     def _process(self, epoch, status, jpeg, payload, payload_kind):
-        sample, st = process_record(bytes(jpeg), bytes(payload), int(payload_kind), int(status), int(epoch), self.cfg)
+        sample, st = process_record(
+            bytes(jpeg), bytes(payload), int(payload_kind), int(status), int(epoch), self.cfg
+        )
         with self._lock:
             self._counts[st.counter] += 1
         return tuple(sample[k] for k in BATCH_KEYS) + (np.int32(st),)
@@ -374,5 +385,4 @@ class Pipeline:
         return ds
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for batch in self.dataset().as_numpy_iterator():
-            yield batch
+        yield from self.dataset().as_numpy_iterator()

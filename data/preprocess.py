@@ -121,7 +121,9 @@ def _target_axis(n_target: int, model_size: int, resized: int, original: int) ->
     return np.minimum(src, original - 1)
 
 
-def _process(jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+def _process(
+    jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: PreprocessConfig
+) -> dict[str, np.ndarray]:
     try:
         ann: Annotations = parse_payload(payload, payload_kind)
     except PayloadError as e:
@@ -129,7 +131,9 @@ def _process(jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: Pr
     if ann.jpeg is not None:
         jpeg = ann.jpeg
     img, H, W, nh, nw = _decode_image(jpeg, cfg)
-    if (ann.height, ann.width) != (H, W) or (len(ann.sizes) and ((ann.sizes[:, 0] != H) | (ann.sizes[:, 1] != W)).any()):
+    if (ann.height, ann.width) != (H, W) or (
+        len(ann.sizes) and ((ann.sizes[:, 0] != H) | (ann.sizes[:, 1] != W)).any()
+    ):
         raise _Skip(Status.RLE_SIZE_MISMATCH)
     if not ann.counts:
         raise _Skip(Status.NO_USABLE_MASK)

@@ -147,7 +147,9 @@ def sample_grid(
     lo = np.concatenate(lo_all)
     hi = np.concatenate(hi_all)
     total = n * nq
-    diff = np.bincount(lo, minlength=total + 1)[: total + 1] - np.bincount(hi, minlength=total + 1)[: total + 1]
+    diff = (
+        np.bincount(lo, minlength=total + 1)[: total + 1] - np.bincount(hi, minlength=total + 1)[: total + 1]
+    )
     inside = np.cumsum(diff[:total]) > 0
     # (n, nc, nr) in column-major query order -> (n, nr, nc).
     grid = inside.reshape(n, nc_u, nr_u).transpose(0, 2, 1).astype(np.uint8)

@@ -32,8 +32,9 @@ import os
 import re
 import struct
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -376,7 +377,9 @@ def _parse_tfds_payload(payload: bytes) -> Annotations:
         height = int(_feature(ex, "image/height").int64_list.value[0])
         width = int(_feature(ex, "image/width").int64_list.value[0])
         counts = list(_feature(ex, "annotations/segmentation/counts").bytes_list.value)
-        sizes = np.asarray(_feature(ex, "annotations/segmentation/size").int64_list.value, np.int64).reshape(-1, 2)
+        sizes = np.asarray(_feature(ex, "annotations/segmentation/size").int64_list.value, np.int64).reshape(
+            -1, 2
+        )
         if len(sizes) != len(counts):
             raise ValueError("counts/size length mismatch")
     except Exception as e:  # protobuf DecodeError, KeyError, IndexError ...

@@ -45,7 +45,7 @@ __all__ = [
 
 # Corpus image ``i`` is generated from seed CORPUS_SEED_BASE + i: far from the seeds of the
 # streaming synthetic batches and of train.evaluate's held-out batches (10**6 + i).
-CORPUS_SEED_BASE = 2 ** 40
+CORPUS_SEED_BASE = 2**40
 _SA_ID = re.compile(r"sa_(\d+)$")
 
 
@@ -53,7 +53,7 @@ def image_unit(image_id) -> float:
     """A number in ``[0, 1)`` that depends only on ``image_id`` (int or str): the first 8
     bytes of its BLAKE2b hash, so it is the same on every machine, process and cell."""
     digest = hashlib.blake2b(str(image_id).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def _check_fraction(fraction: float) -> float:
@@ -89,8 +89,11 @@ def is_mixture(sources) -> bool:
     """Whether ``sources`` is a stage mixture (a mapping or pairs ``(glob, weight)``)."""
     if isinstance(sources, Mapping) or hasattr(sources, "items"):
         return True
-    return (not isinstance(sources, str) and len(sources) > 0
-            and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in sources))
+    return (
+        not isinstance(sources, str)
+        and len(sources) > 0
+        and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in sources)
+    )
 
 
 def weighted_shards(sources) -> list[str]:
@@ -109,10 +112,17 @@ def weighted_shards(sources) -> list[str]:
     return sorted(out)
 
 
-def synthetic_corpus_batches(num_images: int, fraction: float, seed: int, batch_size: int,
-                             masks_per_image: int, image_size: int, start_step: int = 0,
-                             process_index: int = 0, process_count: int = 1
-                             ) -> Iterator[dict[str, np.ndarray]]:
+def synthetic_corpus_batches(
+    num_images: int,
+    fraction: float,
+    seed: int,
+    batch_size: int,
+    masks_per_image: int,
+    image_size: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Batches of this process from a corpus of ``num_images`` synthetic images, restricted
     to ``fraction`` (by id, :func:`in_fraction`), from ``start_step`` on.
 

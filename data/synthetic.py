@@ -106,7 +106,7 @@ class SyntheticImage:
         """(H, W) bool full-resolution mask ``i``."""
         full = np.zeros((self.height, self.width), bool, order=order)
         crop, (y0, x0) = self.crops[i]
-        full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         return full
 
     @property
@@ -114,7 +114,7 @@ class SyntheticImage:
         """(N, H, W) bool full-resolution masks (memory heavy at SA-1B size)."""
         out = np.zeros((self.num_masks, self.height, self.width), bool)
         for i, (crop, (y0, x0)) in enumerate(self.crops):
-            out[i, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+            out[i, y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         return out
 
 
@@ -172,7 +172,9 @@ def _shape_polygon(rng: np.random.Generator, cx: float, cy: float, r: float) -> 
     return list(zip(xr.tolist(), yr.tolist()))
 
 
-def _raster(poly: list[tuple[float, float]], h: int, w: int) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+def _raster(
+    poly: list[tuple[float, float]], h: int, w: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     """Rasterise a polygon; returns (crop mask bool, (y0, y1, x0, x1)) or None if off-image."""
     xs = [p[0] for p in poly]
     ys = [p[1] for p in poly]
@@ -242,11 +244,7 @@ def generate_image(
 
     # Background: two octaves of smooth colour noise + fine grain.
     bg_col = rng.uniform(40, 215, 3).astype(np.float32)
-    img = (
-        bg_col
-        + 70 * (_smooth_noise(rng, h, w, 6, 3) - 0.5)
-        + 30 * (_smooth_noise(rng, h, w, 40, 3) - 0.5)
-    )
+    img = bg_col + 70 * (_smooth_noise(rng, h, w, 6, 3) - 0.5) + 30 * (_smooth_noise(rng, h, w, 40, 3) - 0.5)
     label = np.zeros((h, w), np.int32)  # 0 = background, i+1 = shape i
     shapes_parent: list[int] = []  # per painted shape: parent shape index or -1
     shapes_box: list[tuple[int, int, int, int]] = []  # (y0, y1, x0, x1)
@@ -283,7 +281,10 @@ def generate_image(
             ox0, ox1 = max(px0, x0), min(px1, x1)
             if oy1 <= oy0 or ox1 <= ox0:
                 continue
-            pcrop = pcrop[oy0 - py0:oy1 - py0, ox0 - px0:ox1 - px0] & crop[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+            pcrop = (
+                pcrop[oy0 - py0 : oy1 - py0, ox0 - px0 : ox1 - px0]
+                & crop[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+            )
             if not pcrop.any():
                 continue
             part_idx = len(shapes_parent)
@@ -324,10 +325,12 @@ def generate_image(
         # Tighten the crop to the visible mask.
         rows = np.flatnonzero(m.any(axis=1))
         cols = np.flatnonzero(m.any(axis=0))
-        m = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         crops.append((np.ascontiguousarray(m), (y0 + int(rows[0]), x0 + int(cols[0]))))
         parent_out.append(-1 if p < 0 else kept[p])
-    return SyntheticImage(image=image, crops=crops, parent=np.asarray(parent_out, np.int64), image_id=image_id_for(index))
+    return SyntheticImage(
+        image=image, crops=crops, parent=np.asarray(parent_out, np.int64), image_id=image_id_for(index)
+    )
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -347,9 +350,9 @@ def sample_json(sample: SyntheticImage, seed: int) -> dict:
     full = np.zeros((h, w), np.uint8, order="F")
     for i, (crop, (y0, x0)) in enumerate(sample.crops):
         ch, cw = crop.shape
-        full[y0:y0 + ch, x0:x0 + cw] = crop
+        full[y0 : y0 + ch, x0 : x0 + cw] = crop
         rle = mask_utils.encode(full)
-        full[y0:y0 + ch, x0:x0 + cw] = 0
+        full[y0 : y0 + ch, x0 : x0 + cw] = 0
         ys, xs = np.nonzero(crop)
         k = int(rng.integers(len(ys)))
         anns.append(
@@ -431,9 +434,15 @@ def write_shards(
     return paths
 
 
-def write_eval_set(out_dir: str, num_images: int, seed: int = 0, short_side: int = 1500,
-                   aspect: float | None = None, num_objects: int | None = None,
-                   jpeg_quality: int = 90) -> str:
+def write_eval_set(
+    out_dir: str,
+    num_images: int,
+    seed: int = 0,
+    short_side: int = 1500,
+    aspect: float | None = None,
+    num_objects: int | None = None,
+    jpeg_quality: int = 90,
+) -> str:
     """Write an evaluation set of the same scenes in the formats benchmarks come in.
 
     ``out_dir/images/sa_<id>.jpg``, ``out_dir/instances.json`` (COCO instances, one
@@ -452,18 +461,25 @@ def write_eval_set(out_dir: str, num_images: int, seed: int = 0, short_side: int
         name = f"sa_{s.image_id}"
         with open(os.path.join(out_dir, "images", name + ".jpg"), "wb") as f:
             f.write(encode_jpeg(s.image, jpeg_quality))
-        doc["images"].append({"id": s.image_id, "file_name": name + ".jpg", "height": s.height,
-                              "width": s.width})
+        doc["images"].append(
+            {"id": s.image_id, "file_name": name + ".jpg", "height": s.height, "width": s.width}
+        )
         edges = np.zeros((s.height, s.width), bool)
         for i in range(s.num_masks):
             m = s.mask(i, order="F")
             edges |= m & ~ndimage.binary_erosion(m, border_value=1)
             rle = mask_utils.encode(m.astype(np.uint8, order="F"))
-            doc["annotations"].append({
-                "id": s.image_id * 1000 + i, "image_id": s.image_id, "category_id": 1,
-                "segmentation": {"size": [s.height, s.width], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
-                "iscrowd": 0})
+            doc["annotations"].append(
+                {
+                    "id": s.image_id * 1000 + i,
+                    "image_id": s.image_id,
+                    "category_id": 1,
+                    "segmentation": {"size": [s.height, s.width], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
+            )
         Image.fromarray(edges.astype(np.uint8) * 255).save(os.path.join(out_dir, "edges", name + ".png"))
     path = os.path.join(out_dir, "instances.json")
     tmp = path + ".tmp"
@@ -480,20 +496,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images-per-shard", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--short-side", type=int, default=1500)
-    p.add_argument("--aspect", type=float, default=None, help="long/short ratio (default: random 1, 4/3, 3/2)")
+    p.add_argument(
+        "--aspect", type=float, default=None, help="long/short ratio (default: random 1, 4/3, 3/2)"
+    )
     p.add_argument("--num-objects", type=int, default=None)
     p.add_argument("--extract", action="store_true", help="also write extracted folders")
-    p.add_argument("--eval-set", action="store_true",
-                   help="write images/, instances.json (COCO) and edges/ instead of tar shards")
+    p.add_argument(
+        "--eval-set",
+        action="store_true",
+        help="write images/, instances.json (COCO) and edges/ instead of tar shards",
+    )
     a = p.parse_args(argv)
     t0 = time.time()
     if a.eval_set:
         path = write_eval_set(a.out, a.num_images, a.seed, a.short_side, a.aspect, a.num_objects)
-        print(json.dumps({"coco": path, "images": a.num_images,
-                          "seconds": round(time.time() - t0, 2)}))
+        print(json.dumps({"coco": path, "images": a.num_images, "seconds": round(time.time() - t0, 2)}))
         return
-    paths = write_shards(a.out, a.num_images, a.images_per_shard, a.seed, a.short_side, a.aspect, a.num_objects, extract=a.extract)
-    print(json.dumps({"shards": len(paths), "images": a.num_images, "seconds": round(time.time() - t0, 2), "out": a.out}))
+    paths = write_shards(
+        a.out,
+        a.num_images,
+        a.images_per_shard,
+        a.seed,
+        a.short_side,
+        a.aspect,
+        a.num_objects,
+        extract=a.extract,
+    )
+    print(
+        json.dumps(
+            {
+                "shards": len(paths),
+                "images": a.num_images,
+                "seconds": round(time.time() - t0, 2),
+                "out": a.out,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

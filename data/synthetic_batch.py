@@ -40,8 +40,9 @@ def make_image(rng: np.random.Generator, image_size: int, num_masks: int):
     return np.clip(img, 0, 255), masks
 
 
-def make_batch(seed: int, batch_size: int, masks_per_image: int, image_size: int,
-               num_valid: int | None = None) -> dict[str, np.ndarray]:
+def make_batch(
+    seed: int, batch_size: int, masks_per_image: int, image_size: int, num_valid: int | None = None
+) -> dict[str, np.ndarray]:
     """A batch of the data pipeline's format; masks beyond ``num_valid`` are padding."""
     rng = np.random.default_rng(seed)
     s, r, k = image_size, image_size // 4, masks_per_image

@@ -14,15 +14,16 @@ the layout pycocotools expects.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-
 # ----------------------------------------------------------------------------- grids & crops
+
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """``(n*n, 2)`` XY points in ``[0, 1]``, cell centres of an ``n x n`` grid, x fastest."""
@@ -33,15 +34,14 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=-1)
 
 
-def build_all_layer_point_grids(n_per_side: int, n_layers: int,
-                                scale_per_layer: int) -> list[np.ndarray]:
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
     """One grid per crop layer; layer ``i`` has ``int(n_per_side / scale**i)`` points a side."""
-    return [build_point_grid(int(n_per_side / scale_per_layer ** i))
-            for i in range(n_layers + 1)]
+    return [build_point_grid(int(n_per_side / scale_per_layer**i)) for i in range(n_layers + 1)]
 
 
-def generate_crop_boxes(im_size: tuple[int, int], n_layers: int,
-                        overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+def generate_crop_boxes(
+    im_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
     """Crop boxes (XYXY ints) of every layer, and each box's layer index.
 
     Layer 0 is the whole image; layer ``k >= 1`` tiles the image with
@@ -51,7 +51,7 @@ def generate_crop_boxes(im_size: tuple[int, int], n_layers: int,
     boxes, layers = [[0, 0, im_w, im_h]], [0]
     short_side = min(im_h, im_w)
     for k in range(1, n_layers + 1):
-        n = 2 ** k
+        n = 2**k
         overlap = int(overlap_ratio * short_side * (2 / n))
         crop_w = int(math.ceil((overlap * (n - 1) + im_w) / n))
         crop_h = int(math.ceil((overlap * (n - 1) + im_h) / n))
@@ -87,8 +87,7 @@ def uncrop_points(points: np.ndarray, crop_box: Sequence[int]) -> np.ndarray:
     return points + np.array(crop_box[:2], dtype=points.dtype)
 
 
-def uncrop_masks(masks: np.ndarray, crop_box: Sequence[int], orig_h: int,
-                 orig_w: int) -> np.ndarray:
+def uncrop_masks(masks: np.ndarray, crop_box: Sequence[int], orig_h: int, orig_w: int) -> np.ndarray:
     """``(N, h, w)`` crop masks -> ``(N, orig_h, orig_w)``, zero outside the crop."""
     x0, y0, x1, y1 = crop_box
     if (x0, y0, x1, y1) == (0, 0, orig_w, orig_h):
@@ -96,8 +95,9 @@ def uncrop_masks(masks: np.ndarray, crop_box: Sequence[int], orig_h: int,
     return np.pad(masks, ((0, 0), (y0, orig_h - y1), (x0, orig_w - x1)))
 
 
-def is_box_near_crop_edge(boxes: np.ndarray, crop_box: Sequence[int],
-                          orig_box: Sequence[int], atol: float = 20.0) -> np.ndarray:
+def is_box_near_crop_edge(
+    boxes: np.ndarray, crop_box: Sequence[int], orig_box: Sequence[int], atol: float = 20.0
+) -> np.ndarray:
     """``(N,)`` bool: the (crop-frame) box lies within ``atol`` of a crop edge that
     is not also an image edge."""
     boxes = uncrop_boxes_xyxy(boxes, crop_box).astype(np.float32)
@@ -108,8 +108,10 @@ def is_box_near_crop_edge(boxes: np.ndarray, crop_box: Sequence[int],
 
 # ----------------------------------------------------------------------------- device ops
 
-def calculate_stability_score(logits: jax.Array, mask_threshold: float,
-                              offset: float | jax.Array) -> jax.Array:
+
+def calculate_stability_score(
+    logits: jax.Array, mask_threshold: float, offset: float | jax.Array
+) -> jax.Array:
     """IoU of the masks thresholded at ``t + offset`` and ``t - offset``.
 
     ``(..., H, W)`` logits -> ``(...)`` float32 (NaN for an empty low mask). The
@@ -141,8 +143,9 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
 
 
 @jax.jit
-def _nms_sorted(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
-                iou_threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _nms_sorted(
+    boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Greedy NMS on padded arrays; returns (order, keep-in-that-order)."""
     n = boxes.shape[0]
     # Stable descending sort with the invalid rows last.
@@ -201,6 +204,7 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.n
 
 # ----------------------------------------------------------------------------- RLE
 
+
 def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     """``(N, H, W)`` bool -> N uncompressed RLEs (column-major, zero run first)."""
     masks = np.asarray(masks, bool)
@@ -247,8 +251,7 @@ def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
-def remove_small_regions(mask: np.ndarray, area_thresh: float,
-                         mode: str) -> tuple[np.ndarray, bool]:
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
     """Fill holes (``mode="holes"``) or remove islands (``"islands"``) smaller than
     ``area_thresh`` pixels (8-connectivity). Returns ``(mask, changed)``.
 
@@ -277,9 +280,23 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float,
 
 
 __all__ = [
-    "build_point_grid", "build_all_layer_point_grids", "generate_crop_boxes", "batch_iterator",
-    "box_xyxy_to_xywh", "uncrop_boxes_xyxy", "uncrop_points", "uncrop_masks",
-    "is_box_near_crop_edge", "calculate_stability_score", "batched_mask_to_box", "box_area",
-    "bucket_size", "box_nms", "mask_to_rle", "rle_to_mask", "area_from_rle", "coco_encode_rle",
+    "build_point_grid",
+    "build_all_layer_point_grids",
+    "generate_crop_boxes",
+    "batch_iterator",
+    "box_xyxy_to_xywh",
+    "uncrop_boxes_xyxy",
+    "uncrop_points",
+    "uncrop_masks",
+    "is_box_near_crop_edge",
+    "calculate_stability_score",
+    "batched_mask_to_box",
+    "box_area",
+    "bucket_size",
+    "box_nms",
+    "mask_to_rle",
+    "rle_to_mask",
+    "area_from_rle",
+    "coco_encode_rle",
     "remove_small_regions",
 ]

@@ -29,11 +29,26 @@ from typing import Any
 import jax
 import numpy as np
 
-from sam_jax.amg import (area_from_rle, batch_iterator, batched_mask_to_box, box_area,
-                         box_nms, box_xyxy_to_xywh, bucket_size, build_all_layer_point_grids,
-                         calculate_stability_score, coco_encode_rle, generate_crop_boxes,
-                         is_box_near_crop_edge, mask_to_rle, remove_small_regions, rle_to_mask,
-                         uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
+from sam_jax.amg import (
+    area_from_rle,
+    batch_iterator,
+    batched_mask_to_box,
+    box_area,
+    box_nms,
+    box_xyxy_to_xywh,
+    bucket_size,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle,
+    remove_small_regions,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
 from sam_jax.modeling.sam import MASK_THRESHOLD
 from sam_jax.predictor import SamPredictor, as_rgb_uint8
 from sam_jax.sam_model import SamModel
@@ -100,11 +115,13 @@ class SamAutomaticMaskGenerator:
             if points_per_side < 1:
                 raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
             point_grids = build_all_layer_point_grids(
-                points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
         point_grids = [np.asarray(g, np.float64) for g in point_grids]
         if len(point_grids) != crop_n_layers + 1:
-            raise ValueError(f"need {crop_n_layers + 1} point grids (one per crop layer), "
-                             f"got {len(point_grids)}")
+            raise ValueError(
+                f"need {crop_n_layers + 1} point grids (one per crop layer), got {len(point_grids)}"
+            )
         for g in point_grids:
             if g.ndim != 2 or g.shape[1] != 2:
                 raise ValueError(f"each point grid must have shape (n, 2), got {g.shape}")
@@ -134,7 +151,8 @@ class SamAutomaticMaskGenerator:
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0 and data["rles"]:
             data = self._postprocess_small_regions(
-                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh))
+                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
 
         records = []
         for i, rle in enumerate(data["rles"]):
@@ -144,28 +162,31 @@ class SamAutomaticMaskGenerator:
                 seg = rle_to_mask(rle)
             else:
                 seg = rle
-            records.append({
-                "segmentation": seg,
-                "area": area_from_rle(rle),
-                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
-                "predicted_iou": float(data["iou_preds"][i]),
-                "point_coords": [data["points"][i].tolist()],
-                "stability_score": float(data["stability_score"][i]),
-                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
-                **({"logits": data["logits"][i]} if self.return_logits else {}),
-            })
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": area_from_rle(rle),
+                    "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                    "predicted_iou": float(data["iou_preds"][i]),
+                    "point_coords": [data["points"][i].tolist()],
+                    "stability_score": float(data["stability_score"][i]),
+                    "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+                    **({"logits": data["logits"][i]} if self.return_logits else {}),
+                }
+            )
         return records
 
     # ------------------------------------------------------------------ internals
 
     def _generate_masks(self, image: np.ndarray) -> dict[str, Any]:
         orig_size = image.shape[:2]
-        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers,
-                                                     self.crop_overlap_ratio)
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes]
         self.predictor.set_images(crops)  # all crops embedded in batched calls
-        parts = [self._process_crop(i, box, layer, orig_size)
-                 for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))]
+        parts = [
+            self._process_crop(i, box, layer, orig_size)
+            for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))
+        ]
         self.predictor.reset_image()
         data = _concat(parts)
         if len(crop_boxes) > 1 and data["rles"]:
@@ -174,8 +195,9 @@ class SamAutomaticMaskGenerator:
             data = _select(data, box_nms(data["boxes"], scores, self.crop_nms_thresh))
         return data
 
-    def _process_crop(self, index: int, crop_box: list[int], layer: int,
-                      orig_size: tuple[int, int]) -> dict[str, Any]:
+    def _process_crop(
+        self, index: int, crop_box: list[int], layer: int, orig_size: tuple[int, int]
+    ) -> dict[str, Any]:
         self.predictor.use_image(index)
         crop_size = self.predictor.original_size
         points = self.point_grids[layer] * np.array(crop_size, np.float64)[None, ::-1]
@@ -188,14 +210,23 @@ class SamAutomaticMaskGenerator:
             n = sl.stop - sl.start
             batch = np.zeros((p, 1, 2), np.float32)
             batch[:n, 0] = model_points[sl]
-            logits, iou, _ = self.predictor.predict_torch(batch, labels, multimask_output=True,
-                                                          return_logits=True)
+            logits, iou, _ = self.predictor.predict_torch(
+                batch, labels, multimask_output=True, return_logits=True
+            )
             stab, boxes, masks = _mask_stats(logits, np.float32(self.stability_score_offset))
             iou = iou.reshape(-1)
-            parts.append(self._filter_batch(
-                np.asarray(iou)[: 3 * n], np.asarray(stab)[: 3 * n], np.asarray(boxes)[: 3 * n],
-                masks[: 3 * n], np.repeat(points[sl], 3, axis=0), crop_box, orig_size,
-                logits.reshape((-1,) + logits.shape[2:])[: 3 * n] if self.return_logits else None))
+            parts.append(
+                self._filter_batch(
+                    np.asarray(iou)[: 3 * n],
+                    np.asarray(stab)[: 3 * n],
+                    np.asarray(boxes)[: 3 * n],
+                    masks[: 3 * n],
+                    np.repeat(points[sl], 3, axis=0),
+                    crop_box,
+                    orig_size,
+                    logits.reshape((-1,) + logits.shape[2:])[: 3 * n] if self.return_logits else None,
+                )
+            )
         data = _concat(parts)
         if data["rles"]:
             data = _select(data, box_nms(data["boxes"], data["iou_preds"], self.box_nms_thresh))
@@ -204,9 +235,11 @@ class SamAutomaticMaskGenerator:
         data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64), (len(data["rles"]), 1))
         if self.return_logits:
             x0, y0, x1, y1 = crop_box
-            data["logits"] = np.pad(data["logits"], ((0, 0), (y0, orig_size[0] - y1),
-                                                     (x0, orig_size[1] - x1)),
-                                    constant_values=-np.inf)
+            data["logits"] = np.pad(
+                data["logits"],
+                ((0, 0), (y0, orig_size[0] - y1), (x0, orig_size[1] - x1)),
+                constant_values=-np.inf,
+            )
         return data
 
     def _filter_batch(self, iou, stab, boxes, masks, points, crop_box, orig_size, logits=None):
@@ -222,17 +255,21 @@ class SamAutomaticMaskGenerator:
         kept = np.asarray(masks[idx]) if len(idx) else np.zeros((0,) + masks.shape[1:], bool)
         out = {
             "rles": mask_to_rle(uncrop_masks(kept, crop_box, orig_h, orig_w)),
-            "iou_preds": iou[idx], "stability_score": stab[idx],
-            "boxes": boxes[idx].astype(np.int64), "points": points[idx],
+            "iou_preds": iou[idx],
+            "stability_score": stab[idx],
+            "boxes": boxes[idx].astype(np.int64),
+            "points": points[idx],
         }
         if logits is not None:
-            out["logits"] = (np.asarray(logits[idx]).astype(np.float16) if len(idx) else
-                             np.zeros((0,) + logits.shape[1:], np.float16))
+            out["logits"] = (
+                np.asarray(logits[idx]).astype(np.float16)
+                if len(idx)
+                else np.zeros((0,) + logits.shape[1:], np.float16)
+            )
         return out
 
     @staticmethod
-    def _postprocess_small_regions(data: dict[str, Any], min_area: int,
-                                   nms_thresh: float) -> dict[str, Any]:
+    def _postprocess_small_regions(data: dict[str, Any], min_area: int, nms_thresh: float) -> dict[str, Any]:
         """Fill small holes, drop small islands, recompute boxes and NMS again,
         preferring masks the cleanup left unchanged."""
         masks, unchanged = [], []
@@ -252,7 +289,7 @@ class SamAutomaticMaskGenerator:
         data = dict(data, rles=list(data["rles"]), boxes=np.array(data["boxes"], copy=True))
         for i in keep:
             if not unchanged[i]:
-                data["rles"][i] = mask_to_rle(stack[i:i + 1])[0]
+                data["rles"][i] = mask_to_rle(stack[i : i + 1])[0]
                 data["boxes"][i] = boxes[i]
         return _select(data, keep)
 

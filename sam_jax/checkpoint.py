@@ -38,7 +38,8 @@ import re
 import struct
 import zipfile
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -63,16 +64,21 @@ class CorruptCheckpointError(ValueError):
     """The checkpoint file is truncated or its bytes are damaged."""
 
 
-def describe_mismatch(missing: list[str], unexpected: list[str], wrong_shapes: list[str],
-                      first: int = 3) -> str:
+def describe_mismatch(
+    missing: list[str], unexpected: list[str], wrong_shapes: list[str], first: int = 3
+) -> str:
     """A short summary of a key/shape mismatch: counts and the first ``first`` keys of each kind
     (a full list can run to thousands of keys)."""
+
     def part(what: str, items: list[str]) -> str:
         more = f", ... ({len(items) - first} more)" if len(items) > first else ""
         return f"{len(items)} {what} ({'; '.join(items[:first])}{more})"
 
-    parts = [part(w, i) for w, i in (("missing", missing), ("unexpected", unexpected),
-                                     ("with wrong shapes", wrong_shapes)) if i]
+    parts = [
+        part(w, i)
+        for w, i in (("missing", missing), ("unexpected", unexpected), ("with wrong shapes", wrong_shapes))
+        if i
+    ]
     return ", ".join(parts) or "no differences"
 
 
@@ -84,16 +90,23 @@ class _Storage:
 
 
 _STORAGES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 
 
 def _ints(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
         raise ValueError(f"tensor {name} must be a tuple of integers, got {value!r}")
     return tuple(value)
 
@@ -118,13 +131,15 @@ def _rebuild_tensor(storage, offset, size, stride, *_unused):
         return np.zeros(size, storage.dtype)
     extent = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
     if extent > storage.size:
-        raise ValueError(f"tensor of size {size}, stride {stride} at offset {offset} runs past "
-                         f"its storage ({storage.size} items)")
+        raise ValueError(
+            f"tensor of size {size}, stride {stride} at offset {offset} runs past "
+            f"its storage ({storage.size} items)"
+        )
     if not size:
         return np.array(storage[offset])
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * storage.dtype.itemsize for s in stride],
-        writeable=False)
+        storage[offset:], shape=size, strides=[s * storage.dtype.itemsize for s in stride], writeable=False
+    )
     return np.array(view)
 
 
@@ -153,23 +168,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _Storage(name, _STORAGES[name])
         raise UnsafeCheckpointError(
             f"refusing to load {self._source}: its pickle references {module}.{name}, which a "
-            "plain state_dict of tensors never needs (loading it could execute code)")
+            "plain state_dict of tensors never needs (loading it could execute code)"
+        )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
-                and isinstance(pid[1], _Storage)):
-            raise UnsafeCheckpointError(
-                f"refusing to load {self._source}: unexpected persistent id {pid!r}")
+        if not (
+            isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _Storage)
+        ):
+            raise UnsafeCheckpointError(f"refusing to load {self._source}: unexpected persistent id {pid!r}")
         storage, key = pid[1], str(pid[2])
         if key not in self._cache:
             name = f"{self._prefix}data/{key}"
             try:
                 raw = self._archive.read(name)
             except KeyError:
-                raise ValueError(f"{self._source}: storage {name} is missing from the archive")
+                raise ValueError(f"{self._source}: storage {name} is missing from the archive") from None
             if len(raw) % storage.dtype.itemsize:
-                raise ValueError(f"storage {name} has {len(raw)} bytes, not a whole number of "
-                                 f"{storage.dtype} items")
+                raise ValueError(
+                    f"storage {name} has {len(raw)} bytes, not a whole number of {storage.dtype} items"
+                )
             self._cache[key] = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))
         return self._cache[key]
 
@@ -189,17 +206,30 @@ def _check_archive(path: str, what: str) -> None:
     if head == b"PK\x03\x04":  # a zip's first entry without the archive's end record
         raise CorruptCheckpointError(
             f"checkpoint {path} is truncated: the zip archive has no end record (was the "
-            "download or copy cut short?)")
+            "download or copy cut short?)"
+        )
     if what == ".npz":
         raise CorruptCheckpointError(f"checkpoint {path} is not an .npz archive")
     raise ValueError(
         f"{path} is not a zip-format PyTorch checkpoint (torch >= 1.6 torch.save); "
-        "legacy tar/pickle checkpoints are not read")
+        "legacy tar/pickle checkpoints are not read"
+    )
 
 
 # What a damaged archive raises while it is read (bad CRC, bad headers, a cut pickle, ...).
-_DAMAGE = (zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, EOFError, struct.error,
-           ValueError, TypeError, IndexError, KeyError, AttributeError, OSError)
+_DAMAGE = (
+    zipfile.BadZipFile,
+    zlib.error,
+    pickle.UnpicklingError,
+    EOFError,
+    struct.error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    OSError,
+)
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -274,13 +304,16 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) ->
         target = flat[path]
         value = _to_flax(path, np.asarray(state_dict[key]))
         if tuple(value.shape) != tuple(target.shape):
-            bad_shapes.append(f"{key}: model expects {tuple(target.shape)} "
-                              f"(flax layout), checkpoint has {tuple(state_dict[key].shape)}")
+            bad_shapes.append(
+                f"{key}: model expects {tuple(target.shape)} "
+                f"(flax layout), checkpoint has {tuple(state_dict[key].shape)}"
+            )
             continue
         out[path] = np.asarray(value, dtype=target.dtype)
     if missing or unexpected or bad_shapes:
-        raise CheckpointMismatchError("checkpoint does not fit the model: "
-                                      + describe_mismatch(missing, unexpected, bad_shapes))
+        raise CheckpointMismatchError(
+            "checkpoint does not fit the model: " + describe_mismatch(missing, unexpected, bad_shapes)
+        )
     return traverse_util.unflatten_dict(out)
 
 
@@ -288,8 +321,7 @@ def save_params(params: Any, path: str | os.PathLike) -> None:
     """Save a params tree to ``.npz`` (keys are '/'-joined paths; no pickle)."""
     flat = traverse_util.flatten_dict(nn.unbox(params))
     arrays = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in flat.items()}
-    arrays = {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v
-              for k, v in arrays.items()}
+    arrays = {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v for k, v in arrays.items()}
     tmp = os.fspath(path) + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
@@ -307,13 +339,16 @@ def load_params(path: str | os.PathLike, template: Any) -> dict:
     want = traverse_util.flatten_dict(nn.unbox(template))
     missing = sorted("/".join(k) for k in set(want) - set(flat))
     unexpected = sorted("/".join(k) for k in set(flat) - set(want))
-    bad = sorted(f"{'/'.join(k)}: expects {tuple(want[k].shape)}, file has {flat[k].shape}"
-                 for k in set(want) & set(flat) if tuple(want[k].shape) != flat[k].shape)
+    bad = sorted(
+        f"{'/'.join(k)}: expects {tuple(want[k].shape)}, file has {flat[k].shape}"
+        for k in set(want) & set(flat)
+        if tuple(want[k].shape) != flat[k].shape
+    )
     if missing or unexpected or bad:
         raise CheckpointMismatchError(
-            f"{path} does not fit the model: {describe_mismatch(missing, unexpected, bad)}")
-    return traverse_util.unflatten_dict(
-        {k: np.asarray(v, dtype=want[k].dtype) for k, v in flat.items()})
+            f"{path} does not fit the model: {describe_mismatch(missing, unexpected, bad)}"
+        )
+    return traverse_util.unflatten_dict({k: np.asarray(v, dtype=want[k].dtype) for k, v in flat.items()})
 
 
 def load_checkpoint(path: str | os.PathLike, template: Any) -> dict:

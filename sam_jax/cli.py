@@ -43,8 +43,8 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
         values = []
     if len(values) not in n or not np.all(np.isfinite(values)):
         raise argparse.ArgumentTypeError(
-            f"{what} must be {' or '.join(str(k) for k in n)} comma-separated numbers, "
-            f"got {text!r}")
+            f"{what} must be {' or '.join(str(k) for k in n)} comma-separated numbers, got {text!r}"
+        )
     return values
 
 
@@ -60,10 +60,18 @@ def _box(text: str) -> list[float]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="official .pth or converted .npz weights (default: random weights)")
-    p.add_argument("--model-type", default="vit_h", choices=["vit_b", "vit_l", "vit_h"],
-                   help="model variant (default: vit_h)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="official .pth or converted .npz weights (default: random weights)",
+    )
+    p.add_argument(
+        "--model-type",
+        default="vit_h",
+        choices=["vit_b", "vit_l", "vit_h"],
+        help="model variant (default: vit_h)",
+    )
     p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
 
 
@@ -90,8 +98,11 @@ def _load_model(args: argparse.Namespace, text_embed_dim: int = 0):
     if text_embed_dim:
         variant = get_config(variant, text_embed_dim=text_embed_dim)
     if args.checkpoint is None:
-        print(f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
-              " model has RANDOM weights; its masks are meaningless", file=sys.stderr)
+        print(
+            f"warning: no --checkpoint given: {args.model_type if not args.config_json else 'custom'}"
+            " model has RANDOM weights; its masks are meaningless",
+            file=sys.stderr,
+        )
     else:
         _check_checkpoint(args.checkpoint)
     return build_sam(variant, checkpoint=args.checkpoint)
@@ -125,6 +136,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- commands
 
+
 def _segment(args: argparse.Namespace) -> None:
     from sam_jax.predictor import SamPredictor
     from sam_jax.visualize import save_overlay
@@ -136,8 +148,10 @@ def _segment(args: argparse.Namespace) -> None:
     clip = None
     if args.text is not None:
         if args.clip_checkpoint is None or not args.clip_checkpoint.is_file():
-            raise SystemExit("error: --text needs --clip-checkpoint (an OpenAI CLIP .pt file, "
-                             f"e.g. ViT-L-14-336px.pt); got {args.clip_checkpoint}")
+            raise SystemExit(
+                "error: --text needs --clip-checkpoint (an OpenAI CLIP .pt file, "
+                f"e.g. ViT-L-14-336px.pt); got {args.clip_checkpoint}"
+            )
         from sam_jax.clip import build_clip
 
         clip = build_clip(checkpoint=args.clip_checkpoint)
@@ -148,18 +162,26 @@ def _segment(args: argparse.Namespace) -> None:
         pts = np.asarray(args.point, np.float64)
         coords, labels = pts[:, :2], pts[:, 2].astype(np.int32)
     box = None if args.box is None else np.asarray(args.box, np.float64)
-    masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single,
-                                      text=args.text)
+    masks, iou, _ = predictor.predict(coords, labels, box, multimask_output=not args.single, text=args.text)
     stem = args.image.stem
     for i, m in enumerate(masks):
         Image.fromarray(m.astype(np.uint8) * 255).save(args.out / f"{stem}_mask{i}.png")
     best = int(np.argmax(iou))
-    save_overlay(args.out / f"{stem}_overlay.png", image, masks=masks[best:best + 1],
-                 points=coords, labels=labels, boxes=None if box is None else box[None])
-    (args.out / f"{stem}_scores.json").write_text(json.dumps(
-        {"predicted_iou": [float(v) for v in iou], "best": best}, indent=1))
-    print(f"wrote {len(masks)} masks and an overlay to {args.out} (best mask {best}, "
-          f"predicted IoU {iou[best]:.3f})")
+    save_overlay(
+        args.out / f"{stem}_overlay.png",
+        image,
+        masks=masks[best : best + 1],
+        points=coords,
+        labels=labels,
+        boxes=None if box is None else box[None],
+    )
+    (args.out / f"{stem}_scores.json").write_text(
+        json.dumps({"predicted_iou": [float(v) for v in iou], "best": best}, indent=1)
+    )
+    print(
+        f"wrote {len(masks)} masks and an overlay to {args.out} (best mask {best}, "
+        f"predicted IoU {iou[best]:.3f})"
+    )
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -179,14 +201,18 @@ def _generate(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {args.input} does not exist")
     _output_dir(args.out)
     generator = SamAutomaticMaskGenerator(
-        _load_model(args), points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area,
-        output_mode="coco_rle")
+        _load_model(args),
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area,
+        output_mode="coco_rle",
+    )
     failed = []
-    for image_id, path in enumerate(tqdm(paths, desc="images", unit="img",
-                                         disable=len(paths) == 1)):
+    for image_id, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) == 1)):
         try:
             n = _generate_one(generator, path, image_id, args.out)
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the others
@@ -195,8 +221,10 @@ def _generate(args: argparse.Namespace) -> None:
             continue
         tqdm.write(f"{path.name}: {n} masks")
     if failed:
-        print(f"{len(failed)} of {len(paths)} images failed: {', '.join(p.name for p in failed)}",
-              file=sys.stderr)
+        print(
+            f"{len(failed)} of {len(paths)} images failed: {', '.join(p.name for p in failed)}",
+            file=sys.stderr,
+        )
         raise SystemExit(min(len(failed), 125))
 
 
@@ -211,8 +239,10 @@ def _generate_one(generator, path: Path, image_id: int, out: Path) -> int:
     records = generator.generate(image)
     doc = sa1b_record(records, path.name, image_id, image.shape)
     (out / f"{path.stem}.json").write_text(json.dumps(doc))
-    masks = [mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"]
-                                    .encode())).astype(bool) for r in records]
+    masks = [
+        mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"].encode())).astype(bool)
+        for r in records
+    ]
     save_overlay(out / f"{path.stem}_overlay.png", image, masks=np.stack(masks) if masks else None)
     return len(records)
 
@@ -242,73 +272,128 @@ def _annotate(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sam-jax", description="Segment Anything in JAX: prompted segmentation, automatic "
-        "mask generation and checkpoint conversion.")
+        prog="sam-jax",
+        description="Segment Anything in JAX: prompted segmentation, automatic "
+        "mask generation and checkpoint conversion.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     seg = sub.add_parser(
-        "segment", help="masks for points and/or a box",
+        "segment",
+        help="masks for points and/or a box",
         description="Predict masks for point and box prompts (pixels of the original image). "
         "Writes <stem>_mask<i>.png (0/255), <stem>_overlay.png (best mask, prompts) and "
-        "<stem>_scores.json (predicted IoU of each mask).")
+        "<stem>_scores.json (predicted IoU of each mask).",
+    )
     seg.add_argument("image", type=Path, help="input image (any format PIL reads)")
-    seg.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
-                     help="a prompt point; LABEL 1 foreground (default) or 0 background; "
-                     "repeat for several")
-    seg.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
-                     help="a box prompt (XYXY pixels)")
-    seg.add_argument("--text", default=None, metavar="PHRASE",
-                     help="a text prompt (needs --clip-checkpoint and a SAM trained with text "
-                     "prompts, e.g. --checkpoint of sam-jax training with text.enabled)")
-    seg.add_argument("--clip-checkpoint", type=Path, default=None,
-                     help="OpenAI CLIP weights for --text (TorchScript .pt, read without torch)")
-    seg.add_argument("--single", action="store_true",
-                     help="predict one mask instead of three candidates")
+    seg.add_argument(
+        "--point",
+        type=_point,
+        action="append",
+        default=[],
+        metavar="X,Y[,LABEL]",
+        help="a prompt point; LABEL 1 foreground (default) or 0 background; repeat for several",
+    )
+    seg.add_argument(
+        "--box", type=_box, default=None, metavar="X0,Y0,X1,Y1", help="a box prompt (XYXY pixels)"
+    )
+    seg.add_argument(
+        "--text",
+        default=None,
+        metavar="PHRASE",
+        help="a text prompt (needs --clip-checkpoint and a SAM trained with text "
+        "prompts, e.g. --checkpoint of sam-jax training with text.enabled)",
+    )
+    seg.add_argument(
+        "--clip-checkpoint",
+        type=Path,
+        default=None,
+        help="OpenAI CLIP weights for --text (TorchScript .pt, read without torch)",
+    )
+    seg.add_argument("--single", action="store_true", help="predict one mask instead of three candidates")
     seg.add_argument("--out", type=Path, required=True, help="output folder")
     _add_model_args(seg)
     seg.set_defaults(func=_segment)
 
     gen = sub.add_parser(
-        "generate", help="automatic masks for an image or every image in a folder",
+        "generate",
+        help="automatic masks for an image or every image in a folder",
         description="Automatic mask generation from a grid of points. Writes, per image, "
-        "<stem>.json (SA-1B schema, COCO RLE masks) and <stem>_overlay.png.")
+        "<stem>.json (SA-1B schema, COCO RLE masks) and <stem>_overlay.png.",
+    )
     gen.add_argument("input", type=Path, help="an image or a folder of images")
     gen.add_argument("--out", type=Path, required=True, help="output folder")
-    gen.add_argument("--points-per-side", type=int, default=32,
-                     help="grid points per image side (default 32 = 1024 prompts)")
-    gen.add_argument("--points-per-batch", type=int, default=64,
-                     help="points decoded per call (memory vs speed; default 64)")
-    gen.add_argument("--pred-iou-thresh", type=float, default=0.88,
-                     help="keep masks whose predicted IoU exceeds this (default 0.88)")
-    gen.add_argument("--stability-score-thresh", type=float, default=0.95,
-                     help="keep masks at least this stable under logit offsets (default 0.95)")
-    gen.add_argument("--box-nms-thresh", type=float, default=0.7,
-                     help="box IoU above which duplicate masks are dropped (default 0.7)")
-    gen.add_argument("--crop-n-layers", type=int, default=0,
-                     help="extra layers of zoomed-in crops (layer k has 4^k crops; default 0)")
-    gen.add_argument("--min-mask-region-area", type=int, default=0,
-                     help="fill holes / drop islands smaller than this many pixels (default 0)")
+    gen.add_argument(
+        "--points-per-side",
+        type=int,
+        default=32,
+        help="grid points per image side (default 32 = 1024 prompts)",
+    )
+    gen.add_argument(
+        "--points-per-batch",
+        type=int,
+        default=64,
+        help="points decoded per call (memory vs speed; default 64)",
+    )
+    gen.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.88,
+        help="keep masks whose predicted IoU exceeds this (default 0.88)",
+    )
+    gen.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=0.95,
+        help="keep masks at least this stable under logit offsets (default 0.95)",
+    )
+    gen.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=0.7,
+        help="box IoU above which duplicate masks are dropped (default 0.7)",
+    )
+    gen.add_argument(
+        "--crop-n-layers",
+        type=int,
+        default=0,
+        help="extra layers of zoomed-in crops (layer k has 4^k crops; default 0)",
+    )
+    gen.add_argument(
+        "--min-mask-region-area",
+        type=int,
+        default=0,
+        help="fill holes / drop islands smaller than this many pixels (default 0)",
+    )
     _add_model_args(gen)
     gen.set_defaults(func=_generate)
 
     conv = sub.add_parser(
-        "convert", help="convert an official .pth checkpoint to .npz",
+        "convert",
+        help="convert an official .pth checkpoint to .npz",
         description="Convert an official SAM .pth checkpoint into sam-jax's .npz format "
-        "(read without torch; no code in the file runs).")
+        "(read without torch; no code in the file runs).",
+    )
     conv.add_argument("src", type=Path, help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
     conv.add_argument("dst", type=Path, help="output .npz")
-    conv.add_argument("--model-type", default=None, choices=["vit_b", "vit_l", "vit_h"],
-                      help="variant (default: guessed from the weights)")
+    conv.add_argument(
+        "--model-type",
+        default=None,
+        choices=["vit_b", "vit_l", "vit_h"],
+        help="variant (default: guessed from the weights)",
+    )
     conv.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     conv.set_defaults(func=_convert)
 
     from sam_jax.export import add_arguments as add_export_arguments
 
     exp = sub.add_parser(
-        "export", help="export for serving: StableHLO modules and the ONNX decoder",
+        "export",
+        help="export for serving: StableHLO modules and the ONNX decoder",
         description="Write the image encoder and the prompt encoder + mask decoder as serialised "
         "StableHLO (jax.export; <part>.stablehlo + <part>.json) and/or the decoder as ONNX with "
-        "the official SamOnnxModel interface (sam_decoder.onnx).")
+        "the official SamOnnxModel interface (sam_decoder.onnx).",
+    )
     add_export_arguments(exp)
     _add_model_args(exp)
     exp.set_defaults(func=_export)
@@ -316,9 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     from sam_jax import annotate
 
     ann = sub.add_parser(
-        "annotate", help="browser annotation tool: click, SAM draws the mask (SA-1B JSON out)",
+        "annotate",
+        help="browser annotation tool: click, SAM draws the mask (SA-1B JSON out)",
         description="Serve a local web page for SAM-assisted annotation of a folder of images; "
-        "every accepted mask is saved as SA-1B JSON in --out. --stats summarises a folder of them.")
+        "every accepted mask is saved as SA-1B JSON in --out. --stats summarises a folder of them.",
+    )
     annotate.add_arguments(ann)
     _add_model_args(ann)
     ann.set_defaults(func=_annotate)

@@ -71,6 +71,7 @@ def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 # ----------------------------------------------------------------------------- loading
 
+
 class ExportedModule:
     """A deserialised artifact, callable on numpy or jax arrays.
 
@@ -110,15 +111,16 @@ class ExportedModule:
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         names = self.input_names
-        if len(args) + len(kwargs) != len(names) or set(kwargs) - set(names[len(args):]):
+        if len(args) + len(kwargs) != len(names) or set(kwargs) - set(names[len(args) :]):
             raise TypeError(f"{self.metadata['part']} takes the inputs {names}")
-        values = list(args) + [kwargs[n] for n in names[len(args):]]
-        values = [np.asarray(v, dtype=spec["dtype"]) if not hasattr(v, "devices") else v
-                  for v, spec in zip(values, self.metadata["inputs"])]
+        values = list(args) + [kwargs[n] for n in names[len(args) :]]
+        values = [
+            np.asarray(v, dtype=spec["dtype"]) if not hasattr(v, "devices") else v
+            for v, spec in zip(values, self.metadata["inputs"])
+        ]
         for v, spec in zip(values, self.metadata["inputs"]):
             want = spec["shape"]
-            if len(v.shape) != len(want) or any(
-                    isinstance(w, int) and w != d for w, d in zip(want, v.shape)):
+            if len(v.shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, v.shape)):
                 raise ValueError(f"{spec['name']} must have shape {tuple(want)}, got {v.shape}")
         if self._weights is not None:
             values = [self._weights] + values
@@ -132,27 +134,31 @@ def load_exported(path: str | os.PathLike) -> ExportedModule:
 
 # ----------------------------------------------------------------------------- export
 
+
 def _spec(name: str, shape: Sequence[Any], dtype: str) -> dict[str, Any]:
-    return {"name": name, "shape": [d if isinstance(d, int) else str(d) for d in shape],
-            "dtype": dtype}
+    return {"name": name, "shape": [d if isinstance(d, int) else str(d) for d in shape], "dtype": dtype}
 
 
 def _part_signature(config, part: str):
     """``(inputs, outputs)`` metadata of one part; dims are ints or symbol names."""
-    s, g, e, r = config.image_size, config.embedding_size, config.prompt_embed_dim, \
-        config.low_res_size
+    s, g, e, r = config.image_size, config.embedding_size, config.prompt_embed_dim, config.low_res_size
     if part == "image_encoder":
-        return ([_spec("pixels", ("b", s, s, 3), "float32")],
-                [_spec("image_embeddings", ("b", g, g, e), "float32")])
-    return ([_spec("image_embeddings", (1, g, g, e), "float32"),
-             _spec("point_coords", ("b", "n", 2), "float32"),
-             _spec("point_labels", ("b", "n"), "int32"),
-             _spec("boxes", ("b", 4), "float32"),
-             _spec("box_valid", ("b",), "bool"),
-             _spec("mask_input", ("b", r, r), "float32"),
-             _spec("has_mask_input", ("b",), "bool")],
-            [_spec("low_res_masks", ("b", 4, r, r), "float32"),
-             _spec("iou_predictions", ("b", 4), "float32")])
+        return (
+            [_spec("pixels", ("b", s, s, 3), "float32")],
+            [_spec("image_embeddings", ("b", g, g, e), "float32")],
+        )
+    return (
+        [
+            _spec("image_embeddings", (1, g, g, e), "float32"),
+            _spec("point_coords", ("b", "n", 2), "float32"),
+            _spec("point_labels", ("b", "n"), "int32"),
+            _spec("boxes", ("b", 4), "float32"),
+            _spec("box_valid", ("b",), "bool"),
+            _spec("mask_input", ("b", r, r), "float32"),
+            _spec("has_mask_input", ("b",), "bool"),
+        ],
+        [_spec("low_res_masks", ("b", 4, r, r), "float32"), _spec("iou_predictions", ("b", 4), "float32")],
+    )
 
 
 def _part_function(model, part: str) -> tuple[Callable[..., Any], Any]:
@@ -165,24 +171,30 @@ def _part_function(model, part: str) -> tuple[Callable[..., Any], Any]:
     # loops over chunks whose count depends on the batch).
     module = model.module.clone(attention_impl="xla")
     if part == "image_encoder":
+
         def encode(params, pixels):
             return (module.apply({"params": params}, pixels, method=Sam.embed_images),)
+
         return encode, {"image_encoder": model.params["image_encoder"]}
 
     def decode(params, emb, coords, labels, boxes, box_valid, masks, has_mask):
         args = (emb, coords, labels, boxes, masks)
-        single = module.apply({"params": params}, *args, False, box_valid, has_mask,
-                              method=Sam.decode)
-        multi = module.apply({"params": params}, *args, True, box_valid, has_mask,
-                             method=Sam.decode)
+        single = module.apply({"params": params}, *args, False, box_valid, has_mask, method=Sam.decode)
+        multi = module.apply({"params": params}, *args, True, box_valid, has_mask, method=Sam.decode)
         # Both outputs share every op but the last slice (compiled once by CSE).
         return tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(single, multi))
 
     return decode, {k: model.params[k] for k in ("prompt_encoder", "mask_decoder")}
 
 
-def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = "constants",
-                platforms: Sequence[str] = PLATFORMS) -> Path:
+def export_part(
+    model,
+    part: str,
+    out_dir: str | os.PathLike,
+    *,
+    weights: str = "constants",
+    platforms: Sequence[str] = PLATFORMS,
+) -> Path:
     """Serialise one part of ``model`` (a ``SamModel``) to ``out_dir/<part>.stablehlo``.
 
     Args:
@@ -208,9 +220,11 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
     leaves, treedef = jax.tree.flatten(params)
     nbytes = sum(x.size * 4 for x in leaves)
     if weights == "constants" and nbytes > _MAX_BAKED_BYTES:
-        raise ValueError(f"the {part} weights take {nbytes / 2**30:.1f} GiB, more than a "
-                         "serialised module can hold (2 GiB): use weights='inputs' "
-                         "(--weights inputs)")
+        raise ValueError(
+            f"the {part} weights take {nbytes / 2**30:.1f} GiB, more than a "
+            "serialised module can hold (2 GiB): use weights='inputs' "
+            "(--weights inputs)"
+        )
     inputs, outputs = _part_signature(config, part)
     scope = export.SymbolicScope()
     symbols = {}
@@ -222,14 +236,16 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
             symbols[d] = export.symbolic_shape(d, scope=scope)[0]
         return symbols[d]
 
-    specs = [jax.ShapeDtypeStruct(tuple(dim(d) for d in x["shape"]), np.dtype(x["dtype"]))
-             for x in inputs]
+    specs = [jax.ShapeDtypeStruct(tuple(dim(d) for d in x["shape"]), np.dtype(x["dtype"])) for x in inputs]
     if weights == "constants":
+
         def call(*xs):
             return fn(params, *xs)
     else:
+
         def call(flat, *xs):
             return fn(jax.tree.unflatten(treedef, flat), *xs)
+
         specs = [[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]] + specs
     exported = export.export(jax.jit(call), platforms=tuple(platforms))(*specs)
 
@@ -239,8 +255,7 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
         "format": FORMAT,
         "part": part,
         "variant": getattr(model, "variant", "custom"),
-        "config": {k: list(v) if isinstance(v, tuple) else v
-                   for k, v in dataclasses.asdict(config).items()},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
         "image_size": config.image_size,
         "embedding_size": config.embedding_size,
         "low_res_size": config.low_res_size,
@@ -260,28 +275,39 @@ def export_part(model, part: str, out_dir: str | os.PathLike, *, weights: str = 
             "pixel_mean": [round(float(v), 4) for v in PIXEL_MEAN],
             "pixel_std": [round(float(v), 4) for v in PIXEL_STD],
             "steps": "resize the longest side to image_size (bilinear), (rgb - mean) / std, "
-                     "zero-pad bottom/right to image_size x image_size, NHWC float32"}
+            "zero-pad bottom/right to image_size x image_size, NHWC float32",
+        }
     else:
         meta["prompts"] = {
             "coordinates": "pixels of the image_size x image_size input frame "
-                           "(original coords * image_size / max(H, W))",
-            "point_labels": {"1": "foreground", "0": "background",
-                             "-1": "official padding point (add one when there is no box)",
-                             "-2": "empty slot (ignored)"},
+            "(original coords * image_size / max(H, W))",
+            "point_labels": {
+                "1": "foreground",
+                "0": "background",
+                "-1": "official padding point (add one when there is no box)",
+                "-2": "empty slot (ignored)",
+            },
             "outputs": "index 0: single-mask output; 1-3: multimask outputs",
             "postprocess": "upsample low_res_masks to image_size (bilinear, half-pixel), crop "
-                           "to the resized image, resize to the original size; mask = logits > 0"}
+            "to the resized image, resize to the original size; mask = logits > 0",
+        }
     if weights == "inputs":
-        _atomic_npz(out_dir / meta["weights_file"],
-                    {f"w{i:04d}": np.asarray(x) for i, x in enumerate(leaves)})
+        _atomic_npz(
+            out_dir / meta["weights_file"], {f"w{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+        )
     _atomic_write(path, bytes(exported.serialize()))
     _atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
     return path
 
 
-def export_stablehlo(model, out_dir: str | os.PathLike, *, parts: Sequence[str] = PARTS,
-                     weights: str = "constants",
-                     platforms: Sequence[str] = PLATFORMS) -> list[Path]:
+def export_stablehlo(
+    model,
+    out_dir: str | os.PathLike,
+    *,
+    parts: Sequence[str] = PARTS,
+    weights: str = "constants",
+    platforms: Sequence[str] = PLATFORMS,
+) -> list[Path]:
     """Export each of ``parts`` with :func:`export_part`; returns the artifact paths."""
     return [export_part(model, p, out_dir, weights=weights, platforms=platforms) for p in parts]
 
@@ -306,26 +332,52 @@ def export_encoder_onnx(model, path: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``sam-jax export`` (model arguments are added by the CLI)."""
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--format", nargs="+", choices=["stablehlo", "onnx", "onnx-encoder"],
-                   default=["stablehlo"],
-                   help="artifact formats (default: stablehlo); onnx is the decoder, "
-                   "onnx-encoder (optional, needs jax2onnx) the image encoder")
-    p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
-                   help="StableHLO parts to export (default: both)")
-    p.add_argument("--weights", choices=["constants", "inputs"], default="constants",
-                   help="StableHLO: bake the weights into the module, or pass them as inputs "
-                   "from <part>.weights.npz (default: constants)")
-    p.add_argument("--platforms", default=",".join(PLATFORMS),
-                   help="StableHLO lowering platforms, comma-separated (default: cpu,cuda,tpu)")
-    p.add_argument("--return-single-mask", action="store_true",
-                   help="ONNX: return only the best mask (multimask for one point, else single)")
-    p.add_argument("--use-stability-score", action="store_true",
-                   help="ONNX: replace the predicted IoU by the stability score of each mask")
-    p.add_argument("--return-extra-metrics", action="store_true",
-                   help="ONNX: also output stability_scores and areas of the upscaled masks")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        choices=["stablehlo", "onnx", "onnx-encoder"],
+        default=["stablehlo"],
+        help="artifact formats (default: stablehlo); onnx is the decoder, "
+        "onnx-encoder (optional, needs jax2onnx) the image encoder",
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=list(PARTS),
+        default=list(PARTS),
+        help="StableHLO parts to export (default: both)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=["constants", "inputs"],
+        default="constants",
+        help="StableHLO: bake the weights into the module, or pass them as inputs "
+        "from <part>.weights.npz (default: constants)",
+    )
+    p.add_argument(
+        "--platforms",
+        default=",".join(PLATFORMS),
+        help="StableHLO lowering platforms, comma-separated (default: cpu,cuda,tpu)",
+    )
+    p.add_argument(
+        "--return-single-mask",
+        action="store_true",
+        help="ONNX: return only the best mask (multimask for one point, else single)",
+    )
+    p.add_argument(
+        "--use-stability-score",
+        action="store_true",
+        help="ONNX: replace the predicted IoU by the stability score of each mask",
+    )
+    p.add_argument(
+        "--return-extra-metrics",
+        action="store_true",
+        help="ONNX: also output stability_scores and areas of the upscaled masks",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
 
 
@@ -337,24 +389,40 @@ def run(args: argparse.Namespace, model) -> None:
         try:
             import onnx  # noqa: F401
         except ImportError as e:
-            raise SystemExit(f"error: ONNX export needs the 'export' extra "
-                             f"(pip install 'sam-jax[export]'): {e}") from None
+            raise SystemExit(
+                f"error: ONNX export needs the 'export' extra (pip install 'sam-jax[export]'): {e}"
+            ) from None
     if "onnx" in args.format:
-        written.append(export_onnx(
-            model, args.out / "sam_decoder.onnx", return_single_mask=args.return_single_mask,
-            use_stability_score=args.use_stability_score,
-            return_extra_metrics=args.return_extra_metrics, opset=args.opset))
+        written.append(
+            export_onnx(
+                model,
+                args.out / "sam_decoder.onnx",
+                return_single_mask=args.return_single_mask,
+                use_stability_score=args.use_stability_score,
+                return_extra_metrics=args.return_extra_metrics,
+                opset=args.opset,
+            )
+        )
     if "onnx-encoder" in args.format:
         try:
             written.append(export_encoder_onnx(model, args.out / "sam_encoder.onnx"))
         except ImportError as e:
             raise SystemExit(f"error: {e}") from None
     if "stablehlo" in args.format:
-        written += export_stablehlo(model, args.out, parts=args.parts, weights=args.weights,
-                                    platforms=platforms)
+        written += export_stablehlo(
+            model, args.out, parts=args.parts, weights=args.weights, platforms=platforms
+        )
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-__all__ = ["PARTS", "PLATFORMS", "ExportedModule", "export_encoder_onnx", "export_onnx",
-           "export_part", "export_stablehlo", "load_exported"]
+__all__ = [
+    "PARTS",
+    "PLATFORMS",
+    "ExportedModule",
+    "export_encoder_onnx",
+    "export_onnx",
+    "export_part",
+    "export_stablehlo",
+    "load_exported",
+]

@@ -106,5 +106,13 @@ class ResizeLongestSide:
         return apply_boxes(boxes, original_size, self.target_length)
 
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "resized_shape", "apply_coords", "apply_boxes", "normalize",
-           "pad_to_square", "ResizeLongestSide"]
+__all__ = [
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "resized_shape",
+    "apply_coords",
+    "apply_boxes",
+    "normalize",
+    "pad_to_square",
+    "ResizeLongestSide",
+]

@@ -65,8 +65,7 @@ class _Graph:
     def ints(self, values, name: str = "shape") -> str:
         return self.const(np.asarray(values, np.int64), name, np.int64)
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None,
-           **attrs: Any):
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs: Any):
         outs = [self._name(name or op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
         return outs[0] if outputs == 1 else outs
@@ -78,14 +77,21 @@ def _f32(x) -> np.ndarray:
 
 def _linear(g: _Graph, x: str, p: dict) -> str:
     """Dense layer: ``(..., in) @ kernel (in, out) + bias``."""
-    return g.op("Add", g.op("MatMul", x, g.const(_f32(p["kernel"]), "kernel")),
-                g.const(_f32(p["bias"]), "bias"))
+    return g.op(
+        "Add", g.op("MatMul", x, g.const(_f32(p["kernel"]), "kernel")), g.const(_f32(p["bias"]), "bias")
+    )
 
 
 def _layer_norm(g: _Graph, x: str, p: dict, eps: float) -> str:
     """LayerNorm over the last axis (tokens, or NHWC maps as ``LayerNorm2d``)."""
-    return g.op("LayerNormalization", x, g.const(_f32(p["scale"]), "scale"),
-                g.const(_f32(p["bias"]), "bias"), axis=-1, epsilon=eps)
+    return g.op(
+        "LayerNormalization",
+        x,
+        g.const(_f32(p["scale"]), "scale"),
+        g.const(_f32(p["bias"]), "bias"),
+        axis=-1,
+        epsilon=eps,
+    )
 
 
 def _gelu(g: _Graph, x: str) -> str:
@@ -111,7 +117,7 @@ def _attention(g: _Graph, q: str, k: str, v: str, p: dict, heads: int) -> str:
     qh = g.op("Transpose", g.op("Reshape", _linear(g, q, p["q_proj"]), split), perm=[0, 2, 1, 3])
     kh = g.op("Transpose", g.op("Reshape", _linear(g, k, p["k_proj"]), split), perm=[0, 2, 3, 1])
     vh = g.op("Transpose", g.op("Reshape", _linear(g, v, p["v_proj"]), split), perm=[0, 2, 1, 3])
-    scores = g.op("Mul", g.op("MatMul", qh, kh), g.const(d ** -0.5))
+    scores = g.op("Mul", g.op("MatMul", qh, kh), g.const(d**-0.5))
     out = g.op("MatMul", g.op("Softmax", scores, axis=-1), vh)
     out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.ints([0, 0, inner]))
     return _linear(g, out, p["out_proj"])
@@ -139,17 +145,16 @@ def _dense_pe(g: _Graph, size: int, gaussian: str) -> str:
     return _fourier(g, g.const(np.stack([x, y], -1).reshape(1, size * size, 2), "grid"), gaussian)
 
 
-def _embed_points(g: _Graph, coords: str, labels: str, gaussian: str, tables: dict,
-                  image_size: int) -> str:
+def _embed_points(g: _Graph, coords: str, labels: str, gaussian: str, tables: dict, image_size: int) -> str:
     """Sparse tokens ``(1, N, E)``: random Fourier features of the point plus its kind."""
-    pe = _fourier(g, g.op("Div", g.op("Add", coords, g.const(0.5)), g.const(float(image_size))),
-                  gaussian)
+    pe = _fourier(g, g.op("Div", g.op("Add", coords, g.const(0.5)), g.const(float(image_size))), gaussian)
     lab = g.op("Unsqueeze", labels, g.ints([-1]))
     zeros = g.const(np.zeros(len(tables[-1]), np.float32))
     pe = g.op("Where", g.op("Equal", lab, g.const(-1.0)), g.const(tables[-1], "not_a_point"), pe)
     for k in range(4):
-        kind = g.op("Where", g.op("Equal", lab, g.const(float(k))),
-                    g.const(tables[k], f"point_embed{k}"), zeros)
+        kind = g.op(
+            "Where", g.op("Equal", lab, g.const(float(k))), g.const(tables[k], f"point_embed{k}"), zeros
+        )
         pe = g.op("Add", pe, kind)
     return pe
 
@@ -157,41 +162,64 @@ def _embed_points(g: _Graph, coords: str, labels: str, gaussian: str, tables: di
 def _embed_mask(g: _Graph, mask: str, has_mask: str, p: dict, no_mask: np.ndarray) -> str:
     """Dense prompt ``(1, g, g, E)``: the downscaled mask, or ``no_mask_embed`` (blend)."""
     x = mask
-    for conv, norm in (("mask_downscaling_0", "mask_downscaling_1"),
-                       ("mask_downscaling_3", "mask_downscaling_4")):
+    for conv, norm in (
+        ("mask_downscaling_0", "mask_downscaling_1"),
+        ("mask_downscaling_3", "mask_downscaling_4"),
+    ):
         kernel = _f32(p[conv]["kernel"]).transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> OIHW
-        x = g.op("Conv", x, g.const(kernel, "conv"), g.const(_f32(p[conv]["bias"]), "bias"),
-                 kernel_shape=[2, 2], strides=[2, 2])
+        x = g.op(
+            "Conv",
+            x,
+            g.const(kernel, "conv"),
+            g.const(_f32(p[conv]["bias"]), "bias"),
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+        )
         x = _nchw(g, _gelu(g, _layer_norm(g, _nhwc(g, x), p[norm], 1e-6)))
     x = _nhwc(g, x)
     last = p["mask_downscaling_6"]
     x = _linear(g, x, {"kernel": _f32(last["kernel"])[0, 0], "bias": last["bias"]})  # 1x1 conv
     keep = g.op("Mul", has_mask, x)
-    return g.op("Add", keep, g.op("Mul", g.op("Sub", g.const(1.0), has_mask),
-                                  g.const(_f32(no_mask), "no_mask")))
+    return g.op(
+        "Add", keep, g.op("Mul", g.op("Sub", g.const(1.0), has_mask), g.const(_f32(no_mask), "no_mask"))
+    )
 
 
 def _conv_transpose_2x2(g: _Graph, x: str, p: dict) -> str:
     """Stride-2 kernel-2 transposed conv on NCHW; kernel ``(2, 2, in, out)`` -> ``(in, out, 2, 2)``."""
     kernel = _f32(p["kernel"]).transpose(2, 3, 0, 1)
-    return g.op("ConvTranspose", x, g.const(kernel, "kernel"), g.const(_f32(p["bias"]), "bias"),
-                kernel_shape=[2, 2], strides=[2, 2])
+    return g.op(
+        "ConvTranspose",
+        x,
+        g.const(kernel, "kernel"),
+        g.const(_f32(p["bias"]), "bias"),
+        kernel_shape=[2, 2],
+        strides=[2, 2],
+    )
 
 
 def _stability(g: _Graph, logits: str) -> str:
     """IoU of the masks thresholded at ``t + 1`` and ``t - 1``, per mask: ``(1, K)``."""
+
     def count(threshold):
         above = g.op("Cast", g.op("Greater", logits, g.const(threshold)), to=TensorProto.FLOAT)
         return g.op("ReduceSum", above, g.ints([-2, -1]), keepdims=0)
-    return g.op("Div", count(MASK_THRESHOLD + _STABILITY_OFFSET),
-                count(MASK_THRESHOLD - _STABILITY_OFFSET))
+
+    return g.op("Div", count(MASK_THRESHOLD + _STABILITY_OFFSET), count(MASK_THRESHOLD - _STABILITY_OFFSET))
 
 
 def _resize(g: _Graph, x: str, hw: str) -> str:
     """Bilinear resize of the last two axes to ``hw`` (int64 ``(2,)``), half-pixel centres."""
     lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([2]))
-    return g.op("Resize", x, "", "", g.op("Concat", lead, hw, axis=0), mode="linear",
-                coordinate_transformation_mode="pytorch_half_pixel")
+    return g.op(
+        "Resize",
+        x,
+        "",
+        "",
+        g.op("Concat", lead, hw, axis=0),
+        mode="linear",
+        coordinate_transformation_mode="pytorch_half_pixel",
+    )
 
 
 def _postprocess(g: _Graph, masks: str, orig_im_size: str, image_size: int) -> str:
@@ -207,13 +235,19 @@ def _postprocess(g: _Graph, masks: str, orig_im_size: str, image_size: int) -> s
 def _numpy_params(model) -> dict:
     import jax
 
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), {
-        k: model.params[k] for k in ("prompt_encoder", "mask_decoder")})
+    return jax.tree.map(
+        lambda x: np.asarray(x, np.float32), {k: model.params[k] for k in ("prompt_encoder", "mask_decoder")}
+    )
 
 
-def build_onnx_model(model, *, return_single_mask: bool = False,
-                     use_stability_score: bool = False, return_extra_metrics: bool = False,
-                     opset: int = 17) -> onnx.ModelProto:
+def build_onnx_model(
+    model,
+    *,
+    return_single_mask: bool = False,
+    use_stability_score: bool = False,
+    return_extra_metrics: bool = False,
+    opset: int = 17,
+) -> onnx.ModelProto:
     """The official ``SamOnnxModel`` graph of ``model`` (a ``SamModel``) as an ONNX proto."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
@@ -258,19 +292,16 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
             queries = g.op("Add", queries, _attention(g, q, q, queries, lp["self_attn"], heads))
         queries = _layer_norm(g, queries, lp["norm1"], 1e-5)
         q, k = g.op("Add", queries, query_pe), g.op("Add", keys, key_pe)
-        queries = g.op("Add", queries, _attention(g, q, k, keys, lp["cross_attn_token_to_image"],
-                                                  heads))
+        queries = g.op("Add", queries, _attention(g, q, k, keys, lp["cross_attn_token_to_image"], heads))
         queries = _layer_norm(g, queries, lp["norm2"], 1e-5)
         hidden = g.op("Relu", _linear(g, queries, lp["mlp"]["lin1"]))
         queries = g.op("Add", queries, _linear(g, hidden, lp["mlp"]["lin2"]))
         queries = _layer_norm(g, queries, lp["norm3"], 1e-5)
         q, k = g.op("Add", queries, query_pe), g.op("Add", keys, key_pe)
-        keys = g.op("Add", keys, _attention(g, k, q, queries, lp["cross_attn_image_to_token"],
-                                            heads))
+        keys = g.op("Add", keys, _attention(g, k, q, queries, lp["cross_attn_image_to_token"], heads))
         keys = _layer_norm(g, keys, lp["norm4"], 1e-5)
     q, k = g.op("Add", queries, query_pe), g.op("Add", keys, key_pe)
-    queries = g.op("Add", queries, _attention(g, q, k, keys, tp["final_attn_token_to_image"],
-                                              heads))
+    queries = g.op("Add", queries, _attention(g, q, k, keys, tp["final_attn_token_to_image"], heads))
     hs = _layer_norm(g, queries, tp["norm_final_attn"], 1e-5)
 
     # Upscale the image tokens 4x and dot them with the hypernetwork outputs.
@@ -279,18 +310,23 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     up = _nchw(g, _gelu(g, _layer_norm(g, _nhwc(g, up), dp["output_upscaling_1"], 1e-6)))
     up = _gelu(g, _conv_transpose_2x2(g, up, dp["output_upscaling_3"]))
     up = g.op("Reshape", up, g.ints([0, e // 8, r * r]))
-    hyper = [g.op("Unsqueeze", _mlp(g, g.op("Gather", hs, g.ints(1 + i), axis=1),
-                                    dp[f"output_hypernetworks_mlps_{i}"], 3), g.ints([1]))
-             for i in range(n_masks)]
-    low_res = g.op("Reshape", g.op("MatMul", g.op("Concat", *hyper, axis=1), up),
-                   g.ints([0, n_masks, r, r]))
+    hyper = [
+        g.op(
+            "Unsqueeze",
+            _mlp(g, g.op("Gather", hs, g.ints(1 + i), axis=1), dp[f"output_hypernetworks_mlps_{i}"], 3),
+            g.ints([1]),
+        )
+        for i in range(n_masks)
+    ]
+    low_res = g.op("Reshape", g.op("MatMul", g.op("Concat", *hyper, axis=1), up), g.ints([0, n_masks, r, r]))
     scores = _mlp(g, g.op("Gather", hs, g.ints(0), axis=1), dp["iou_prediction_head"], 3)
 
     if use_stability_score:
         scores = _stability(g, low_res)
     if return_single_mask:
-        num_points = g.op("Cast", g.op("Gather", g.op("Shape", "point_coords"), g.ints(1)),
-                          to=TensorProto.FLOAT)
+        num_points = g.op(
+            "Cast", g.op("Gather", g.op("Shape", "point_coords"), g.ints(1)), to=TensorProto.FLOAT
+        )
         reweight = np.zeros((1, n_masks), np.float32)
         reweight[0, 0] = _SINGLE_MASK_REWEIGHT
         bias = g.op("Mul", g.op("Sub", num_points, g.const(2.5)), g.const(reweight, "reweight"))
@@ -303,26 +339,36 @@ def build_onnx_model(model, *, return_single_mask: bool = False,
     g.nodes.append(helper.make_node("Identity", [masks], ["masks"]))
     g.nodes.append(helper.make_node("Identity", [scores], ["iou_predictions"]))
     g.nodes.append(helper.make_node("Identity", [low_res], ["low_res_masks"]))
-    outputs = [helper.make_tensor_value_info("masks", TensorProto.FLOAT, [1, k_out, "H", "W"]),
-               helper.make_tensor_value_info("iou_predictions", TensorProto.FLOAT, [1, k_out])]
+    outputs = [
+        helper.make_tensor_value_info("masks", TensorProto.FLOAT, [1, k_out, "H", "W"]),
+        helper.make_tensor_value_info("iou_predictions", TensorProto.FLOAT, [1, k_out]),
+    ]
     if return_extra_metrics:
         g.nodes.append(helper.make_node("Identity", [_stability(g, masks)], ["stability_scores"]))
-        area = g.op("ReduceSum", g.op("Cast", g.op("Greater", masks, g.const(MASK_THRESHOLD)),
-                                      to=TensorProto.INT64), g.ints([-2, -1]), keepdims=0)
+        area = g.op(
+            "ReduceSum",
+            g.op("Cast", g.op("Greater", masks, g.const(MASK_THRESHOLD)), to=TensorProto.INT64),
+            g.ints([-2, -1]),
+            keepdims=0,
+        )
         g.nodes.append(helper.make_node("Identity", [area], ["areas"]))
         outputs += [
             helper.make_tensor_value_info("stability_scores", TensorProto.FLOAT, [1, k_out]),
-            helper.make_tensor_value_info("areas", TensorProto.INT64, [1, k_out])]
-    outputs.append(helper.make_tensor_value_info("low_res_masks", TensorProto.FLOAT,
-                                                 [1, k_out, r, r]))
+            helper.make_tensor_value_info("areas", TensorProto.INT64, [1, k_out]),
+        ]
+    outputs.append(helper.make_tensor_value_info("low_res_masks", TensorProto.FLOAT, [1, k_out, r, r]))
 
     graph = helper.make_graph(g.nodes, "sam_decoder", inputs, outputs, g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="sam-jax")
-    meta = {"variant": getattr(model, "variant", "custom"), "image_size": s,
-            "embedding_size": gs, "low_res_size": r, "return_single_mask": return_single_mask,
-            "use_stability_score": use_stability_score,
-            "return_extra_metrics": return_extra_metrics}
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="sam-jax")
+    meta = {
+        "variant": getattr(model, "variant", "custom"),
+        "image_size": s,
+        "embedding_size": gs,
+        "low_res_size": r,
+        "return_single_mask": return_single_mask,
+        "use_stability_score": use_stability_score,
+        "return_extra_metrics": return_extra_metrics,
+    }
     helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
     if opset == 17:
         proto.ir_version = 8  # the IR of opset 17 (ONNX 1.12), for older runtimes
@@ -342,26 +388,31 @@ def build_encoder_onnx(model) -> onnx.ModelProto:
     try:
         from jax2onnx import to_onnx
     except ImportError as e:
-        raise ImportError("the ONNX image encoder needs jax2onnx "
-                          "(pip install --no-deps jax2onnx onnx-ir)") from e
+        raise ImportError(
+            "the ONNX image encoder needs jax2onnx (pip install --no-deps jax2onnx onnx-ir)"
+        ) from e
     import jax
 
     from sam_jax.modeling.sam import Sam
 
-    params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32),
-                          model.params["image_encoder"])
+    params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), model.params["image_encoder"])
     if sum(x.size * 4 for x in jax.tree.leaves(params)) > 1900 * 2**20:
         raise ValueError("the image encoder's weights exceed the 2 GiB of one ONNX protobuf")
     module = model.module.clone(attention_impl="xla")  # platform-neutral, any batch
 
     def encode(pixels):
-        return module.apply({"params": {"image_encoder": params}}, pixels,
-                            method=Sam.embed_images)
+        return module.apply({"params": {"image_encoder": params}}, pixels, method=Sam.embed_images)
 
     s = model.config.image_size
-    return to_onnx(encode, [("b", s, s, 3)], inputs_as_nchw=[0], outputs_as_nchw=[0],
-                   input_names=["pixels"], output_names=["image_embeddings"],
-                   model_name="sam_image_encoder")
+    return to_onnx(
+        encode,
+        [("b", s, s, 3)],
+        inputs_as_nchw=[0],
+        outputs_as_nchw=[0],
+        input_names=["pixels"],
+        output_names=["image_embeddings"],
+        model_name="sam_image_encoder",
+    )
 
 
 __all__ = ["build_encoder_onnx", "build_onnx_model"]

@@ -49,11 +49,15 @@ from sam_jax.sam_model import compile_counts as core_compile_counts
 # ----------------------------------------------------------------------------- jitted pieces
 # Embedding and decoding are the inference core's (``SamModel.embed_images`` / ``.decode``).
 
-@functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size",
-                                             "return_logits"))
-def _postprocess(low_res: jax.Array, input_size: tuple[int, int],
-                 original_size: tuple[int, int], image_size: int,
-                 return_logits: bool) -> jax.Array:
+
+@functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size", "return_logits"))
+def _postprocess(
+    low_res: jax.Array,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    return_logits: bool,
+) -> jax.Array:
     masks = postprocess_masks(low_res, input_size, original_size, image_size)
     return masks if return_logits else masks > MASK_THRESHOLD
 
@@ -65,6 +69,7 @@ def compile_counts() -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- validation
+
 
 def as_rgb_uint8(image: Any, image_format: str) -> np.ndarray:
     """Validate an image and return it as ``(H, W, 3)`` uint8 RGB."""
@@ -103,10 +108,12 @@ def _finite(name: str, x: Any, shape_desc: str, ndim: int, last: int | None) -> 
 def _check_labels(labels: Any, shape: tuple[int, ...], allowed: Sequence[int]) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.shape != shape:
-        raise ValueError(f"point_labels must have shape {shape} to match point_coords, "
-                         f"got {lab.shape}")
-    if lab.size and (not np.issubdtype(lab.dtype, np.number) or np.any(lab != np.round(lab))
-                     or not np.all(np.isin(lab, allowed))):
+        raise ValueError(f"point_labels must have shape {shape} to match point_coords, got {lab.shape}")
+    if lab.size and (
+        not np.issubdtype(lab.dtype, np.number)
+        or np.any(lab != np.round(lab))
+        or not np.all(np.isin(lab, allowed))
+    ):
         raise ValueError(f"point_labels must be in {sorted(allowed)}, got {np.unique(lab)}")
     return lab.astype(np.int32)
 
@@ -116,8 +123,9 @@ def _check_boxes(boxes: np.ndarray) -> None:
         raise ValueError(f"box must be XYXY with x1 >= x0 and y1 >= y0, got {boxes.tolist()}")
 
 
-def check_prompts(point_coords: Any, point_labels: Any, boxes: Any, mask_input: Any,
-                  low_res_size: int, batched: bool):
+def check_prompts(
+    point_coords: Any, point_labels: Any, boxes: Any, mask_input: Any, low_res_size: int, batched: bool
+):
     """Validate the prompts of :meth:`SamPredictor.predict` (``batched=False``: coords
     ``(N, 2)``, labels ``(N,)`` in {0, 1}, box ``(4,)``, mask ``(1, r, r)``) or of
     :meth:`SamPredictor.predict_batch` (``batched=True``: a leading ``B`` on each, labels
@@ -148,8 +156,7 @@ def check_prompts(point_coords: Any, point_labels: Any, boxes: Any, mask_input: 
         if masks.shape[extra:] != (1, r, r):
             raise ValueError(f"mask_input must have shape {want}, got {masks.shape}")
     if not batched:
-        coords, labels, bx, masks = (None if x is None else x[None]
-                                     for x in (coords, labels, bx, masks))
+        coords, labels, bx, masks = (None if x is None else x[None] for x in (coords, labels, bx, masks))
     rows = {len(x) for x in (coords, bx, masks) if x is not None}
     if len(rows) > 1:
         raise ValueError(f"prompt batch sizes differ: {sorted(rows)}")
@@ -202,12 +209,13 @@ class SamPredictor:
         while start < len(batch):  # chunks of powers of two: no padding, few shapes
             n = 1 << ((len(batch) - start).bit_length() - 1)
             n = min(n, 8)
-            emb = self.model.embed_images(batch[start:start + n], sizes[start:start + n])
-            embeddings.extend(emb[i:i + 1] for i in range(n))
+            emb = self.model.embed_images(batch[start : start + n], sizes[start : start + n])
+            embeddings.extend(emb[i : i + 1] for i in range(n))
             start += n
         self.reset_image()
-        self._images = [(e, tuple(int(v) for v in sz), im.shape[:2])
-                        for e, sz, im in zip(embeddings, sizes, rgb)]
+        self._images = [
+            (e, tuple(int(v) for v in sz), im.shape[:2]) for e, sz, im in zip(embeddings, sizes, rgb)
+        ]
         self.use_image(0)
 
     def use_image(self, index: int) -> None:
@@ -254,14 +262,14 @@ class SamPredictor:
         """
         self._require_image()
         coords, labels, boxes, masks = check_prompts(
-            point_coords, point_labels, box, mask_input, self.model.config.low_res_size, False)
+            point_coords, point_labels, box, mask_input, self.model.config.low_res_size, False
+        )
         if coords is not None:
             coords = self.transform.apply_coords(coords, self.original_size)
         if boxes is not None:
             boxes = self.transform.apply_boxes(boxes, self.original_size)
         text_emb = None if text is None else self.text_embedding(text)
-        out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits,
-                            text_emb)
+        out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits, text_emb)
         return tuple(np.asarray(x[0]) for x in out)
 
     def text_embedding(self, text: str) -> np.ndarray:
@@ -269,13 +277,16 @@ class SamPredictor:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
         if self.clip is None:
-            raise ValueError("text prompts need a CLIP model: SamPredictor(sam, clip=build_clip("
-                             "checkpoint='ViT-L-14-336px.pt'))")
+            raise ValueError(
+                "text prompts need a CLIP model: SamPredictor(sam, clip=build_clip("
+                "checkpoint='ViT-L-14-336px.pt'))"
+            )
         want = self.model.config.text_embed_dim
         if want != self.clip.config.embed_dim:
             raise ValueError(
                 f"this SAM takes no text prompt of width {self.clip.config.embed_dim} "
-                f"(its text_embed_dim is {want}; a SAM trained with text prompts is needed)")
+                f"(its text_embed_dim is {want}; a SAM trained with text prompts is needed)"
+            )
         return np.asarray(self.clip.embed_text([text]), np.float32)
 
     def predict_batch(
@@ -298,8 +309,9 @@ class SamPredictor:
         Returns:
           masks ``(B, C, H, W)``, iou ``(B, C)``, low-res logits ``(B, C, 256, 256)``.
         """
-        out = self.predict_torch(point_coords, point_labels, boxes, mask_input,
-                                 multimask_output, return_logits)
+        out = self.predict_torch(
+            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits
+        )
         return tuple(np.asarray(x) for x in out)
 
     def predict_torch(
@@ -316,20 +328,22 @@ class SamPredictor:
         through it."""
         self._require_image()
         coords, labels, boxes, masks = check_prompts(
-            point_coords, point_labels, boxes, mask_input, self.model.config.low_res_size, True)
+            point_coords, point_labels, boxes, mask_input, self.model.config.low_res_size, True
+        )
         return self._predict(coords, labels, boxes, masks, multimask_output, return_logits)
 
-    def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits,
-                 text=None):
+    def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits, text=None):
         """Pad the (validated, input-frame) prompts to buckets, decode, postprocess."""
         dtype = self.model.module.dtype
         for name, x in (("point_coords", coords), ("box", boxes), ("mask_input", masks)):
             with np.errstate(over="ignore"):
                 fits = x is None or np.all(np.isfinite(np.asarray(x, np.float32).astype(dtype)))
             if not fits:
-                raise ValueError(f"{name} has values too large for the model's "
-                                 f"{np.dtype(dtype).name} computation (finite, but beyond "
-                                 f"{float(jnp.finfo(dtype).max):.3g} after resizing)")
+                raise ValueError(
+                    f"{name} has values too large for the model's "
+                    f"{np.dtype(dtype).name} computation (finite, but beyond "
+                    f"{float(jnp.finfo(dtype).max):.3g} after resizing)"
+                )
         b = next((len(x) for x in (coords, boxes, masks) if x is not None), 1)
         rows = bucket_size(b)
         if coords is None and boxes is not None:
@@ -349,11 +363,13 @@ class SamPredictor:
             masks = np.pad(np.asarray(masks, np.float32)[:, 0], ((0, rows - b), (0, 0), (0, 0)))
         if text is not None:
             text = np.broadcast_to(np.asarray(text, np.float32), (rows, text.shape[-1]))
-        low, iou = self.model.decode(self.features, coords, labels, boxes, masks,
-                                     bool(multimask_output), text_embeddings=text)
+        low, iou = self.model.decode(
+            self.features, coords, labels, boxes, masks, bool(multimask_output), text_embeddings=text
+        )
         low, iou = low[:b].astype(jnp.float32), iou[:b].astype(jnp.float32)
-        out = _postprocess(low, self.input_size, self.original_size,
-                           self.model.config.image_size, bool(return_logits))
+        out = _postprocess(
+            low, self.input_size, self.original_size, self.model.config.image_size, bool(return_logits)
+        )
         return out, iou, low
 
 

@@ -43,19 +43,40 @@ def _embed(module: Sam, params: Any, pixels: jax.Array, sizes: jax.Array | None)
         x = normalize(x)
     if sizes is not None:
         s = x.shape[1]
-        inside = ((jnp.arange(s)[None, :, None] < sizes[:, 0, None, None])
-                  & (jnp.arange(s)[None, None, :] < sizes[:, 1, None, None]))
+        inside = (jnp.arange(s)[None, :, None] < sizes[:, 0, None, None]) & (
+            jnp.arange(s)[None, None, :] < sizes[:, 1, None, None]
+        )
         x = jnp.where(inside[..., None], x, 0.0)
     return module.apply({"params": params}, x, method=Sam.embed_images)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "multimask_output"))
-def _decode(module: Sam, params: Any, emb: jax.Array, coords: jax.Array | None,
-            labels: jax.Array | None, boxes: jax.Array | None, masks: jax.Array | None,
-            box_valid: jax.Array | None, mask_valid: jax.Array | None,
-            multimask_output: bool, text: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    return module.apply({"params": params}, emb, coords, labels, boxes, masks, multimask_output,
-                        box_valid, mask_valid, text, method=Sam.decode)
+def _decode(
+    module: Sam,
+    params: Any,
+    emb: jax.Array,
+    coords: jax.Array | None,
+    labels: jax.Array | None,
+    boxes: jax.Array | None,
+    masks: jax.Array | None,
+    box_valid: jax.Array | None,
+    mask_valid: jax.Array | None,
+    multimask_output: bool,
+    text: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    return module.apply(
+        {"params": params},
+        emb,
+        coords,
+        labels,
+        boxes,
+        masks,
+        multimask_output,
+        box_valid,
+        mask_valid,
+        text,
+        method=Sam.decode,
+    )
 
 
 def compile_counts() -> dict[str, int]:
@@ -104,17 +125,36 @@ class SamModel:
         """
         return _embed(self.module, self.params, pixels, sizes)
 
-    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None,
-               mask_inputs=None, multimask_output=True, box_valid=None, mask_valid=None,
-               text_embeddings=None):
+    def decode(
+        self,
+        image_embeddings,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_inputs=None,
+        multimask_output=True,
+        box_valid=None,
+        mask_valid=None,
+        text_embeddings=None,
+    ):
         """Jitted :meth:`Sam.decode` on this model's parameters (arguments and shapes there;
         ``text_embeddings`` ``(B, D)``: CLIP prompts, for a SAM with ``text_embed_dim``).
 
         Returns low-res mask logits ``(B, K, S/4, S/4)`` and IoU predictions ``(B, K)``.
         """
-        return _decode(self.module, self.params, image_embeddings, point_coords, point_labels,
-                       boxes, mask_inputs, box_valid, mask_valid, bool(multimask_output),
-                       text_embeddings)
+        return _decode(
+            self.module,
+            self.params,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_inputs,
+            box_valid,
+            mask_valid,
+            bool(multimask_output),
+            text_embeddings,
+        )
 
 
 def build_sam(
@@ -165,8 +205,9 @@ sam_model_registry: dict[str, Callable[..., SamModel]] = {
 }
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
-                       variant: str | SamConfig | None = None) -> str:
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, variant: str | SamConfig | None = None
+) -> str:
     """Convert an official ``.pth`` to our ``.npz``.
 
     ``variant``: a variant name, a ``SamConfig``, or None to guess it from the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,8 +23,9 @@ BOX_COLOUR = (30, 144, 255)
 def mask_colours(n: int, seed: int = 0) -> np.ndarray:
     """``(n, 3)`` uint8 distinct, saturated colours (golden-ratio hue steps)."""
     hues = (seed * 0.13 + np.arange(n) * 0.618033988749895) % 1.0
-    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)]
-                     for h in hues], np.uint8).reshape(n, 3)
+    return np.array(
+        [[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], np.uint8
+    ).reshape(n, 3)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

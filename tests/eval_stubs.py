@@ -46,16 +46,33 @@ class GTPredictor:
         m = self.gt[hits[0]] if hits else np.zeros(self.gt.shape[1:], bool)
         return np.roll(m, self.shift, axis=1) if self.shift else m
 
-    def predict_batch(self, point_coords, point_labels, boxes=None, mask_input=None,
-                      multimask_output=True, return_logits=False):
-        self.calls.append(dict(points=None if point_coords is None else np.array(point_coords),
-                               labels=None if point_labels is None else np.array(point_labels),
-                               boxes=None if boxes is None else np.array(boxes),
-                               mask_input=None if mask_input is None else np.array(mask_input),
-                               multimask_output=multimask_output))
+    def predict_batch(
+        self,
+        point_coords,
+        point_labels,
+        boxes=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
+        self.calls.append(
+            dict(
+                points=None if point_coords is None else np.array(point_coords),
+                labels=None if point_labels is None else np.array(point_labels),
+                boxes=None if boxes is None else np.array(boxes),
+                mask_input=None if mask_input is None else np.array(mask_input),
+                multimask_output=multimask_output,
+            )
+        )
         b = len(point_coords) if point_coords is not None else len(boxes)
-        ans = np.stack([self._answer(None if point_coords is None else point_coords[i][0],
-                                     None if boxes is None else boxes[i]) for i in range(b)])
+        ans = np.stack(
+            [
+                self._answer(
+                    None if point_coords is None else point_coords[i][0], None if boxes is None else boxes[i]
+                )
+                for i in range(b)
+            ]
+        )
         r = self.low_res
         if multimask_output:
             masks = np.stack([np.zeros_like(ans), ans, np.ones_like(ans)], axis=1)

@@ -40,15 +40,34 @@ def clip_tokenizer_module():
     return _module("simple_tokenizer")
 
 
-def official_clip(embed_dim=32, image_size=64, patch_size=16, vision_width=128, vision_layers=2,
-                  text_width=64, text_heads=2, text_layers=2, seed=0):
+def official_clip(
+    embed_dim=32,
+    image_size=64,
+    patch_size=16,
+    vision_width=128,
+    vision_layers=2,
+    text_width=64,
+    text_heads=2,
+    text_layers=2,
+    seed=0,
+):
     """The OpenAI ``CLIP`` (ViT; vision heads = width // 64) with random weights, eval mode.
 
     Every parameter gets extra noise so that none keeps a trivial init (LayerNorm ones).
     """
     torch.manual_seed(seed)
-    model = clip_model_module().CLIP(embed_dim, image_size, vision_layers, vision_width, patch_size,
-                                     77, 49408, text_width, text_heads, text_layers)
+    model = clip_model_module().CLIP(
+        embed_dim,
+        image_size,
+        vision_layers,
+        vision_width,
+        patch_size,
+        77,
+        49408,
+        text_width,
+        text_heads,
+        text_layers,
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -22,7 +22,7 @@ def _blobs(rng, n, h, w):
     masks = np.zeros((n, h, w), bool)
     for m in masks:
         y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
-        m[y0:rng.integers(y0 + 1, h + 1), x0:rng.integers(x0 + 1, w + 1)] = True
+        m[y0 : rng.integers(y0 + 1, h + 1), x0 : rng.integers(x0 + 1, w + 1)] = True
         m ^= rng.random((h, w)) < 0.03
     masks[0] = False  # an empty mask
     return masks
@@ -36,8 +36,9 @@ def test_grids_and_crops_match_official():
         for a, b in zip(mine, theirs):
             np.testing.assert_allclose(a, b)
     for size, layers in [((512, 512), 1), ((300, 451), 2), ((1500, 2250), 3)]:
-        assert amg.generate_crop_boxes(size, layers, 512 / 1500) == \
-            ref_amg.generate_crop_boxes(size, layers, 512 / 1500)
+        assert amg.generate_crop_boxes(size, layers, 512 / 1500) == ref_amg.generate_crop_boxes(
+            size, layers, 512 / 1500
+        )
 
 
 def test_rle_matches_official_and_pycocotools():
@@ -59,12 +60,16 @@ def test_rle_matches_official_and_pycocotools():
 def test_boxes_and_stability_match_official():
     rng = np.random.default_rng(1)
     masks = _blobs(rng, 8, 40, 30)
-    np.testing.assert_array_equal(np.asarray(amg.batched_mask_to_box(masks)),
-                                  ref_amg.batched_mask_to_box(torch.as_tensor(masks)).numpy())
+    np.testing.assert_array_equal(
+        np.asarray(amg.batched_mask_to_box(masks)),
+        ref_amg.batched_mask_to_box(torch.as_tensor(masks)).numpy(),
+    )
     logits = rng.normal(size=(5, 40, 30)).astype(np.float32)
     np.testing.assert_allclose(
         np.asarray(amg.calculate_stability_score(logits, 0.0, 0.5)),
-        ref_amg.calculate_stability_score(torch.as_tensor(logits), 0.0, 0.5).numpy(), rtol=1e-6)
+        ref_amg.calculate_stability_score(torch.as_tensor(logits), 0.0, 0.5).numpy(),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -77,8 +82,9 @@ def test_nms_matches_torchvision(seed):
     scores = rng.integers(0, 4, n).astype(np.float32)  # many ties
     for thresh in (0.0, 0.3, 0.7, 1.0):
         mine = amg.box_nms(boxes, scores, thresh)
-        theirs = tv_ops.batched_nms(torch.as_tensor(boxes), torch.as_tensor(scores),
-                                    torch.zeros(n), thresh).numpy()
+        theirs = tv_ops.batched_nms(
+            torch.as_tensor(boxes), torch.as_tensor(scores), torch.zeros(n), thresh
+        ).numpy()
         assert sorted(mine.tolist()) == sorted(theirs.tolist())
         assert np.all(np.diff(scores[mine]) <= 0)  # highest score first
 
@@ -99,11 +105,13 @@ def test_uncrop_and_edge_filter_match_official():
     crop, orig = [100, 50, 200, 150], [0, 0, 200, 300]
     np.testing.assert_array_equal(
         amg.is_box_near_crop_edge(boxes, crop, orig),
-        ref_amg.is_box_near_crop_edge(torch.as_tensor(boxes), crop, orig).numpy())
+        ref_amg.is_box_near_crop_edge(torch.as_tensor(boxes), crop, orig).numpy(),
+    )
     masks = _blobs(np.random.default_rng(3), 2, 100, 100)
     np.testing.assert_array_equal(
         amg.uncrop_masks(masks, crop, 300, 200),
-        ref_amg.uncrop_masks(torch.as_tensor(masks), crop, 300, 200).numpy())
+        ref_amg.uncrop_masks(torch.as_tensor(masks), crop, 300, 200).numpy(),
+    )
 
 
 # Random weights give large, noisy masks whose boxes are nearly all the full
@@ -113,8 +121,13 @@ SETTINGS = {
     "grid": dict(points_per_side=12),
     "crops+cleanup": dict(points_per_side=8, crop_n_layers=1, min_mask_region_area=100),
 }
-COMMON = dict(pred_iou_thresh=0.5, stability_score_thresh=0.75, stability_score_offset=0.05,
-              box_nms_thresh=1.0, crop_nms_thresh=1.0)
+COMMON = dict(
+    pred_iou_thresh=0.5,
+    stability_score_thresh=0.75,
+    stability_score_offset=0.05,
+    box_nms_thresh=1.0,
+    crop_nms_thresh=1.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,13 +173,11 @@ def test_output_modes_and_records(models):
     rle = SamAutomaticMaskGenerator(ours, output_mode="uncompressed_rle", **kw).generate(image)
     coco = SamAutomaticMaskGenerator(ours, output_mode="coco_rle", **kw).generate(image)
     assert len(binary) == len(rle) == len(coco) > 0
-    keys = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score",
-            "crop_box"}
+    keys = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
     for b, r, c in zip(binary, rle, coco):
         assert set(b) == set(r) == set(c) == keys
         np.testing.assert_array_equal(amg.rle_to_mask(r["segmentation"]), b["segmentation"])
-        decoded = mask_utils.decode(dict(c["segmentation"],
-                                         counts=c["segmentation"]["counts"].encode()))
+        decoded = mask_utils.decode(dict(c["segmentation"], counts=c["segmentation"]["counts"].encode()))
         np.testing.assert_array_equal(decoded.astype(bool), b["segmentation"])
         assert b["crop_box"] == [0, 0, image.shape[1], image.shape[0]]
         assert len(b["point_coords"]) == 1 and len(b["point_coords"][0]) == 2
@@ -179,8 +190,9 @@ def test_generator_rejects_bad_arguments(models):
     with pytest.raises(ValueError, match="exactly one"):
         SamAutomaticMaskGenerator(ours, points_per_side=None)
     with pytest.raises(ValueError, match="point grids"):
-        SamAutomaticMaskGenerator(ours, points_per_side=None, point_grids=[amg.build_point_grid(4)],
-                                  crop_n_layers=1)
+        SamAutomaticMaskGenerator(
+            ours, points_per_side=None, point_grids=[amg.build_point_grid(4)], crop_n_layers=1
+        )
     with pytest.raises(ValueError, match="dtype"):
         SamAutomaticMaskGenerator(ours, points_per_side=2).generate(np.zeros((8, 8, 3), np.float32))
 

@@ -21,13 +21,30 @@ def test_encoder_flops_match_the_anchor_convention():
 
 def test_suite_produces_every_figure():
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--tiny", "--iters", "1",
-         "--batches", "1,2", "--impls", "auto,xla"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--tiny",
+            "--iters",
+            "1",
+            "--batches",
+            "1,2",
+            "--impls",
+            "auto,xla",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    ours = {(r["bench"], r.get("dtype"), r.get("batch"), r.get("prompts"), r.get("attention"))
-            for r in lines if r.get("impl") == "sam-jax" and "error" not in r}
+    ours = {
+        (r["bench"], r.get("dtype"), r.get("batch"), r.get("prompts"), r.get("attention"))
+        for r in lines
+        if r.get("impl") == "sam-jax" and "error" not in r
+    }
     for dtype in ("float32", "bfloat16"):
         for batch in (1, 2):
             for impl in ("auto", "xla"):

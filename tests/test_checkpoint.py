@@ -19,8 +19,14 @@ from benchmarks.reference_sam import official_sam, torch
 from configs.tiny import TINY
 from sam_jax import build_sam, sam_model_registry
 from sam_jax.checkpoint import (
-    CheckpointMismatchError, CorruptCheckpointError, UnsafeCheckpointError, load_params,
-    read_pth, save_params, state_dict_to_params)
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    load_params,
+    read_pth,
+    save_params,
+    state_dict_to_params,
+)
 from sam_jax.modeling.sam import Sam
 from sam_jax.modeling.variants import VARIANTS, guess_variant, param_template
 from sam_jax.sam_model import convert_checkpoint
@@ -37,10 +43,16 @@ def tiny_pth(tmp_path_factory):
 def test_read_pth_reads_tensors_of_every_layout_and_dtype(tmp_path):
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     sd = collections.OrderedDict(
-        f32=torch.randn(3, 5), transposed=base.t(), sliced=base[1:, 2:5],
-        bf16=torch.randn(4, dtype=torch.bfloat16), f16=torch.randn(2, 2, dtype=torch.float16),
-        i64=torch.arange(7), flag=torch.tensor([True, False]), scalar=torch.tensor(3.5),
-        param=torch.nn.Parameter(torch.ones(2, 3)))
+        f32=torch.randn(3, 5),
+        transposed=base.t(),
+        sliced=base[1:, 2:5],
+        bf16=torch.randn(4, dtype=torch.bfloat16),
+        f16=torch.randn(2, 2, dtype=torch.float16),
+        i64=torch.arange(7),
+        flag=torch.tensor([True, False]),
+        scalar=torch.tensor(3.5),
+        param=torch.nn.Parameter(torch.ones(2, 3)),
+    )
     path = tmp_path / "mixed.pth"
     torch.save(sd, path)
     got = read_pth(path)
@@ -55,12 +67,17 @@ def test_state_dict_maps_one_to_one(tiny_pth):
     path, sd = tiny_pth
     params = state_dict_to_params(read_pth(path), param_template(Sam(TINY)))
     enc, dec = params["image_encoder"], params["mask_decoder"]
-    np.testing.assert_array_equal(enc["blocks_1"]["attn"]["qkv"]["kernel"],
-                                  sd["image_encoder.blocks.1.attn.qkv.weight"].T)
-    np.testing.assert_array_equal(enc["patch_embed"]["proj"]["kernel"],
-                                  sd["image_encoder.patch_embed.proj.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(dec["output_upscaling_0"]["kernel"],
-                                  sd["mask_decoder.output_upscaling.0.weight"].transpose(2, 3, 0, 1))
+    np.testing.assert_array_equal(
+        enc["blocks_1"]["attn"]["qkv"]["kernel"], sd["image_encoder.blocks.1.attn.qkv.weight"].T
+    )
+    np.testing.assert_array_equal(
+        enc["patch_embed"]["proj"]["kernel"],
+        sd["image_encoder.patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        dec["output_upscaling_0"]["kernel"],
+        sd["mask_decoder.output_upscaling.0.weight"].transpose(2, 3, 0, 1),
+    )
     np.testing.assert_array_equal(enc["neck_1"]["scale"], sd["image_encoder.neck.1.weight"])
     n_ours = sum(x.size for x in jax.tree.leaves(params))
     assert n_ours == sum(v.size for v in sd.values())
@@ -75,7 +92,8 @@ def test_variants_have_the_official_parameter_count(variant):
     want = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     template = param_template(Sam(VARIANTS[variant]))
     assert sum(int(np.prod(s)) for s in want.values()) == sum(
-        int(np.prod(x.shape)) for x in jax.tree.leaves(template))
+        int(np.prod(x.shape)) for x in jax.tree.leaves(template)
+    )
     # The mapping is complete: shapes-only state dict converts without error.
     fake = {k: np.zeros(s, np.float32) for k, s in want.items()} if variant == "vit_b" else None
     if fake is not None:
@@ -172,13 +190,16 @@ def _tensor_zip(path, offset, size, stride):
         z.writestr("archive/version", "3\n")
 
 
-@pytest.mark.parametrize("offset,size,stride,match", [
-    (0, (1_000_000,), (-1000,), "negative size or stride"),
-    (-1_000_000, (1_000_000,), (1,), "bad storage offset"),
-    (2, (3,), (1,), "runs past its storage"),
-    (0, (2, 3), (3, 1), "runs past its storage"),
-    (4, (), (), "runs past its storage"),
-])
+@pytest.mark.parametrize(
+    "offset,size,stride,match",
+    [
+        (0, (1_000_000,), (-1000,), "negative size or stride"),
+        (-1_000_000, (1_000_000,), (1,), "bad storage offset"),
+        (2, (3,), (1,), "runs past its storage"),
+        (0, (2, 3), (3, 1), "runs past its storage"),
+        (4, (), (), "runs past its storage"),
+    ],
+)
 def test_tensor_records_outside_their_storage_are_refused(tmp_path, offset, size, stride, match):
     """Crafted records that made ``as_strided`` read heap memory (segfault) on main."""
     path = tmp_path / "crafted.pth"
@@ -248,7 +269,8 @@ def test_registry_builds_without_torch_or_tensorflow():
         "m = sam_model_registry['vit_b']()\n"
         "import jax\n"
         "print(m.variant, sum(x.size for x in jax.tree.leaves(m.params)))\n"
-        "assert not any(k.split('.')[0] in ('torch', 'tensorflow') for k in sys.modules)\n")
+        "assert not any(k.split('.')[0] in ('torch', 'tensorflow') for k in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     variant, count = out.stdout.split()
@@ -260,4 +282,3 @@ def test_registry_names():
     assert sam_model_registry["default"].__name__ == "build_sam_vit_h"
     with pytest.raises(ValueError, match="unknown SAM variant 'vit_x'"):
         build_sam("vit_x")
-

@@ -17,13 +17,27 @@ from sam_jax.clip.model import CLIP, CLIP_CONFIGS, config_from_state_dict, init_
 from sam_jax.clip.tokenizer import default_tokenizer, tokenize
 
 TRICKY = [
-    "a dog", "A Photo of a DOG!!", "café crème brûlée", "naïve Zoë — résumé", "İstanbul ß straße",
-    "🐶🐱 emoji 👍🏽 and 👨‍👩‍👧", "  lots   of\t\twhitespace \n\n runs  ", "tab\there\u00a0nbsp",
+    "a dog",
+    "A Photo of a DOG!!",
+    "café crème brûlée",
+    "naïve Zoë — résumé",
+    "İstanbul ß straße",
+    "🐶🐱 emoji 👍🏽 and 👨‍👩‍👧",
+    "  lots   of\t\twhitespace \n\n runs  ",
+    "tab\there\u00a0nbsp",
     "punctuation... ?!?! (yes) [no] {maybe} 'single' \"double\" — – …",
-    "it's we're they've I'm you'll he'd", "&amp; &lt;html&gt; &amp;amp; &#39;", "mojibake: Ã©tÃ©",
-    "数字 123 4567 日本語のテキスト", "Ελληνικά Русский текст עברית العربية", "ﬁ ligature ＦＵＬＬＷＩＤＴＨ",
-    "don't stop-believing 3.14 1,000", "<|endoftext|> inside", "", "x" * 300,
-    " ".join(["word"] * 100)]
+    "it's we're they've I'm you'll he'd",
+    "&amp; &lt;html&gt; &amp;amp; &#39;",
+    "mojibake: Ã©tÃ©",
+    "数字 123 4567 日本語のテキスト",
+    "Ελληνικά Русский текст עברית العربية",
+    "ﬁ ligature ＦＵＬＬＷＩＤＴＨ",
+    "don't stop-believing 3.14 1,000",
+    "<|endoftext|> inside",
+    "",
+    "x" * 300,
+    " ".join(["word"] * 100),
+]
 
 
 def reference_tokenize(texts, context_length=77):
@@ -36,7 +50,7 @@ def reference_tokenize(texts, context_length=77):
         if len(ids) > context_length:
             ids = ids[:context_length]
             ids[-1] = eot
-        out[i, :len(ids)] = ids
+        out[i, : len(ids)] = ids
     return out
 
 
@@ -71,13 +85,18 @@ def test_params_map_one_to_one(tiny):
     p = ours.params
     np.testing.assert_array_equal(
         p["visual"]["transformer"]["resblocks_1"]["attn"]["in_proj_weight"],
-        sd["visual.transformer.resblocks.1.attn.in_proj_weight"])
-    np.testing.assert_array_equal(p["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"],
-                                  sd["transformer.resblocks.0.mlp.c_fc.weight"].T)
-    np.testing.assert_array_equal(p["visual"]["conv1"]["kernel"],
-                                  sd["visual.conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(p["transformer"]["resblocks_1"]["ln_2"]["scale"],
-                                  sd["transformer.resblocks.1.ln_2.weight"])
+        sd["visual.transformer.resblocks.1.attn.in_proj_weight"],
+    )
+    np.testing.assert_array_equal(
+        p["transformer"]["resblocks_0"]["mlp"]["c_fc"]["kernel"],
+        sd["transformer.resblocks.0.mlp.c_fc.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        p["visual"]["conv1"]["kernel"], sd["visual.conv1.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        p["transformer"]["resblocks_1"]["ln_2"]["scale"], sd["transformer.resblocks.1.ln_2.weight"]
+    )
     np.testing.assert_array_equal(p["token_embedding"]["embedding"], sd["token_embedding.weight"])
 
 
@@ -89,8 +108,10 @@ def test_image_and_text_embeddings_match_reference(tiny):
     got_img = np.asarray(ours.encode_image(image.permute(0, 2, 3, 1).numpy()))
     got_txt = np.asarray(ours.encode_text(text.numpy()))
     err_img, err_txt = np.abs(got_img - ref_img).max(), np.abs(got_txt - ref_txt).max()
-    print(f"CLIP parity (float32): image max|diff| {err_img:.2e} (max|ref| "
-          f"{np.abs(ref_img).max():.2f}), text {err_txt:.2e} (max|ref| {np.abs(ref_txt).max():.2f})")
+    print(
+        f"CLIP parity (float32): image max|diff| {err_img:.2e} (max|ref| "
+        f"{np.abs(ref_img).max():.2f}), text {err_txt:.2e} (max|ref| {np.abs(ref_txt).max():.2f})"
+    )
     assert err_img < 2e-5 * max(1.0, np.abs(ref_img).max())
     assert err_txt < 2e-5 * max(1.0, np.abs(ref_txt).max())
     # The text embedding is read at the end-of-text token: padding after it changes nothing.
@@ -101,14 +122,14 @@ def test_last_layer_masked_attention_matches_reference(tiny):
     model, _, ours, image, _ = tiny
     rng = np.random.default_rng(0)
     mask = np.zeros((3, 64, 64), bool)
-    mask[0, 8:40, 16:64] = True          # a block of patches
+    mask[0, 8:40, 16:64] = True  # a block of patches
     mask[1] = rng.random((64, 64)) < 0.6  # scattered
     # mask[2] stays empty: the class token attends only to itself
     grid, heads = 4, 2
     cover = mask.reshape(3, grid, 16, grid, 16).mean((2, 4)).reshape(3, -1) >= 0.5
-    keep = np.concatenate([np.ones((3, 1), bool), cover], 1)            # (B, T)
+    keep = np.concatenate([np.ones((3, 1), bool), cover], 1)  # (B, T)
     bias = np.zeros((3, 17, 17), np.float32)
-    bias[:, 0, :] = np.where(keep, 0.0, -np.inf)                        # only the class row
+    bias[:, 0, :] = np.where(keep, 0.0, -np.inf)  # only the class row
     last = model.visual.transformer.resblocks[-1]
     last.attn_mask = torch.from_numpy(np.repeat(bias, heads, axis=0))  # (B * heads, T, T)
     try:
@@ -161,10 +182,18 @@ def test_released_shapes(name):
     has exactly our parameter set and shapes, and its config is inferred from them."""
     cfg = CLIP_CONFIGS[name]
     with torch.device("meta"):
-        ref = clip_model_module_clip()(cfg.embed_dim, cfg.image_size, cfg.vision_layers,
-                                       cfg.vision_width, cfg.patch_size, cfg.context_length,
-                                       cfg.vocab_size, cfg.text_width, cfg.text_heads,
-                                       cfg.text_layers)
+        ref = clip_model_module_clip()(
+            cfg.embed_dim,
+            cfg.image_size,
+            cfg.vision_layers,
+            cfg.vision_width,
+            cfg.patch_size,
+            cfg.context_length,
+            cfg.vocab_size,
+            cfg.text_width,
+            cfg.text_heads,
+            cfg.text_layers,
+        )
     shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert config_from_state_dict(shapes) == cfg
     template = jax.eval_shape(lambda r: init_clip(CLIP(cfg), r), jax.random.key(0))["params"]
@@ -172,8 +201,11 @@ def test_released_shapes(name):
     ours = {}
     for path, leaf in flat:
         keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-        key = torch_key(tuple(k for k in keys if k != "value")).replace(".ln.1.", ".ln_1.").replace(
-            ".ln.2.", ".ln_2.")
+        key = (
+            torch_key(tuple(k for k in keys if k != "value"))
+            .replace(".ln.1.", ".ln_1.")
+            .replace(".ln.2.", ".ln_2.")
+        )
         shape = tuple(leaf.shape)
         if keys[-1] == "kernel" or (keys[-2:] == ("kernel", "value")):
             shape = shape[::-1] if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
@@ -198,8 +230,10 @@ def test_tokenizer_matches_reference_on_tricky_strings():
     # Truncation keeps 77 ids ending with <|endoftext|>; short rows are zero-padded.
     long_row = ours[TRICKY.index(" ".join(["word"] * 100))]
     assert long_row[0] == tok.sot_token and long_row[-1] == tok.eot_token
-    assert list(ours[0, :4]) == [tok.sot_token, tok.encoder["a</w>"], tok.encoder["dog</w>"],
-                                 tok.eot_token] and not ours[0, 4:].any()
+    assert (
+        list(ours[0, :4]) == [tok.sot_token, tok.encoder["a</w>"], tok.encoder["dog</w>"], tok.eot_token]
+        and not ours[0, 4:].any()
+    )
     assert tok.vocab_size == 49408
     assert tok.decode(tok.encode("Naïve  Zoë 🐶")) == "naïve zoë 🐶"
     with pytest.raises(TypeError, match="strings"):

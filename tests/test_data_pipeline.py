@@ -27,7 +27,15 @@ S, R, K = 64, 32, 6
 
 
 def _small(**kw):
-    base = dict(batch_size=2, model_size=S, target_size=R, max_masks=K, process_index=0, process_count=1, num_parallel_calls=2)
+    base = dict(
+        batch_size=2,
+        model_size=S,
+        target_size=R,
+        max_masks=K,
+        process_index=0,
+        process_count=1,
+        num_parallel_calls=2,
+    )
     base.update(kw)
     return base
 
@@ -78,7 +86,9 @@ def _make_tfds(src_dir: str, data_dir: str) -> str:
 
     b = LocalSegmentAnything(data_dir=data_dir)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
-    files = glob.glob(os.path.join(data_dir, "segment_anything", "1.0.0", "segment_anything-train.tfrecord-*"))
+    files = glob.glob(
+        os.path.join(data_dir, "segment_anything", "1.0.0", "segment_anything-train.tfrecord-*")
+    )
     assert files
     return files[0]
 
@@ -97,7 +107,9 @@ def test_readers_agree_tar_folder_tfds(syn, tmp_path):
     # The TFDS example keeps the SA-1B normalised box convention.
     refs = list(sa1b.iter_refs(tfrec))
     assert len(refs) == 10
-    tar = _by_id(_take(Pipeline(os.path.join(syn, "*.tar"), num_epochs=1, shuffle=False, **_small(batch_size=1))))
+    tar = _by_id(
+        _take(Pipeline(os.path.join(syn, "*.tar"), num_epochs=1, shuffle=False, **_small(batch_size=1)))
+    )
     folders = sorted(p for p in glob.glob(os.path.join(syn, "sa_*")) if os.path.isdir(p))
     fold = _by_id(_take(Pipeline(folders, num_epochs=1, shuffle=False, **_small(batch_size=1))))
     tfds_ = _by_id(_take(Pipeline(tfrec, num_epochs=1, shuffle=False, **_small(batch_size=1))))
@@ -107,7 +119,11 @@ def test_readers_agree_tar_folder_tfds(syn, tmp_path):
             np.testing.assert_array_equal(tar[i][k], fold[i][k], err_msg=k)
             np.testing.assert_array_equal(tar[i][k], tfds_[i][k], err_msg=k)
     # Stored order: tar and folder read the same sequence.
-    tar_order = [ref.key.rsplit(":", 1)[1] for p in sorted(glob.glob(os.path.join(syn, "*.tar"))) for ref in sa1b.iter_refs(p)]
+    tar_order = [
+        ref.key.rsplit(":", 1)[1]
+        for p in sorted(glob.glob(os.path.join(syn, "*.tar")))
+        for ref in sa1b.iter_refs(p)
+    ]
     fold_order = [ref.key.rsplit(":", 1)[1] for p in folders for ref in sa1b.iter_refs(p)]
     assert tar_order == fold_order == [f"sa_{i}" for i in range(1, 11)]
 
@@ -190,8 +206,16 @@ def test_bad_samples_skipped_in_order_and_counted(bad_shard):
     want = {}
     for st, _ in expected:
         want[st] = want.get(st, 0) + 1
-    assert want == {"ok": 3, "corrupt_jpeg": 1, "bad_json": 1, "rle_size_mismatch": 1, "no_usable_mask": 1,
-                    "bad_rle": 1, "unpaired_member": 1, "truncated_member": 1}
+    assert want == {
+        "ok": 3,
+        "corrupt_jpeg": 1,
+        "bad_json": 1,
+        "rle_size_mismatch": 1,
+        "no_usable_mask": 1,
+        "bad_rle": 1,
+        "unpaired_member": 1,
+        "truncated_member": 1,
+    }
 
     # drop_bad: exactly the good samples, in order.
     pipe = Pipeline(path, num_epochs=1, shuffle=False, drop_bad=True, **_small(batch_size=1))
@@ -334,7 +358,9 @@ def test_processes_get_disjoint_shards_covering_all(syn):
     for p in range(2):
         refs = list(record_stream(tars, seed=1, process_index=p, process_count=2, num_epochs=1))
         seen.append({ref.shard for _, _, ref in refs})
-        pipe = Pipeline(tars, seed=1, num_epochs=1, **dict(_small(batch_size=1), process_index=p, process_count=2))
+        pipe = Pipeline(
+            tars, seed=1, num_epochs=1, **dict(_small(batch_size=1), process_index=p, process_count=2)
+        )
         ids = {int(b["image_id"][0]) for b in _take(pipe)}
         expect = {int(ref.key.rsplit("_", 1)[1]) for _, _, ref in refs}
         assert ids == expect
@@ -365,7 +391,9 @@ def test_targets_boxes_points_against_ground_truth(syn):
             assert not img[nh:].any() and not img[:, nw:].any()
             rgb = img[:nh, :nw] * PIXEL_STD + PIXEL_MEAN
             assert rgb.min() > -1 and rgb.max() < 256
-            small = np.asarray(__import__("PIL.Image").Image.fromarray(gt.image).resize((nw, nh), 2), np.float32)
+            small = np.asarray(
+                __import__("PIL.Image").Image.fromarray(gt.image).resize((nw, nh), 2), np.float32
+            )
             assert np.abs(rgb - small).mean() < 10
             rows, cols = _axis(R, nh, H), _axis(R, nw, W)
             n_valid = int(b["mask_valid"][i].sum())
@@ -375,7 +403,7 @@ def test_targets_boxes_points_against_ground_truth(syn):
             used = set()
             for k in range(n_valid):
                 tgt = b["masks"][i, k]
-                assert not tgt[len(rows):].any() and not tgt[:, len(cols):].any()
+                assert not tgt[len(rows) :].any() and not tgt[:, len(cols) :].any()
                 box = b["boxes"][i, k]
                 px, py = b["points"][i, k]
                 found = False
@@ -385,7 +413,9 @@ def test_targets_boxes_points_against_ground_truth(syn):
                     gbox = np.array([xs.min() * sx, ys.min() * sy, xs.max() * sx, ys.max() * sy], np.float32)
                     if j in used or not np.allclose(box, gbox, atol=1e-3):
                         continue
-                    if not np.array_equal(tgt[: len(rows), : len(cols)], m[np.ix_(rows, cols)].astype(np.uint8)):
+                    if not np.array_equal(
+                        tgt[: len(rows), : len(cols)], m[np.ix_(rows, cols)].astype(np.uint8)
+                    ):
                         continue
                     # The point is the centre of a GT foreground pixel, in the resized frame.
                     x0, y0 = px / sx, py / sy
@@ -405,7 +435,9 @@ def test_area_filter_drops_large_masks(tmp_path):
     n = len(js["annotations"])
     big = np.zeros((s.height, s.width), np.uint8)
     big[: int(s.height * 0.96)] = 1  # 96 % of the image
-    js["annotations"][0]["segmentation"]["counts"] = mask_utils.encode(np.asfortranarray(big))["counts"].decode()
+    js["annotations"][0]["segmentation"]["counts"] = mask_utils.encode(np.asfortranarray(big))[
+        "counts"
+    ].decode()
     path = str(tmp_path / "sa_000000.tar")
     with tarfile.open(path, "w") as tar:
         _add(tar, "sa_1.jpg", jpg)

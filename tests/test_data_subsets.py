@@ -24,7 +24,7 @@ N = 20000
 @pytest.fixture(scope="module")
 def ids():
     # SA-1B-like ids: large, sparse, not contiguous
-    return np.random.default_rng(0).choice(10 ** 7, N, replace=False)
+    return np.random.default_rng(0).choice(10**7, N, replace=False)
 
 
 def test_fraction_deterministic_and_independent_of_order(ids):
@@ -83,7 +83,7 @@ def test_synthetic_corpus_fraction_and_resume():
     batches = [next(it) for _ in range(len(kept))]  # two epochs of the subset
     seen = np.concatenate([b["image_id"] for b in batches])
     assert set(seen.tolist()) == kept
-    first_epoch = seen[:len(kept)]
+    first_epoch = seen[: len(kept)]
     assert sorted(first_epoch.tolist()) == sorted(kept)  # each image once per epoch
     # resuming at step 3 gives exactly the batches of an uninterrupted stream
     resumed = synthetic_corpus_batches(fraction=0.25, start_step=3, **kw)
@@ -102,8 +102,10 @@ def test_synthetic_corpus_fraction_and_resume():
     # two processes split a global batch without overlap
     p0 = next(synthetic_corpus_batches(fraction=0.25, process_index=0, process_count=2, **kw))
     p1 = next(synthetic_corpus_batches(fraction=0.25, process_index=1, process_count=2, **kw))
-    assert np.array_equal(np.concatenate([p0["image_id"], p1["image_id"]]),
-                          np.concatenate([batches[0]["image_id"], batches[1]["image_id"]]))
+    assert np.array_equal(
+        np.concatenate([p0["image_id"], p1["image_id"]]),
+        np.concatenate([batches[0]["image_id"], batches[1]["image_id"]]),
+    )
 
 
 def test_record_stream_keeps_the_fraction(tmp_path):

@@ -59,12 +59,30 @@ def test_scene_has_nested_parts_and_occlusion():
 def test_shards_layout_and_json_schema(shards):
     assert [p.rsplit("/", 1)[1] for p in shards] == ["sa_000000.tar", "sa_000001.tar"]
     names = [n for n, _ in _members(shards[0])]
-    assert names == ["sa_1.jpg", "sa_1.json", "sa_2.jpg", "sa_2.json", "sa_3.jpg", "sa_3.json", "sa_4.jpg", "sa_4.json"]
+    assert names == [
+        "sa_1.jpg",
+        "sa_1.json",
+        "sa_2.jpg",
+        "sa_2.json",
+        "sa_3.jpg",
+        "sa_3.json",
+        "sa_4.jpg",
+        "sa_4.json",
+    ]
     rec = json.loads(dict(_members(shards[1]))["sa_6.json"])
     assert set(rec) == {"image", "annotations"}
     assert rec["image"]["image_id"] == 6 and rec["image"]["file_name"] == "sa_6.jpg"
     ann = rec["annotations"][0]
-    assert set(ann) == {"id", "segmentation", "bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords"}
+    assert set(ann) == {
+        "id",
+        "segmentation",
+        "bbox",
+        "area",
+        "predicted_iou",
+        "stability_score",
+        "crop_box",
+        "point_coords",
+    }
     assert isinstance(ann["segmentation"]["counts"], str)
     assert ann["segmentation"]["size"] == [rec["image"]["height"], rec["image"]["width"]]
 
@@ -141,7 +159,20 @@ def test_rle_rejects_malformed(bad):
 
 
 def test_cli_writes_shards(tmp_path):
-    main(["--out", str(tmp_path), "--num-images", "3", "--images-per-shard", "2", "--seed", "3", "--short-side", "64"])
+    main(
+        [
+            "--out",
+            str(tmp_path),
+            "--num-images",
+            "3",
+            "--images-per-shard",
+            "2",
+            "--seed",
+            "3",
+            "--short-side",
+            "64",
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sa_000000.tar", "sa_000001.tar"]
     js = json.loads(dict(_members(str(tmp_path / "sa_000001.tar")))["sa_3.json"])
     assert js == sample_json(generate_image(3, 2, 64), 3)

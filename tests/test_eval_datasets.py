@@ -36,20 +36,48 @@ def test_coco_polygons_rle_and_crowd(tmp_path):
     rect = _rect(h, w, 5, 15, 10, 30)
     rle = mask_utils.encode(np.asfortranarray(rect.astype(np.uint8)))
     runs = mask_to_rle(rect[None])[0]["counts"]  # uncompressed: column-major runs
-    doc = {"images": [{"id": 7, "file_name": "a.png", "height": h, "width": w}],
-           "categories": [{"id": 3, "name": "thing"}],
-           "annotations": [
-               {"id": 1, "image_id": 7, "category_id": 3, "iscrowd": 0, "area": 200.0,
-                "bbox": [10, 5, 20, 10], "segmentation": [[20, 20, 40, 20, 40, 35, 20, 35]]},
-               {"id": 2, "image_id": 7, "category_id": 3, "iscrowd": 0, "area": 200.0,
-                "bbox": [10, 5, 20, 10], "segmentation": {"size": [h, w],
-                                                           "counts": runs}},
-               {"id": 3, "image_id": 7, "category_id": 3, "iscrowd": 0, "area": 200.0,
-                "bbox": [10, 5, 20, 10], "segmentation": {"size": [h, w],
-                                                           "counts": rle["counts"].decode()}},
-               {"id": 4, "image_id": 7, "category_id": 3, "iscrowd": 1, "area": 2000.0,
-                "bbox": [0, 0, 50, 40], "segmentation": {"size": [h, w],
-                                                          "counts": rle["counts"].decode()}}]}
+    doc = {
+        "images": [{"id": 7, "file_name": "a.png", "height": h, "width": w}],
+        "categories": [{"id": 3, "name": "thing"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 3,
+                "iscrowd": 0,
+                "area": 200.0,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": [[20, 20, 40, 20, 40, 35, 20, 35]],
+            },
+            {
+                "id": 2,
+                "image_id": 7,
+                "category_id": 3,
+                "iscrowd": 0,
+                "area": 200.0,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": {"size": [h, w], "counts": runs},
+            },
+            {
+                "id": 3,
+                "image_id": 7,
+                "category_id": 3,
+                "iscrowd": 0,
+                "area": 200.0,
+                "bbox": [10, 5, 20, 10],
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode()},
+            },
+            {
+                "id": 4,
+                "image_id": 7,
+                "category_id": 3,
+                "iscrowd": 1,
+                "area": 2000.0,
+                "bbox": [0, 0, 50, 40],
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode()},
+            },
+        ],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(doc))
     ds = load_dataset(tmp_path / "ann.json")
     assert ds.kind == "coco" and len(ds) == 1 and ds.num_masks == 3  # crowd ignored
@@ -68,17 +96,27 @@ def test_min_area_and_seeded_subsampling():
     from sam_jax.evaluation.datasets import Annotation, EvalImage
 
     def images():
-        return [EvalImage(i, f"{i}.png", 10, 10,
-                          [Annotation(100 * i + j, float(j), [0, 0, 1, 1], 1, None) for j in range(10)],
-                          _loader=None) for i in range(5)]
+        return [
+            EvalImage(
+                i,
+                f"{i}.png",
+                10,
+                10,
+                [Annotation(100 * i + j, float(j), [0, 0, 1, 1], 1, None) for j in range(10)],
+                _loader=None,
+            )
+            for i in range(5)
+        ]
 
     kept, total = select_masks(images(), min_area=3)
     assert total == 35 and sum(len(im.annotations) for im in kept) == 35
     a, _ = select_masks(images(), min_area=3, max_masks=12, seed=1)
     b, _ = select_masks(images(), min_area=3, max_masks=12, seed=1)
     c, _ = select_masks(images(), min_area=3, max_masks=12, seed=2)
+
     def ids(s):
         return [x.id for im in s for x in im.annotations]
+
     assert len(ids(a)) == 12 and ids(a) == ids(b) and ids(a) != ids(c)
     assert all(x.area >= 3 for im in a for x in im.annotations)
 
@@ -88,10 +126,10 @@ def test_label_maps_png_and_16bit_tiff(tmp_path):
     (tmp_path / "lab").mkdir()
     lab = np.zeros((30, 40), np.uint16)
     lab[2:10, 3:13] = 1
-    lab[15:25, 20:35] = 700          # ids need not be contiguous, 16-bit
-    lab[26:28, 1:2] = 5               # 2 px: dropped by min_area
+    lab[15:25, 20:35] = 700  # ids need not be contiguous, 16-bit
+    lab[26:28, 1:2] = 5  # 2 px: dropped by min_area
     Image.fromarray(lab).save(tmp_path / "lab" / "cells.tif")
-    micro = (np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 30)
+    micro = np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 30
     Image.fromarray(micro).save(tmp_path / "img" / "cells.tif")
     Image.fromarray((lab > 0).astype(np.uint8) * 2).save(tmp_path / "lab" / "other.png")
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "img" / "other.png")
@@ -113,8 +151,9 @@ def test_label_maps_png_and_16bit_tiff(tmp_path):
 def test_sa1b_folder_and_tar(tmp_path):
     from data.synthetic import generate_image, write_shards
 
-    write_shards(str(tmp_path / "shards"), 3, images_per_shard=2, seed=4, short_side=64,
-                 num_objects=3, extract=True)
+    write_shards(
+        str(tmp_path / "shards"), 3, images_per_shard=2, seed=4, short_side=64, num_objects=3, extract=True
+    )
     from_tar = load_dataset(tmp_path / "shards")
     from_folder = load_dataset(tmp_path / "shards" / "sa_000000")
     assert len(from_tar) == 3 and len(from_folder) == 2
@@ -157,8 +196,8 @@ def test_synthetic_eval_set_writes_coco_and_edge_gt(tmp_path):
     np.testing.assert_array_equal(masks, truth.masks)
     edges = load_edge_dataset(str(tmp_path / "images"), str(tmp_path / "edges")).images[1].load_edges()
     assert edges.shape == (1,) + masks.shape[1:]
-    for m in truth.masks:                                  # each mask's top row is an edge
+    for m in truth.masks:  # each mask's top row is an edge
         y0 = int(np.flatnonzero(m.any(axis=1))[0])
         assert y0 == 0 or edges[0][y0][m[y0]].all()
-    assert not edges[0][~truth.masks.any(axis=0)].any()   # boundaries lie on masks
+    assert not edges[0][~truth.masks.any(axis=0)].any()  # boundaries lie on masks
     assert 0 < edges.sum() < 0.5 * truth.masks.any(axis=0).sum()

@@ -18,7 +18,7 @@ from sam_jax.evaluation.edges import (
     thresholds,
 )
 
-H, W = 300, 400          # diagonal 500 -> tolerance 3.75 px
+H, W = 300, 400  # diagonal 500 -> tolerance 3.75 px
 
 
 def _line(x, y0=10, y1=50, h=H, w=W):
@@ -28,7 +28,7 @@ def _line(x, y0=10, y1=50, h=H, w=W):
 
 
 def _gt():
-    return _line(20) | _line(100)                 # 80 human edge pixels
+    return _line(20) | _line(100)  # 80 human edge pixels
 
 
 def test_thresholds_are_bsds():
@@ -38,8 +38,8 @@ def test_thresholds_are_bsds():
 
 def test_matching_tolerance_and_one_to_one():
     gt = _line(20)[None]
-    near = match_counts(_line(23).astype(float), gt)       # 3 px away: within 3.75
-    far = match_counts(_line(25).astype(float), gt)        # 5 px away: outside
+    near = match_counts(_line(23).astype(float), gt)  # 3 px away: within 3.75
+    far = match_counts(_line(25).astype(float), gt)  # 5 px away: outside
     assert near["cntP"][0] == near["cntR"][0] == 40 and near["sumR"][0] == 40
     assert far["cntP"][0] == far["cntR"][0] == 0 and far["sumP"][0] == 40
     double = match_counts((_line(19) | _line(21)).astype(float), gt, thin=False)
@@ -49,7 +49,7 @@ def test_matching_tolerance_and_one_to_one():
 def test_several_human_maps_sum_recall_and_share_precision():
     e = _line(22).astype(float)
     c = match_counts(e, np.stack([_line(20), _line(20) | _line(200)]))
-    assert c["sumR"][0] == 120 and c["cntR"][0] == 80     # 40 matched in each map
+    assert c["sumR"][0] == 120 and c["cntR"][0] == 80  # 40 matched in each map
     assert c["sumP"][0] == 40 and c["cntP"][0] == 40
 
 
@@ -93,9 +93,9 @@ def test_edge_map_and_nms_from_mask_logits():
     logits = np.where(hole, -5.0, d)
     e = mask_edges(logits)
     # mask rows 21..59, cols 31..79; hole rows/cols 35..45 around (40, 55)
-    assert e[21, 55] > 0.1 and e[59, 40] > 0.1 and e[40, 31] > 0.1   # outer boundary
-    assert e[34, 55] == 0 and e[46, 55] == 0 and e[40, 49] == 0       # hole rim: not outer
-    assert e[22:59, 32:79].max() == 0                                  # interior
+    assert e[21, 55] > 0.1 and e[59, 40] > 0.1 and e[40, 31] > 0.1  # outer boundary
+    assert e[34, 55] == 0 and e[46, 55] == 0 and e[40, 49] == 0  # hole rim: not outer
+    assert e[22:59, 32:79].max() == 0  # interior
     em = edge_map([{"logits": logits}, {"logits": logits - 100}], logits.shape)
     assert em.max() == pytest.approx(1.0)
     thin = edge_nms(em)
@@ -112,11 +112,14 @@ def test_edge_dataset_png_and_mat(tmp_path):
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "img" / "b.jpg")
     for k in range(2):
         Image.fromarray(_line(5 + k, 0, 30, 30, 40).astype(np.uint8) * 255).save(
-            tmp_path / "gt" / f"a_{k}.png")
+            tmp_path / "gt" / f"a_{k}.png"
+        )
     gt = np.empty((1, 3), dtype=object)
     for k in range(3):
-        gt[0, k] = {"Boundaries": _line(10 + k, 0, 30, 30, 40).astype(np.uint8),
-                    "Segmentation": np.ones((30, 40), np.uint16)}
+        gt[0, k] = {
+            "Boundaries": _line(10 + k, 0, 30, 30, 40).astype(np.uint8),
+            "Segmentation": np.ones((30, 40), np.uint16),
+        }
     savemat(tmp_path / "gt" / "b.mat", {"groundTruth": gt})
     ds = load_edge_dataset(str(tmp_path / "img"), str(tmp_path / "gt"))
     assert len(ds) == 2

@@ -28,6 +28,7 @@ def _rect(h, w, y0, y1, x0, x1):
 
 # ----------------------------------------------------------------------------- click rules
 
+
 def test_center_of_square_is_its_centre():
     assert center_click(_rect(64, 96, 10, 31, 20, 41)) == (20, 30)  # 21x21 square
 
@@ -55,8 +56,8 @@ def test_center_of_annulus_lies_on_its_mid_circle():
 
 
 def test_next_click_false_negative():
-    gt = _rect(60, 60, 10, 31, 10, 51)           # 21 x 41
-    pred = _rect(60, 60, 10, 31, 10, 20)         # only the left 10 columns
+    gt = _rect(60, 60, 10, 31, 10, 51)  # 21 x 41
+    pred = _rect(60, 60, 10, 31, 10, 20)  # only the left 10 columns
     (y, x), label = next_click(gt, pred)
     # FN region: rows 10..30, cols 20..50 (21 x 31): farthest at row 20, first of cols 30..40.
     assert label == 1 and y == 20 and x == 30
@@ -64,14 +65,14 @@ def test_next_click_false_negative():
 
 def test_next_click_false_positive():
     gt = _rect(60, 60, 10, 21, 10, 21)
-    pred = gt | _rect(60, 60, 35, 56, 30, 51)    # an extra 21 x 21 square
+    pred = gt | _rect(60, 60, 35, 56, 30, 51)  # an extra 21 x 21 square
     (y, x), label = next_click(gt, pred)
     assert label == 0 and (y, x) == (45, 40)
 
 
 def test_next_click_tie_goes_to_false_positive_and_clicked_pixels_are_skipped():
     base = _rect(60, 60, 0, 60, 0, 30)
-    gt = base | _rect(60, 60, 10, 15, 40, 45)    # FN: a 5x5 square (distance 3 at its centre)
+    gt = base | _rect(60, 60, 10, 15, 40, 45)  # FN: a 5x5 square (distance 3 at its centre)
     pred = base | _rect(60, 60, 40, 45, 40, 45)  # FP: a 5x5 square
     (y, x), label = next_click(gt, pred)
     assert label == 0 and (y, x) == (42, 42)
@@ -91,10 +92,10 @@ def test_noc_and_iou_helpers():
 
 # ----------------------------------------------------------------------------- stub models
 
+
 def _scene():
     h, w = 80, 120
-    masks = np.stack([_rect(h, w, 5, 26, 5, 26), _rect(h, w, 40, 75, 10, 60),
-                      _rect(h, w, 10, 50, 70, 110)])
+    masks = np.stack([_rect(h, w, 5, 26, 5, 26), _rect(h, w, 40, 75, 10, 60), _rect(h, w, 10, 50, 70, 110)])
     image = np.zeros((h, w, 3), np.uint8)
     return image, masks
 
@@ -139,6 +140,7 @@ def test_shifted_stub_scores_hand_computed_iou():
 
 # ----------------------------------------------------------------------------- official parity
 
+
 def _drawn_masks(h, w):
     """Hand-drawn shapes over the photo: ellipse, polygon, rectangle, ring, small blob."""
     shapes = []
@@ -146,8 +148,10 @@ def _drawn_masks(h, w):
         lambda d: d.ellipse([0.15 * w, 0.1 * h, 0.55 * w, 0.45 * h], fill=1),
         lambda d: d.polygon([(0.6 * w, 0.1 * h), (0.95 * w, 0.3 * h), (0.7 * w, 0.6 * h)], fill=1),
         lambda d: d.rectangle([0.05 * w, 0.55 * h, 0.45 * w, 0.95 * h], fill=1),
-        lambda d: (d.ellipse([0.5 * w, 0.55 * h, 0.9 * w, 0.95 * h], fill=1),
-                   d.ellipse([0.62 * w, 0.67 * h, 0.78 * w, 0.83 * h], fill=0)),
+        lambda d: (
+            d.ellipse([0.5 * w, 0.55 * h, 0.9 * w, 0.95 * h], fill=1),
+            d.ellipse([0.62 * w, 0.67 * h, 0.78 * w, 0.83 * h], fill=0),
+        ),
         lambda d: d.ellipse([0.45 * w, 0.4 * h, 0.55 * w, 0.5 * h], fill=1),
     ):
         im = Image.new("L", (w, h), 0)
@@ -171,8 +175,9 @@ def _reference_loop(predictor, image, gt, clicks):
                 labs.append(lab)
                 clicked.append((y, x))
             with torch.no_grad():
-                masks, scores, low = predictor.predict(np.array(pts, np.float64), np.array(labs),
-                                                       mask_input=prev, multimask_output=c == 0)
+                masks, scores, low = predictor.predict(
+                    np.array(pts, np.float64), np.array(labs), mask_input=prev, multimask_output=c == 0
+                )
             best = int(np.argmax(scores)) if c == 0 else 0
             pred, prev = masks[best], low[best][None]
             ious.append(mask_iou(pred, g))
@@ -203,8 +208,9 @@ def test_point_protocol_matches_official_loop(parity_models):
     mine = SamPredictor(ours)
     res = evaluate_image(mine, image, gt, settings)
     ref = _reference_loop(segment_anything.SamPredictor(official), image, gt, settings.clicks)
-    print("PARITY per-mask IoU (ours)\n", np.round(res["iou"], 4), "\nmax diff",
-          np.abs(res["iou"] - ref).max())
+    print(
+        "PARITY per-mask IoU (ours)\n", np.round(res["iou"], 4), "\nmax diff", np.abs(res["iou"] - ref).max()
+    )
     for n in settings.clicks:
         np.testing.assert_allclose(res["iou"][:, n - 1], ref[:, n - 1], atol=1e-3, err_msg=f"N={n}")
     assert res["iou"].std() > 0  # the loop does something non-trivial on random weights

@@ -29,8 +29,11 @@ def _scenes():
     rng = np.random.default_rng(0)
     out = []
     for i in range(3):
-        masks = [_rect(h, w, 5 + i, 25 + i, 5, 30), _rect(h, w, 30, 58, 10 + 3 * i, 70),
-                 _rect(h, w, 2, 20, 40 + i, 78)][: 2 + (i > 0)]
+        masks = [
+            _rect(h, w, 5 + i, 25 + i, 5, 30),
+            _rect(h, w, 30, 58, 10 + 3 * i, 70),
+            _rect(h, w, 2, 20, 40 + i, 78),
+        ][: 2 + (i > 0)]
         out.append(((rng.integers(0, 255, (h, w, 3))).astype(np.uint8), masks))
     return out
 
@@ -49,8 +52,13 @@ def coco_dir(tmp_path_factory):
 def _record(mask, score):
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode()
-    return {"segmentation": rle, "area": int(mask.sum()), "predicted_iou": score,
-            "stability_score": score, "bbox": [0, 0, 1, 1]}
+    return {
+        "segmentation": rle,
+        "area": int(mask.sum()),
+        "predicted_iou": score,
+        "stability_score": score,
+        "bbox": [0, 0, 1, 1],
+    }
 
 
 def _proposals(scenes, seed=0):
@@ -93,7 +101,7 @@ def test_proposal_ar_agrees_with_pycocotools(coco_dir):
     assert m["AR@10"] == pytest.approx(ev.stats[6]) and m["AR@100"] == pytest.approx(ev.stats[7])
     assert m["AR@1000"] == pytest.approx(ev.stats[8])
     assert m["AR_medium@1000"] == pytest.approx(ev.stats[10])
-    assert m["AR@10"] == 0.0 < m["AR@100"] < 1.0   # decoys fill the top 10
+    assert m["AR@10"] == 0.0 < m["AR@100"] < 1.0  # decoys fill the top 10
     assert m["proposals_per_image"] == pytest.approx((14 + 15 + 15) / 3)
 
 
@@ -132,8 +140,9 @@ def test_box_prompt_ap_with_gt_stub_is_one(coco_dir, tmp_path):
         def predict_batch(self, *a, **k):
             return self.cur.predict_batch(*a, **k)
 
-    doc = evaluate("instances", data, PerImage(), out=str(tmp_path / "inst"), progress=False,
-                   boxes_per_batch=2)
+    doc = evaluate(
+        "instances", data, PerImage(), out=str(tmp_path / "inst"), progress=False, boxes_per_batch=2
+    )
     assert doc["metrics"]["AP"] == pytest.approx(1.0) and doc["metrics"]["AP75"] == pytest.approx(1.0)
     calls = stubs[2].calls
     assert calls[0]["multimask_output"] and not calls[1]["multimask_output"]
@@ -141,11 +150,14 @@ def test_box_prompt_ap_with_gt_stub_is_one(coco_dir, tmp_path):
     # shifted masks lose AP; detector boxes from a results JSON are used instead of GT boxes
     for s in stubs.values():
         s.shift = 6
-    dets = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 0.9, "category_id": 1}
-            for a in json.loads((d / "gt.json").read_text())["annotations"]][:-1]
+    dets = [
+        {"image_id": a["image_id"], "bbox": a["bbox"], "score": 0.9, "category_id": 1}
+        for a in json.loads((d / "gt.json").read_text())["annotations"]
+    ][:-1]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
-    m = evaluate("instances", data, PerImage(), progress=False,
-                 detections=str(tmp_path / "dets.json"))["metrics"]
+    m = evaluate("instances", data, PerImage(), progress=False, detections=str(tmp_path / "dets.json"))[
+        "metrics"
+    ]
     assert m["AP"] < 0.9 and m["boxes"].endswith("dets.json")
     assert (tmp_path / "inst" / "results.json").exists() and (tmp_path / "inst" / "ap.png").exists()
 
@@ -160,9 +172,22 @@ def test_eval_cli_points_end_to_end_and_resume(coco_dir, tmp_path):
     save_params(build_sam(TINY).params, tmp_path / "tiny.npz")
     cfg = json.dumps(dataclasses.asdict(TINY))
     out = tmp_path / "out"
-    argv = ["eval", "points", str(d / "gt.json"), "--checkpoint", str(tmp_path / "tiny.npz"),
-            "--config-json", cfg, "--out", str(out), "--clicks", "1,2,3", "--quiet",
-            "--max-images", "2"]
+    argv = [
+        "eval",
+        "points",
+        str(d / "gt.json"),
+        "--checkpoint",
+        str(tmp_path / "tiny.npz"),
+        "--config-json",
+        cfg,
+        "--out",
+        str(out),
+        "--clicks",
+        "1,2,3",
+        "--quiet",
+        "--max-images",
+        "2",
+    ]
     cli.main(argv)
     doc = json.loads((out / "results.json").read_text())
     assert doc["schema"] == "sam-jax-eval/1" and doc["protocol"] == "points"
@@ -214,7 +239,7 @@ def test_training_workdir_is_loaded_read_only(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=3, async_save=False)
     ckpt.save(3, state.replace(step=state.step + 3))
     ckpt.close()
-    (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234").mkdir()   # interrupted save
+    (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234").mkdir()  # interrupted save
     before = _tree(tmp_path)
     model, info = load_model(str(tmp_path), train_config="configs/tiny.py")
     assert _tree(tmp_path) == before
@@ -235,9 +260,12 @@ def test_proposal_recall_by_lvis_frequency(coco_dir):
         a["category_id"] = 2 if a["id"] % 2 == 0 else 1
     by_id = {a["id"]: a for a in doc["annotations"]}
     # proposals: exactly the rare-category masks
-    gen = ListGenerator([[_record(m, 0.9) for m, a in zip(masks, im.annotations)
-                          if by_id[a.id]["category_id"] == 2]
-                         for (_, masks), im in zip(scenes, data.images)])
+    gen = ListGenerator(
+        [
+            [_record(m, 0.9) for m, a in zip(masks, im.annotations) if by_id[a.id]["category_id"] == 2]
+            for (_, masks), im in zip(scenes, data.images)
+        ]
+    )
     m = evaluate("proposals", data, gen, progress=False)["metrics"]
     assert m["AR@1000_r"] == pytest.approx(1.0) and m["AR@1000_f"] == pytest.approx(0.0)
     assert "AR@1000_c" not in m and 0.0 < m["AR@1000"] < 1.0

@@ -72,8 +72,13 @@ assert not leaked, leaked
 def run_fresh(jobs: list[tuple]) -> dict[str, dict]:
     """Run ``(artifact, inputs.npz, outputs.npz)`` jobs in a new process; returns outputs."""
     jobs = [[str(a) for a in job] for job in jobs]
-    proc = subprocess.run([sys.executable, "-c", RUNNER, sam_export.__file__, json.dumps(jobs)],
-                          check=False, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, sam_export.__file__, json.dumps(jobs)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for line in proc.stdout.splitlines():
         print("fresh process:", line)
@@ -99,33 +104,51 @@ def decoder_inputs(config, rng, batch: int = 3, n: int = 4) -> dict[str, np.ndar
     labels = rng.integers(0, 2, (batch, n)).astype(np.int32)
     labels[0, 2:] = -2  # row 0 has two real points
     xy0 = rng.uniform(0, s / 2, (batch, 2))
-    return {"point_coords": rng.uniform(0, s, (batch, n, 2)).astype(np.float32),
-            "point_labels": labels,
-            "boxes": np.concatenate([xy0, xy0 + rng.uniform(8, s / 2, (batch, 2))], 1)
-            .astype(np.float32),
-            "box_valid": np.array([True, False, True])[:batch],
-            "mask_input": rng.normal(size=(batch, r, r)).astype(np.float32),
-            "has_mask_input": np.array([False, True, True])[:batch]}
+    return {
+        "point_coords": rng.uniform(0, s, (batch, n, 2)).astype(np.float32),
+        "point_labels": labels,
+        "boxes": np.concatenate([xy0, xy0 + rng.uniform(8, s / 2, (batch, 2))], 1).astype(np.float32),
+        "box_valid": np.array([True, False, True])[:batch],
+        "mask_input": rng.normal(size=(batch, r, r)).astype(np.float32),
+        "has_mask_input": np.array([False, True, True])[:batch],
+    }
 
 
 def live_decoder(model: SamModel, emb, p: dict) -> tuple[np.ndarray, np.ndarray]:
     """Our decoder on the StableHLO decoder inputs: ``(B, 4, r, r)``, ``(B, 4)``."""
-    outs = [model.decode(emb, p["point_coords"], p["point_labels"], p["boxes"],
-                         p["mask_input"], mm, p["box_valid"], p["has_mask_input"])
-            for mm in (False, True)]
-    return (np.concatenate([np.asarray(o[0]) for o in outs], 1),
-            np.concatenate([np.asarray(o[1]) for o in outs], 1))
+    outs = [
+        model.decode(
+            emb,
+            p["point_coords"],
+            p["point_labels"],
+            p["boxes"],
+            p["mask_input"],
+            mm,
+            p["box_valid"],
+            p["has_mask_input"],
+        )
+        for mm in (False, True)
+    ]
+    return (
+        np.concatenate([np.asarray(o[0]) for o in outs], 1),
+        np.concatenate([np.asarray(o[1]) for o in outs], 1),
+    )
 
 
 def onnx_feed(config, emb_nhwc, coords, labels, mask=None, orig=(150, 200)):
     r = config.low_res_size
-    return {"image_embeddings": np.ascontiguousarray(emb_nhwc.transpose(0, 3, 1, 2)),
-            "point_coords": np.asarray(coords, np.float32)[None],
-            "point_labels": np.asarray(labels, np.float32)[None],
-            "mask_input": (np.zeros((1, 1, r, r), np.float32) if mask is None
-                           else np.asarray(mask, np.float32).reshape(1, 1, r, r)),
-            "has_mask_input": np.array([0.0 if mask is None else 1.0], np.float32),
-            "orig_im_size": np.array(orig, np.float32)}
+    return {
+        "image_embeddings": np.ascontiguousarray(emb_nhwc.transpose(0, 3, 1, 2)),
+        "point_coords": np.asarray(coords, np.float32)[None],
+        "point_labels": np.asarray(labels, np.float32)[None],
+        "mask_input": (
+            np.zeros((1, 1, r, r), np.float32)
+            if mask is None
+            else np.asarray(mask, np.float32).reshape(1, 1, r, r)
+        ),
+        "has_mask_input": np.array([0.0 if mask is None else 1.0], np.float32),
+        "orig_im_size": np.array(orig, np.float32),
+    }
 
 
 def live_onnx_outputs(model: SamModel, emb, coords, labels, mask, orig):
@@ -147,6 +170,7 @@ def live_onnx_outputs(model: SamModel, emb, coords, labels, mask, orig):
 
 # ----------------------------------------------------------------------------- tiny
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("export_tiny")
@@ -160,8 +184,20 @@ def tiny_artifacts(tiny):
     """The tiny model exported by the command line (StableHLO, weights baked, and ONNX)."""
     pytest.importorskip("onnx")
     d = tiny[2]
-    cli.main(["export", "--out", str(d / "artifacts"), "--format", "stablehlo", "onnx",
-              "--checkpoint", str(d / "tiny.npz"), "--config-json", CONFIG])
+    cli.main(
+        [
+            "export",
+            "--out",
+            str(d / "artifacts"),
+            "--format",
+            "stablehlo",
+            "onnx",
+            "--checkpoint",
+            str(d / "tiny.npz"),
+            "--config-json",
+            CONFIG,
+        ]
+    )
     return d / "artifacts"
 
 
@@ -189,9 +225,13 @@ def test_cli_export_tiny_reload_in_fresh_process(tiny, tiny_artifacts):
     np.savez(d / "enc_in.npz", pixels=pixels)
     np.savez(d / "dec_in.npz", **dec_in)
     np.savez(d / "onnx_in.npz", **feed)
-    res = run_fresh([(out / "image_encoder.stablehlo", d / "enc_in.npz", d / "enc_out.npz"),
-                     (out / "mask_decoder.stablehlo", d / "dec_in.npz", d / "dec_out.npz"),
-                     (out / "sam_decoder.onnx", d / "onnx_in.npz", d / "onnx_out.npz")])
+    res = run_fresh(
+        [
+            (out / "image_encoder.stablehlo", d / "enc_in.npz", d / "enc_out.npz"),
+            (out / "mask_decoder.stablehlo", d / "dec_in.npz", d / "dec_out.npz"),
+            (out / "sam_decoder.onnx", d / "onnx_in.npz", d / "onnx_out.npz"),
+        ]
+    )
     enc_out, dec_out, onnx_out = res.values()
     assert_close("tiny encoder: stablehlo vs live", enc_out["image_embeddings"], emb)
     low, iou = live_decoder(model, emb[:1], dec_in)
@@ -204,6 +244,7 @@ def test_cli_export_tiny_reload_in_fresh_process(tiny, tiny_artifacts):
 
 
 # ----------------------------------------------------------------------------- vit_b shapes
+
 
 def random_params(shapes, seed: int = 0):
     """Random float32 parameters of the given shapes, scaled to keep activations O(1)."""
@@ -230,8 +271,9 @@ def vit_b():
     shapes = jax.eval_shape(functools.partial(init_variables, Sam(small)), jax.random.key(0))
     params = random_params(nn.unbox(shapes["params"]))
     encoder = SamModel(Sam(small), {"image_encoder": params["image_encoder"]}, "vit_b")
-    decoder = SamModel(Sam(VARIANTS["vit_b"]), {k: params[k] for k in ("prompt_encoder",
-                                                                        "mask_decoder")}, "vit_b")
+    decoder = SamModel(
+        Sam(VARIANTS["vit_b"]), {k: params[k] for k in ("prompt_encoder", "mask_decoder")}, "vit_b"
+    )
     return encoder, decoder
 
 
@@ -259,9 +301,13 @@ def test_vit_b_shapes_reload_in_fresh_process(vit_b, tmp_path):
     np.savez(tmp_path / "enc_in.npz", pixels=pixels)
     np.savez(tmp_path / "dec_in.npz", **dec_in)
     np.savez(tmp_path / "onnx_in.npz", **feed)
-    res = run_fresh([(enc_path, tmp_path / "enc_in.npz", tmp_path / "enc_out.npz"),
-                     (dec_path, tmp_path / "dec_in.npz", tmp_path / "dec_out.npz"),
-                     (onnx_path, tmp_path / "onnx_in.npz", tmp_path / "onnx_out.npz")])
+    res = run_fresh(
+        [
+            (enc_path, tmp_path / "enc_in.npz", tmp_path / "enc_out.npz"),
+            (dec_path, tmp_path / "dec_in.npz", tmp_path / "dec_out.npz"),
+            (onnx_path, tmp_path / "onnx_in.npz", tmp_path / "onnx_out.npz"),
+        ]
+    )
     enc_out, dec_out, onnx_out = res.values()
     assert_close("vit_b encoder @256: stablehlo vs live", enc_out["image_embeddings"], emb_small)
     low, iou = live_decoder(decoder, emb, dec_in)
@@ -276,11 +322,15 @@ def test_vit_b_shapes_reload_in_fresh_process(vit_b, tmp_path):
 
 # ----------------------------------------------------------------------------- ONNX options
 
-@pytest.mark.parametrize("options", [
-    {"return_single_mask": True},
-    {"use_stability_score": True, "return_extra_metrics": True},
-    {"return_single_mask": True, "use_stability_score": True, "return_extra_metrics": True},
-])
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"return_single_mask": True},
+        {"use_stability_score": True, "return_extra_metrics": True},
+        {"return_single_mask": True, "use_stability_score": True, "return_extra_metrics": True},
+    ],
+)
 def test_onnx_options_match_live_decoder(tiny, options):
     ort = pytest.importorskip("onnxruntime")
     from sam_jax.onnx_export import build_onnx_model
@@ -289,34 +339,40 @@ def test_onnx_options_match_live_decoder(tiny, options):
     sess = ort.InferenceSession(build_onnx_model(model, **options).SerializeToString())
     names = [o.name for o in sess.get_outputs()]
     extra = options.get("return_extra_metrics", False)
-    assert names == (["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
-                     if extra else ["masks", "iou_predictions", "low_res_masks"])
+    assert names == (
+        ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
+        if extra
+        else ["masks", "iou_predictions", "low_res_masks"]
+    )
     rng = np.random.default_rng(2)
     emb = rng.normal(size=(1, TINY.embedding_size, TINY.embedding_size, 64)).astype(np.float32)
     cases = [  # (coords, labels, mask?, original size)
         (np.array([[40.0, 30.0], [0, 0]]), np.array([1, -1]), False, (150, 200)),
-        (np.array([[40.0, 30.0], [90, 100], [10, 20], [200, 150]]), np.array([1, 0, 2, 3]),
-         True, (256, 100)),
+        (np.array([[40.0, 30.0], [90, 100], [10, 20], [200, 150]]), np.array([1, 0, 2, 3]), True, (256, 100)),
         (np.array([[120.0, 60.0], [30, 200], [0, 0]]), np.array([1, 1, -1]), False, (97, 97)),
     ]
     for coords, labels, with_mask, orig in cases:
         mask = rng.normal(size=(TINY.low_res_size,) * 2) if with_mask else None
         out = dict(zip(names, sess.run(None, onnx_feed(TINY, emb, coords, labels, mask, orig))))
         up, iou, low = live_onnx_outputs(model, emb, coords, labels, mask, orig)
-        scores = (np.asarray(calculate_stability_score(low, 0.0, 1.0))
-                  if options.get("use_stability_score") else iou)
+        scores = (
+            np.asarray(calculate_stability_score(low, 0.0, 1.0))
+            if options.get("use_stability_score")
+            else iou
+        )
         if options.get("return_single_mask"):
             score = scores + (len(labels) - 2.5) * np.array([[1000.0, 0, 0, 0]])
             best = int(np.argmax(score[0]))
             assert best == (0 if len(labels) > 2 else int(np.argmax(scores[0, 1:])) + 1)
-            up, scores, low = up[:, best:best + 1], scores[:, best:best + 1], low[:, best:best + 1]
+            up, scores, low = up[:, best : best + 1], scores[:, best : best + 1], low[:, best : best + 1]
         assert out["masks"].shape == (1, scores.shape[1]) + orig
         assert_close(f"onnx {options} {orig}: masks", out["masks"], up)
         assert_close(f"onnx {options} {orig}: scores", out["iou_predictions"], scores)
         assert_close(f"onnx {options} {orig}: low-res", out["low_res_masks"], low)
         if extra:
-            np.testing.assert_allclose(out["stability_scores"],
-                                       calculate_stability_score(up, 0.0, 1.0), atol=1e-6)
+            np.testing.assert_allclose(
+                out["stability_scores"], calculate_stability_score(up, 0.0, 1.0), atol=1e-6
+            )
             np.testing.assert_array_equal(out["areas"], (out["masks"] > 0).sum((-2, -1)))
 
 
@@ -329,33 +385,40 @@ def test_onnx_matches_official_onnx_export(tiny):
     sam, model, _ = tiny
     e, g, r = TINY.prompt_embed_dim, TINY.embedding_size, TINY.low_res_size
     orig = (150, 200)  # the official tracer bakes the crop of this size into its graph
-    dummy = {"image_embeddings": torch.randn(1, e, g, g),
-             "point_coords": torch.randint(0, 256, (1, 5, 2), dtype=torch.float),
-             "point_labels": torch.randint(0, 4, (1, 5), dtype=torch.float),
-             "mask_input": torch.randn(1, 1, r, r),
-             "has_mask_input": torch.tensor([1], dtype=torch.float),
-             "orig_im_size": torch.tensor(orig, dtype=torch.float)}
+    dummy = {
+        "image_embeddings": torch.randn(1, e, g, g),
+        "point_coords": torch.randint(0, 256, (1, 5, 2), dtype=torch.float),
+        "point_labels": torch.randint(0, 4, (1, 5), dtype=torch.float),
+        "mask_input": torch.randn(1, 1, r, r),
+        "has_mask_input": torch.tensor([1], dtype=torch.float),
+        "orig_im_size": torch.tensor(orig, dtype=torch.float),
+    }
     rng = np.random.default_rng(3)
     for single in (False, True):
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(SamOnnxModel(sam, return_single_mask=single), tuple(dummy.values()),
-                              buf, opset_version=17, input_names=list(dummy), dynamo=False,
-                              output_names=["masks", "iou_predictions", "low_res_masks"],
-                              dynamic_axes={"point_coords": {1: "num_points"},
-                                            "point_labels": {1: "num_points"}})
+            torch.onnx.export(
+                SamOnnxModel(sam, return_single_mask=single),
+                tuple(dummy.values()),
+                buf,
+                opset_version=17,
+                input_names=list(dummy),
+                dynamo=False,
+                output_names=["masks", "iou_predictions", "low_res_masks"],
+                dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            )
         official = ort.InferenceSession(buf.getvalue())
-        ours = ort.InferenceSession(build_onnx_model(
-            model, return_single_mask=single).SerializeToString())
+        ours = ort.InferenceSession(build_onnx_model(model, return_single_mask=single).SerializeToString())
         for n, with_mask in ((2, False), (5, True)):
             emb = rng.normal(size=(1, g, g, e)).astype(np.float32)
             coords = rng.uniform(0, TINY.image_size, (n, 2))
             labels = np.concatenate([rng.integers(0, 2, n - 1), [-1]])
             mask = rng.normal(size=(r, r)) if with_mask else None
             feed = onnx_feed(TINY, emb, coords, labels, mask, orig)
-            for name, a, b in zip(["masks", "iou_predictions", "low_res_masks"],
-                                  ours.run(None, feed), official.run(None, feed)):
+            for name, a, b in zip(
+                ["masks", "iou_predictions", "low_res_masks"], ours.run(None, feed), official.run(None, feed)
+            ):
                 assert_close(f"onnx vs official onnx (single={single}, n={n}): {name}", a, b)
 
 
@@ -369,14 +432,12 @@ def test_onnx_encoder_through_jax2onnx(tiny, tmp_path):
     assert [(x.name, x.shape) for x in sess.get_inputs()] == [("pixels", ["b", 3, s, s])]
     pixels = np.random.default_rng(4).normal(size=(2, s, s, 3)).astype(np.float32)
     out = sess.run(None, {"pixels": pixels.transpose(0, 3, 1, 2)})[0]
-    assert_close("onnx encoder (jax2onnx) vs live", out.transpose(0, 2, 3, 1),
-                 model.embed_images(pixels))
+    assert_close("onnx encoder (jax2onnx) vs live", out.transpose(0, 2, 3, 1), model.embed_images(pixels))
 
 
 def test_export_errors(tiny, tiny_artifacts, monkeypatch):
     _, _, d = tiny
-    base = ["export", "--out", str(d / "bad"), "--checkpoint", str(d / "tiny.npz"),
-            "--config-json", CONFIG]
+    base = ["export", "--out", str(d / "bad"), "--checkpoint", str(d / "tiny.npz"), "--config-json", CONFIG]
     with pytest.raises(SystemExit, match="platforms must be among"):
         cli.main(base + ["--platforms", "cpu,gpu"])
     monkeypatch.setattr(sam_export, "_MAX_BAKED_BYTES", 1000)

@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.reference_sam import official_and_ours, to_torch, torch
 from configs.tiny import TINY
-from sam_jax.modeling.variants import VARIANTS
 from sam_jax.modeling.image_encoder import attention, decomposed_attention
+from sam_jax.modeling.variants import VARIANTS
 
 MAX_DIFFS: dict[str, float] = {}
 
@@ -76,10 +76,17 @@ def official_prompt_decode(sam, emb, kw, multimask):
         sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low, iou = sam.mask_decoder(
             image_embeddings=to_torch(emb).permute(0, 3, 1, 2),
-            image_pe=sam.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask)
-    return (sparse.detach().numpy(), dense.detach().permute(0, 2, 3, 1).numpy(),
-            low.detach().numpy(), iou.detach().numpy())
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+    return (
+        sparse.detach().numpy(),
+        dense.detach().permute(0, 2, 3, 1).numpy(),
+        low.detach().numpy(),
+        iou.detach().numpy(),
+    )
 
 
 def test_image_encoder_matches(embeddings):
@@ -95,11 +102,16 @@ def test_prompt_encoder_matches(tiny, case):
     sam, ours = tiny
     kw = prompts(case)
     ref_sparse, ref_dense, _, _ = official_prompt_decode(
-        sam, np.zeros((1, 16, 16, TINY.prompt_embed_dim), np.float32), kw, True)
+        sam, np.zeros((1, 16, 16, TINY.prompt_embed_dim), np.float32), kw, True
+    )
     sparse, valid, dense = ours.module.apply(
-        ours.variables, *(jnp.asarray(kw[k]) if k in kw else None
-                          for k in ("point_coords", "point_labels", "boxes", "mask_inputs")),
-        method=lambda m, *a: m.prompt_encoder(*a))
+        ours.variables,
+        *(
+            jnp.asarray(kw[k]) if k in kw else None
+            for k in ("point_coords", "point_labels", "boxes", "mask_inputs")
+        ),
+        method=lambda m, *a: m.prompt_encoder(*a),
+    )
     assert bool(np.all(np.asarray(valid)))
     assert_close(f"prompt_encoder sparse({case})", sparse, ref_sparse)
     assert_close(f"prompt_encoder dense({case})", dense, ref_dense)
@@ -113,8 +125,9 @@ def test_mask_decoder_matches(tiny, embeddings, case, multimask):
     kw = prompts(case)
     emb = ref_emb[:1]  # one image, a batch of 3 prompts (the reference repeats it)
     _, _, ref_low, ref_iou = official_prompt_decode(sam, emb, kw, multimask)
-    low, iou = ours.decode(jnp.asarray(emb), multimask_output=multimask,
-                           **{k: jnp.asarray(v) for k, v in kw.items()})
+    low, iou = ours.decode(
+        jnp.asarray(emb), multimask_output=multimask, **{k: jnp.asarray(v) for k, v in kw.items()}
+    )
     low, iou = np.asarray(low), np.asarray(iou)
     tag = f"{case},{'multi' if multimask else 'single'}"
     assert low.shape == (3, 3 if multimask else 1, TINY.low_res_size, TINY.low_res_size)
@@ -166,13 +179,17 @@ def test_bfloat16_masks_agree_with_float32(tiny, embeddings):
     assert agreement >= 0.98
 
 
-@pytest.mark.parametrize("chunk_bytes,use_rel", [
-    (1 << 30, True),  # one chunk: all 4 images
-    (80_000, True),  # 2 images per chunk
-    (20_000, True),  # one image, 2 of the 4 heads
-    (5_000, True),  # one head, 3 of the 6 query rows
-    (1, True),  # one query row per chunk
-    (3_000, False)])  # no relative positions: chunks of 12 single-query rows
+@pytest.mark.parametrize(
+    "chunk_bytes,use_rel",
+    [
+        (1 << 30, True),  # one chunk: all 4 images
+        (80_000, True),  # 2 images per chunk
+        (20_000, True),  # one image, 2 of the 4 heads
+        (5_000, True),  # one head, 3 of the 6 query rows
+        (1, True),  # one query row per chunk
+        (3_000, False),
+    ],
+)  # no relative positions: chunks of 12 single-query rows
 def test_chunked_decomposed_attention_equals_dot_product_attention(chunk_bytes, use_rel):
     """Every chunking of the CPU attention path gives jax.nn.dot_product_attention's
     values and gradients (the parity tests above use the default chunk only)."""
@@ -181,16 +198,17 @@ def test_chunked_decomposed_attention_equals_dot_product_attention(chunk_bytes, 
     q, k, v = (jnp.asarray(rng.normal(size=(b, h * w, n, d)), jnp.float32) for _ in range(3))
     rel = None, None
     if use_rel:
-        rel = (jnp.asarray(rng.normal(size=(b, n, h, w, h)), jnp.float32),
-               jnp.asarray(rng.normal(size=(b, n, h, w, w)), jnp.float32))
+        rel = (
+            jnp.asarray(rng.normal(size=(b, n, h, w, h)), jnp.float32),
+            jnp.asarray(rng.normal(size=(b, n, h, w, w)), jnp.float32),
+        )
 
     def loss(fn, *args):
         return jnp.sum(jnp.sin(fn(*args, *rel, 0.3)))
 
     ours = lambda q, k, v, rh, rw, s: decomposed_attention(q, k, v, rh, rw, s, chunk_bytes)
     reference = lambda q, k, v, rh, rw, s: attention(q, k, v, rh, rw, s, "xla")
-    np.testing.assert_allclose(ours(q, k, v, *rel, 0.3), reference(q, k, v, *rel, 0.3),
-                               atol=2e-6)
+    np.testing.assert_allclose(ours(q, k, v, *rel, 0.3), reference(q, k, v, *rel, 0.3), atol=2e-6)
     grads = jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(grads, want):
@@ -208,8 +226,11 @@ def test_full_size_vit_b_matches(tmp_path):
     emb = np.asarray(ours.embed_images(jnp.asarray(pixels)))
     assert_close("image_encoder(vit_b, 1024)", emb, ref)
     coords = rng.uniform(0, 1024, size=(2, 2, 2)).astype(np.float32)
-    kw = dict(point_coords=coords, point_labels=np.array([[1, 0], [1, 1]], np.int32),
-              boxes=np.array([[100, 200, 600, 900], [0, 0, 1023, 512]], np.float32))
+    kw = dict(
+        point_coords=coords,
+        point_labels=np.array([[1, 0], [1, 1]], np.int32),
+        boxes=np.array([[100, 200, 600, 900], [0, 0, 1023, 512]], np.float32),
+    )
     _, _, ref_low, ref_iou = official_prompt_decode(sam, ref, kw, True)
     low, iou = ours.decode(jnp.asarray(emb), **{k: jnp.asarray(v) for k, v in kw.items()})
     assert_close("decoder logits(vit_b, 1024)", low, ref_low)
@@ -217,9 +238,16 @@ def test_full_size_vit_b_matches(tmp_path):
     assert float(np.abs(np.asarray(iou) - ref_iou).max()) <= 1e-3
 
 
-@pytest.mark.parametrize("input_size,original_size", [
-    ((1024, 683), (1500, 1000)), ((768, 1024), (600, 800)), ((1024, 1024), (512, 512)),
-    ((1024, 1024), (2048, 2048)), ((171, 256), (300, 451))])
+@pytest.mark.parametrize(
+    "input_size,original_size",
+    [
+        ((1024, 683), (1500, 1000)),
+        ((768, 1024), (600, 800)),
+        ((1024, 1024), (512, 512)),
+        ((1024, 1024), (2048, 2048)),
+        ((171, 256), (300, 451)),
+    ],
+)
 def test_postprocess_matches_reference_resize_chain(input_size, original_size):
     """Our one-matrix-per-axis postprocessing equals upsample -> crop -> resize."""
     import torch.nn.functional as F
@@ -227,8 +255,9 @@ def test_postprocess_matches_reference_resize_chain(input_size, original_size):
     from sam_jax.modeling.sam import postprocess_masks
 
     low = (5.0 * np.random.default_rng(0).normal(size=(4, 256, 256))).astype(np.float32)
-    ref = F.interpolate(to_torch(low)[:, None], (1024, 1024), mode="bilinear",
-                        align_corners=False)[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(to_torch(low)[:, None], (1024, 1024), mode="bilinear", align_corners=False)[
+        ..., : input_size[0], : input_size[1]
+    ]
     ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False)[:, 0].numpy()
     ours = np.asarray(postprocess_masks(jnp.asarray(low), input_size, original_size, 1024))
     assert_close(f"postprocess{input_size}->{original_size}", ours, ref, rel=1e-5)

@@ -54,7 +54,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()
@@ -84,14 +84,15 @@ def test_sam_jax_import_graph_has_no_cycle():
 
 
 def test_geometry_and_data_preprocess_import_without_jax():
-    code = ("import sys\n"
-            "import sam_jax, sam_jax.geometry, data.preprocess\n"
-            "heavy = sorted(m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules)\n"
-            "assert not heavy, heavy\n"
-            "from sam_jax import SamPredictor\n"  # the lazy package still serves the API
-            "assert 'jax' in sys.modules\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    code = (
+        "import sys\n"
+        "import sam_jax, sam_jax.geometry, data.preprocess\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from sam_jax import SamPredictor\n"  # the lazy package still serves the API
+        "assert 'jax' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -105,13 +106,12 @@ def test_geometry_matches_the_official_transform():
         assert resized_shape(h, w, 1024) == theirs.get_preprocess_shape(h, w, 1024)
         pts = rng.uniform(0, max(h, w), (5, 2))
         boxes = rng.uniform(0, max(h, w), (3, 4))
-        np.testing.assert_array_equal(apply_coords(pts, (h, w), 1024),
-                                      theirs.apply_coords(pts, (h, w)))
-        np.testing.assert_array_equal(apply_boxes(boxes, (h, w), 1024),
-                                      theirs.apply_boxes(boxes, (h, w)))
+        np.testing.assert_array_equal(apply_coords(pts, (h, w), 1024), theirs.apply_coords(pts, (h, w)))
+        np.testing.assert_array_equal(apply_boxes(boxes, (h, w), 1024), theirs.apply_boxes(boxes, (h, w)))
     image = rng.integers(0, 256, (37, 61, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(ResizeLongestSide(128).apply_image(image),
-                                  transforms.ResizeLongestSide(128).apply_image(image))
+    np.testing.assert_array_equal(
+        ResizeLongestSide(128).apply_image(image), transforms.ResizeLongestSide(128).apply_image(image)
+    )
 
 
 def test_normalize_and_pad_agree_for_numpy_and_jax():

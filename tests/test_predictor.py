@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from configs.tiny import TINY
-
 from sam_jax import SamPredictor, build_sam  # noqa: E402
 from sam_jax.predictor import compile_counts  # noqa: E402
 
@@ -28,12 +27,15 @@ def test_predict_before_set_image():
         p.get_image_embedding()
 
 
-@pytest.mark.parametrize("image, match", [
-    (np.zeros((10, 10, 3), np.float32), "uint8"),
-    (np.zeros((10, 10, 2), np.uint8), "shape"),
-    (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-])
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 2), np.uint8), "shape"),
+        (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ],
+)
 def test_bad_images(predictor, image, match):
     with pytest.raises(ValueError, match=match):
         predictor.set_image(image)
@@ -41,21 +43,24 @@ def test_bad_images(predictor, image, match):
         predictor.set_image(np.zeros((4, 4, 3), np.uint8), image_format="HSV")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(point_coords=np.array([[np.nan, 1.0]]), point_labels=np.array([1])), "NaN"),
-    (dict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([2])), "point_labels"),
-    (dict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([-1])), "point_labels"),
-    (dict(point_coords=np.array([[1.0, 1.0]])), "point_labels"),
-    (dict(point_labels=np.array([1])), "point_coords"),
-    (dict(point_coords=np.array([[1.0, 1.0], [2.0, 2.0]]), point_labels=np.array([1])), "shape"),
-    (dict(point_coords=np.array([1.0, 1.0]), point_labels=np.array([1])), "point_coords"),
-    (dict(box=np.array([10.0, 5.0, 2.0, 8.0])), "x1 >= x0"),
-    (dict(box=np.array([1.0, 5.0, 2.0, 4.0])), "y1 >= y0"),
-    (dict(box=np.array([1.0, 5.0, 2.0])), "box"),
-    (dict(box=np.array([0.0, 0.0, np.inf, 4.0])), "NaN or infinite"),
-    (dict(mask_input=np.zeros((1, 32, 32))), "mask_input"),
-    (dict(mask_input=np.zeros((64, 64))), "mask_input"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(point_coords=np.array([[np.nan, 1.0]]), point_labels=np.array([1])), "NaN"),
+        (dict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([2])), "point_labels"),
+        (dict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([-1])), "point_labels"),
+        (dict(point_coords=np.array([[1.0, 1.0]])), "point_labels"),
+        (dict(point_labels=np.array([1])), "point_coords"),
+        (dict(point_coords=np.array([[1.0, 1.0], [2.0, 2.0]]), point_labels=np.array([1])), "shape"),
+        (dict(point_coords=np.array([1.0, 1.0]), point_labels=np.array([1])), "point_coords"),
+        (dict(box=np.array([10.0, 5.0, 2.0, 8.0])), "x1 >= x0"),
+        (dict(box=np.array([1.0, 5.0, 2.0, 4.0])), "y1 >= y0"),
+        (dict(box=np.array([1.0, 5.0, 2.0])), "box"),
+        (dict(box=np.array([0.0, 0.0, np.inf, 4.0])), "NaN or infinite"),
+        (dict(mask_input=np.zeros((1, 32, 32))), "mask_input"),
+        (dict(mask_input=np.zeros((64, 64))), "mask_input"),
+    ],
+)
 def test_bad_prompts(predictor, kwargs, match):
     with pytest.raises(ValueError, match=match):
         predictor.predict(**kwargs)
@@ -84,8 +89,7 @@ def test_output_shapes_and_types(predictor):
     assert masks.shape == (3, 60, 90) and masks.dtype == bool
     assert iou.shape == (3,) and iou.dtype == np.float32
     assert low.shape == (3, TINY.low_res_size, TINY.low_res_size) and low.dtype == np.float32
-    logits, _, _ = predictor.predict(box=np.array([5, 5, 40, 50]), multimask_output=False,
-                                     return_logits=True)
+    logits, _, _ = predictor.predict(box=np.array([5, 5, 40, 50]), multimask_output=False, return_logits=True)
     assert logits.shape == (1, 60, 90) and logits.dtype == np.float32
     # Logits threshold to the boolean masks.
     masks1, _, _ = predictor.predict(box=np.array([5, 5, 40, 50]), multimask_output=False)
@@ -144,8 +148,7 @@ def test_bucketing_avoids_recompiling(predictor):
 
 def test_set_images_matches_set_image(predictor):
     rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in
-              [(50, 70, 3), (64, 64, 3), (90, 40, 3)]]
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(50, 70, 3), (64, 64, 3), (90, 40, 3)]]
     p = SamPredictor(predictor.model)
     p.set_images(images)
     assert p.num_images == 3
@@ -176,18 +179,22 @@ def test_extremely_elongated_images(predictor, shape):
 def test_elongated_image_in_the_mask_generator():
     from sam_jax import SamAutomaticMaskGenerator
 
-    gen = SamAutomaticMaskGenerator(build_sam(TINY, seed=1), points_per_side=2,
-                                    pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    gen = SamAutomaticMaskGenerator(
+        build_sam(TINY, seed=1), points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
     records = gen.generate(np.full((2, 3000, 3), 120, np.uint8))
     assert all(r["segmentation"].shape == (2, 3000) for r in records)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(point_coords=np.array([[1e300, 5.0]]), point_labels=np.array([1])), "point_coords"),
-    (dict(point_coords=np.array([[5.0, -1e39]]), point_labels=np.array([1])), "point_coords"),
-    (dict(box=np.array([0.0, 0.0, 1e300, 4.0])), "box"),
-    (dict(mask_input=np.full((1, TINY.image_size // 4, TINY.image_size // 4), 1e39)), "mask_input"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(point_coords=np.array([[1e300, 5.0]]), point_labels=np.array([1])), "point_coords"),
+        (dict(point_coords=np.array([[5.0, -1e39]]), point_labels=np.array([1])), "point_coords"),
+        (dict(box=np.array([0.0, 0.0, 1e300, 4.0])), "box"),
+        (dict(mask_input=np.full((1, TINY.image_size // 4, TINY.image_size // 4), 1e39)), "mask_input"),
+    ],
+)
 def test_finite_but_huge_prompts_are_refused(predictor, kwargs, name):
     """Finite in float64, infinite in the model's dtype: NaN scores before the check."""
     predictor.set_image(np.zeros((60, 90, 3), np.uint8))

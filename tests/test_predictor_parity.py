@@ -34,13 +34,16 @@ def predictors(request, models):
 def _prompts(h, w):
     return {
         "one point": dict(point_coords=np.array([[0.4 * w, 0.45 * h]]), point_labels=np.array([1])),
-        "points": dict(point_coords=np.array([[0.3 * w, 0.3 * h], [0.6 * w, 0.5 * h],
-                                              [0.5 * w, 0.8 * h]]),
-                       point_labels=np.array([1, 0, 1])),
+        "points": dict(
+            point_coords=np.array([[0.3 * w, 0.3 * h], [0.6 * w, 0.5 * h], [0.5 * w, 0.8 * h]]),
+            point_labels=np.array([1, 0, 1]),
+        ),
         "box": dict(box=np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.9 * h])),
-        "box + points": dict(box=np.array([0.1 * w, 0.2 * h, 0.8 * w, 0.7 * h]),
-                             point_coords=np.array([[0.5 * w, 0.5 * h], [0.2 * w, 0.6 * h]]),
-                             point_labels=np.array([1, 0])),
+        "box + points": dict(
+            box=np.array([0.1 * w, 0.2 * h, 0.8 * w, 0.7 * h]),
+            point_coords=np.array([[0.5 * w, 0.5 * h], [0.2 * w, 0.6 * h]]),
+            point_labels=np.array([1, 0]),
+        ),
     }
 
 
@@ -105,21 +108,27 @@ def test_bgr_and_embedding_match(models, predictors):
 
 def test_apply_image_matches_official(predictors):
     image, theirs, mine = predictors
-    np.testing.assert_array_equal(mine.transform.apply_image(image),
-                                  theirs.transform.apply_image(image))
+    np.testing.assert_array_equal(mine.transform.apply_image(image), theirs.transform.apply_image(image))
     pts = np.array([[3.0, 7.0], [100.5, 20.25]])
-    np.testing.assert_allclose(mine.transform.apply_coords(pts, image.shape[:2]),
-                               theirs.transform.apply_coords(pts, image.shape[:2]))
+    np.testing.assert_allclose(
+        mine.transform.apply_coords(pts, image.shape[:2]), theirs.transform.apply_coords(pts, image.shape[:2])
+    )
     box = np.array([[1.0, 2.0, 50.0, 60.0]])
-    np.testing.assert_allclose(mine.transform.apply_boxes(box, image.shape[:2]),
-                               theirs.transform.apply_boxes(box, image.shape[:2]))
+    np.testing.assert_allclose(
+        mine.transform.apply_boxes(box, image.shape[:2]), theirs.transform.apply_boxes(box, image.shape[:2])
+    )
 
 
 def test_predict_batch_matches_official(predictors):
     image, theirs, mine = predictors
     h, w = image.shape[:2]
-    boxes = np.array([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.3 * w, 0.2 * h, 0.9 * w, 0.9 * h],
-                      [0.0, 0.0, w - 1.0, h - 1.0]])
+    boxes = np.array(
+        [
+            [0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h],
+            [0.3 * w, 0.2 * h, 0.9 * w, 0.9 * h],
+            [0.0, 0.0, w - 1.0, h - 1.0],
+        ]
+    )
     tb = theirs.transform.apply_boxes(boxes, image.shape[:2])
     with torch.no_grad():
         ref = [t.numpy() for t in theirs.predict_torch(None, None, torch.as_tensor(tb).float())]
@@ -128,12 +137,17 @@ def test_predict_batch_matches_official(predictors):
     assert out[2].shape == (3, 3, TINY.low_res_size, TINY.low_res_size)
     _compare(ref, out)
     # Ragged point sets: padding a row with INVALID_LABEL equals a call with fewer points.
-    pts = theirs.transform.apply_coords(np.array([[[0.3 * w, 0.4 * h], [0.6 * w, 0.6 * h]],
-                                                  [[0.7 * w, 0.2 * h], [0.0, 0.0]]]),
-                                        image.shape[:2])
+    pts = theirs.transform.apply_coords(
+        np.array([[[0.3 * w, 0.4 * h], [0.6 * w, 0.6 * h]], [[0.7 * w, 0.2 * h], [0.0, 0.0]]]),
+        image.shape[:2],
+    )
     labels = np.array([[1, 0], [1, -2]])
     masks, iou, low = mine.predict_batch(pts, labels)
     with torch.no_grad():
-        ref1 = [t.numpy() for t in theirs.predict_torch(
-            torch.as_tensor(pts[1:, :1]).float(), torch.as_tensor(labels[1:, :1]))]
+        ref1 = [
+            t.numpy()
+            for t in theirs.predict_torch(
+                torch.as_tensor(pts[1:, :1]).float(), torch.as_tensor(labels[1:, :1])
+            )
+        ]
     _compare([r[0] for r in ref1], (masks[1], iou[1], low[1]))

@@ -22,12 +22,30 @@ from sam_jax.modeling.variants import param_template
 from sam_jax.predictor import SamPredictor
 from sam_jax.sam_model import _decode
 
-SMALL = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-                  encoder_global_attn_indexes=(1,), image_size=64, window_size=4,
-                  prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=64, decoder_heads=4)
+SMALL = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    decoder_heads=4,
+)
 TEXT = dataclasses.replace(SMALL, text_embed_dim=32)
-TINY_CLIP = ClipConfig(embed_dim=32, image_size=32, patch_size=16, vision_width=32,
-                       vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2)
+TINY_CLIP = ClipConfig(
+    embed_dim=32,
+    image_size=32,
+    patch_size=16,
+    vision_width=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +76,36 @@ def test_official_checkpoint_loads_unchanged_with_text_off(official):
     low, iou = ours.decode(emb, coords, labels, multimask_output=True)
     with torch.no_grad():
         t_emb = ref.image_encoder(torch.from_numpy(image).permute(0, 3, 1, 2))
-        sparse, dense = ref.prompt_encoder(
-            (torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
-        t_low, t_iou = ref.mask_decoder(t_emb, ref.prompt_encoder.get_dense_pe(), sparse, dense,
-                                        True)
+        sparse, dense = ref.prompt_encoder((torch.from_numpy(coords), torch.from_numpy(labels)), None, None)
+        t_low, t_iou = ref.mask_decoder(t_emb, ref.prompt_encoder.get_dense_pe(), sparse, dense, True)
     np.testing.assert_allclose(np.asarray(low), t_low.numpy(), atol=2e-5)
     np.testing.assert_allclose(np.asarray(iou), t_iou.numpy(), atol=2e-5)
 
     # The same weights plus a text projection: a text token marked absent changes nothing;
     # a present one does, and only its direction counts (l2-normalised in the encoder).
     rng = np.random.default_rng(1)
-    text_params = {"kernel": rng.normal(size=(32, 32)).astype(np.float32) / 6,
-                   "bias": rng.normal(size=(32,)).astype(np.float32)}
+    text_params = {
+        "kernel": rng.normal(size=(32, 32)).astype(np.float32) / 6,
+        "bias": rng.normal(size=(32,)).astype(np.float32),
+    }
     params = dict(ours.params)
     params["prompt_encoder"] = dict(params["prompt_encoder"], text_proj=text_params)
     text = rng.normal(size=(1, 32)).astype(np.float32)
     texts = np.concatenate([text, text, 3.0 * text])
-    decode = jax.jit(lambda p, *a: Sam(TEXT).apply({"params": p}, *a, method=Sam.decode),
-                     static_argnums=(6,))
-    out, _ = decode(params, emb, np.repeat(coords, 3, 0), np.repeat(labels, 3, 0), None, None,
-                    True, None, None, texts, np.array([False, True, True]))
+    decode = jax.jit(lambda p, *a: Sam(TEXT).apply({"params": p}, *a, method=Sam.decode), static_argnums=(6,))
+    out, _ = decode(
+        params,
+        emb,
+        np.repeat(coords, 3, 0),
+        np.repeat(labels, 3, 0),
+        None,
+        None,
+        True,
+        None,
+        None,
+        texts,
+        np.array([False, True, True]),
+    )
     out = np.asarray(out)
     np.testing.assert_allclose(out[0], np.asarray(low)[0], atol=1e-5)
     assert np.abs(out[1] - out[0]).max() > 1e-3
@@ -111,8 +139,19 @@ def test_predict_with_text_alone_and_with_points(predictor):
     # The prompt is CLIP's (normalised) text embedding of the phrase.
     emb = np.asarray(predictor.clip.embed_text(["a dog"]))
     np.testing.assert_allclose(np.linalg.norm(emb), 1.0, rtol=1e-5)
-    ref_low, _ = _decode(predictor.model.module, predictor.model.params, predictor.features,
-                         None, None, None, None, None, None, True, emb)
+    ref_low, _ = _decode(
+        predictor.model.module,
+        predictor.model.params,
+        predictor.features,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        True,
+        emb,
+    )
     np.testing.assert_allclose(low, np.asarray(ref_low[0]), atol=1e-6)
     cat = predictor.predict(text="a cat", multimask_output=True)[2]
     assert np.abs(cat - low).max() > 1e-4  # a different phrase, a different prompt
@@ -127,22 +166,37 @@ def test_text_prompt_errors(predictor):
     with pytest.raises(ValueError, match="non-empty"):
         predictor.predict(text="  ")
     with pytest.raises(ValueError, match="text_embed_dim is 0"):
-        SamPredictor(dataclasses.replace(predictor.model, module=Sam(SMALL)),
-                     clip=predictor.clip).text_embedding("a dog")
+        SamPredictor(
+            dataclasses.replace(predictor.model, module=Sam(SMALL)), clip=predictor.clip
+        ).text_embedding("a dog")
 
 
 def test_cli_segment_text(tmp_path, capsys):
     clip_path = tmp_path / "clip.pt"
-    ref_clip = official_clip(embed_dim=32, image_size=32, vision_width=64, vision_layers=1,
-                             text_width=64, text_heads=1, text_layers=1)
+    ref_clip = official_clip(
+        embed_dim=32,
+        image_size=32,
+        vision_width=64,
+        vision_layers=1,
+        text_width=64,
+        text_heads=1,
+        text_layers=1,
+    )
     torch.save(ref_clip.state_dict(), clip_path)
     save_params(build_sam(TEXT, seed=6).params, tmp_path / "sam.npz")
     Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "img.png")
     config = json.dumps(dataclasses.asdict(SMALL))
-    args = ["segment", str(tmp_path / "img.png"), "--out", str(tmp_path / "out"),
-            "--checkpoint", str(tmp_path / "sam.npz"), "--config-json", config]
-    cli.main(args + ["--text", "a grey square", "--clip-checkpoint", str(clip_path),
-                     "--point", "10,10"])
+    args = [
+        "segment",
+        str(tmp_path / "img.png"),
+        "--out",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(tmp_path / "sam.npz"),
+        "--config-json",
+        config,
+    ]
+    cli.main(args + ["--text", "a grey square", "--clip-checkpoint", str(clip_path), "--point", "10,10"])
     assert np.asarray(Image.open(tmp_path / "out" / "img_mask2.png")).shape == (40, 50)
     with pytest.raises(SystemExit, match="--clip-checkpoint"):
         cli.main(args + ["--text", "a dog"])

@@ -20,22 +20,36 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = ["--config.sim.num_passes=3", "--config.sim.num_correction_points=1",
-             "--config.sim.unroll=1", "--config.data.masks_per_image=4",
-             "--config.data.global_batch_size=4", "--config.data.synthetic=True",
-             "--config.ckpt.every=1", "--config.ckpt.keep=10", "--config.train.log_every=1"]
+OVERRIDES = [
+    "--config.sim.num_passes=3",
+    "--config.sim.num_correction_points=1",
+    "--config.sim.unroll=1",
+    "--config.data.masks_per_image=4",
+    "--config.data.global_batch_size=4",
+    "--config.data.synthetic=True",
+    "--config.ckpt.every=1",
+    "--config.ckpt.keep=10",
+    "--config.train.log_every=1",
+]
 
 
 def _cmd(workdir, steps):
-    return [sys.executable, "-m", "train", "--config", "configs/tiny.py", *OVERRIDES,
-            f"--config.train.workdir={workdir}", f"--config.train.num_steps={steps}"]
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        "configs/tiny.py",
+        *OVERRIDES,
+        f"--config.train.workdir={workdir}",
+        f"--config.train.num_steps={steps}",
+    ]
 
 
 def _env():
     # single-threaded Eigen: bitwise identical runs even when the CPUs are contended
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
-    env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                   os.path.join(tempfile.gettempdir(), "sam_jax_test_xla_cache"))
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sam_jax_test_xla_cache"))
     return env
 
 
@@ -56,8 +70,14 @@ def _steps(workdir):
 def _start_and_wait(workdir, steps, until_step):
     """Start a run; return (process, stopped) once checkpoint ``until_step`` is complete,
     with the process SIGSTOPped (so it cannot run further)."""
-    p = subprocess.Popen(_cmd(workdir, steps), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        _cmd(workdir, steps),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marker = os.path.join(workdir, "checkpoints", str(until_step), "_CHECKPOINT_METADATA")
     t0 = time.time()
     while not os.path.exists(marker):
@@ -74,8 +94,7 @@ def _start_and_wait(workdir, steps, until_step):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("uninterrupted"))
-    r = subprocess.run(_cmd(wd, 6), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(_cmd(wd, 6), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     losses = _losses(wd)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
@@ -108,11 +127,10 @@ def test_sigkill_resume_and_half_written_checkpoint(reference, tmp_path):
     # and a foreign (uncommitted) directory: it must decide neither the latest step nor
     # the layout, and no real checkpoint may be renamed because of it
     os.makedirs(os.path.join(ck, "999"))
-    r = subprocess.run(_cmd(wd, 6), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(_cmd(wd, 6), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f'"start_step": {last}' in r.stdout, r.stdout[-2000:]
-    assert f"step {last + 1} in" in r.stderr     # the broken step was skipped (and moved aside)
+    assert f"step {last + 1} in" in r.stderr  # the broken step was skipped (and moved aside)
     got = _losses(wd)
     assert max(got) == 6
     for step in range(1, 7):
@@ -147,8 +165,12 @@ def _state(step, width=3, extra=False):
     params = {"w": jnp.full((width,), float(step))}
     if extra:
         params["b"] = jnp.zeros((2,))
-    return TrainState(step=jnp.int32(step), params=params, opt_state={"mu": jnp.zeros((width,))},
-                      rng=jnp.zeros((2,), jnp.uint32))
+    return TrainState(
+        step=jnp.int32(step),
+        params=params,
+        opt_state={"mu": jnp.zeros((width,))},
+        rng=jnp.zeros((2,), jnp.uint32),
+    )
 
 
 def _abstract(state):
@@ -159,8 +181,9 @@ def _abstract(state):
 
 
 def _listing(directory):
-    return sorted(os.path.relpath(os.path.join(r, f), directory)
-                  for r, ds, fs in os.walk(directory) for f in fs + ds)
+    return sorted(
+        os.path.relpath(os.path.join(r, f), directory) for r, ds, fs in os.walk(directory) for f in fs + ds
+    )
 
 
 @pytest.fixture

@@ -67,8 +67,9 @@ def _worker_sharded(out):
     s1, s8 = one.init_state(0), many.init_state(0)
     spec = s8.params["image_encoder"]["blocks_0"]["mlp"]["lin1"]["kernel"].sharding.spec
     p0 = jax.tree_util.tree_leaves(jax.device_get(s1.params))
-    init_diff = max(float(np.abs(a - b).max()) for a, b in
-                    zip(p0, jax.tree_util.tree_leaves(jax.device_get(s8.params))))
+    init_diff = max(
+        float(np.abs(a - b).max()) for a, b in zip(p0, jax.tree_util.tree_leaves(jax.device_get(s8.params)))
+    )
     s1, m1 = one.step(s1, one.to_global(_batch(0)))
     s8, m8 = many.step(s8, many.to_global(_batch(0)))
     flat1 = jax.tree_util.tree_flatten_with_path(jax.device_get(s1.params))[0]
@@ -76,29 +77,46 @@ def _worker_sharded(out):
     # relative per leaf for leaves of scale >= 1e-2 (all weights, norms, embeddings); the
     # zero-initialised biases (whose value is one update, < 1e-2) in units of the lr
     big = lambda a: np.abs(a).max() >= 1e-2
-    rels = {jax.tree_util.keystr(p): float(np.abs(a - b).max() / np.abs(a).max())
-            for (p, a), b in zip(flat1, flat8) if big(a)}
+    rels = {
+        jax.tree_util.keystr(p): float(np.abs(a - b).max() / np.abs(a).max())
+        for (p, a), b in zip(flat1, flat8)
+        if big(a)
+    }
     worst = sorted(rels.items(), key=lambda kv: -kv[1])[:3]
     rel = worst[0][1]
     abs_small = max(float(np.abs(a - b).max()) for (p, a), b in zip(flat1, flat8) if not big(a))
-    glob = float(np.sqrt(sum(((a - b) ** 2).sum() for (_, a), b in zip(flat1, flat8)) /
-                         sum((a ** 2).sum() for _, a in flat1)))
+    glob = float(
+        np.sqrt(
+            sum(((a - b) ** 2).sum() for (_, a), b in zip(flat1, flat8)) / sum((a**2).sum() for _, a in flat1)
+        )
+    )
     losses = [host_metrics(m8)["loss"]]
     for i in range(1, STEPS):
         s8, m = many.step(s8, many.to_global(_batch(i)))
         losses.append(host_metrics(m)["loss"])
-    json.dump(dict(loss_1=host_metrics(m1)["loss"], loss_8=losses[0], param_rel=rel,
-                   init_diff=init_diff, spec=str(spec), worst=worst, abs_small=abs_small, global_rel=glob, lr=c.optim.lr, losses=losses,
-                   updated=float(np.abs(jax.tree_util.tree_leaves(jax.device_get(s1.params))[0]
-                                        - p0[0]).max())), open(out, "w"))
+    json.dump(
+        dict(
+            loss_1=host_metrics(m1)["loss"],
+            loss_8=losses[0],
+            param_rel=rel,
+            init_diff=init_diff,
+            spec=str(spec),
+            worst=worst,
+            abs_small=abs_small,
+            global_rel=glob,
+            lr=c.optim.lr,
+            losses=losses,
+            updated=float(np.abs(jax.tree_util.tree_leaves(jax.device_get(s1.params))[0] - p0[0]).max()),
+        ),
+        open(out, "w"),
+    )
 
 
 def _worker_multihost(out, ckpt_dir, port, pid):
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                               process_id=pid)
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from train.checkpointing import Checkpointer
     from train.sharding import make_mesh
     from train.train_step import Trainer, host_metrics
@@ -111,7 +129,7 @@ def _worker_multihost(out, ckpt_dir, port, pid):
     half = B // 2
     restored_step = restored_equal = None
     for i in range(STEPS):
-        local = {k: v[pid * half:(pid + 1) * half] for k, v in _batch(i).items()}
+        local = {k: v[pid * half : (pid + 1) * half] for k, v in _batch(i).items()}
         state, m = tr.step(state, tr.to_global(local))
         losses.append(host_metrics(m)["loss"])
         if i == 1:  # save step 2 from both processes, restore, go on from the restored state
@@ -123,20 +141,21 @@ def _worker_multihost(out, ckpt_dir, port, pid):
             restored_step = int(jax.device_get(restored.step))
             restored_equal = all(
                 np.array_equal(a.data, b.data) and a.index == b.index
-                for x, y in zip(jax.tree_util.tree_leaves(state),
-                                jax.tree_util.tree_leaves(restored))
-                for a, b in zip(x.addressable_shards, y.addressable_shards))
+                for x, y in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored))
+                for a, b in zip(x.addressable_shards, y.addressable_shards)
+            )
             state = restored
-    json.dump(dict(losses=losses, restored_step=restored_step,
-                   restored_equal=restored_equal), open(f"{out}.{pid}", "w"))
+    json.dump(
+        dict(losses=losses, restored_step=restored_step, restored_equal=restored_equal),
+        open(f"{out}.{pid}", "w"),
+    )
     jax.distributed.shutdown()
 
 
 def _env(devices):
     env = dict(os.environ)
     # single-threaded Eigen: bitwise reproducible even when the CPUs are contended
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_cpu_multi_thread_eigen=false")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen=false"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -145,8 +164,14 @@ def _env(devices):
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded") / "out.json"
-    r = subprocess.run([sys.executable, __file__, "sharded", str(out)], env=_env(8), cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, __file__, "sharded", str(out)],
+        env=_env(8),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return json.load(open(out))
 
@@ -170,12 +195,19 @@ def test_two_processes_match_one(sharded, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out, ckpt = tmp_path / "mh.json", tmp_path / "ckpt"
-    procs = [subprocess.Popen([sys.executable, __file__, "multihost", str(out), str(ckpt),
-                               str(port), str(i)],
-                              env=_env(4), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "multihost", str(out), str(ckpt), str(port), str(i)],
+            env=_env(4),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(l[-3000:] for l in logs)
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     results = [json.load(open(f"{out}.{i}")) for i in range(2)]
     print("multi-host", results, "single-process", sharded["losses"])
     assert results[0]["losses"] == results[1]["losses"]

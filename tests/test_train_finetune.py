@@ -56,8 +56,7 @@ def test_finetune_from_official_checkpoint(tmp_path):
 
     trained = run(c, progress=False)  # 2 steps from the checkpoint, saved at 1 and 2
     assert sorted(trained["losses"]) == [1, 2]
-    moved = [float(np.abs(g - w).max()) for g, w in zip(_leaves(trained["state"].params),
-                                                         _leaves(want))]
+    moved = [float(np.abs(g - w).max()) for g, w in zip(_leaves(trained["state"].params), _leaves(want))]
     assert max(moved) > 0
     c.train.num_steps = 3
     resumed = run(c, progress=False)  # restores step 2, not the .pth
@@ -69,8 +68,11 @@ def test_finetune_from_official_checkpoint(tmp_path):
     before = sorted(os.listdir(ckpts))
     c.train.num_steps = 4
     c.model.overrides.decoder_mlp_dim = 64
-    with pytest.raises(CheckpointMismatchError, match=r"checkpoints/3 does not fit the model.*"
-                       r"with wrong shapes \(opt_state/.*mask_decoder/"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"checkpoints/3 does not fit the model.*"
+        r"with wrong shapes \(opt_state/.*mask_decoder/",
+    ):
         run(c, progress=False)
     with pytest.raises(CheckpointMismatchError, match="does not fit the model"):
         restore_params(c, str(tmp_path / "run"))

@@ -22,7 +22,7 @@ def test_tiny_config_learns(tmp_path):
     c.sim.num_passes, c.sim.num_correction_points = 3, 1
     c.data.synthetic = True
     c.data.masks_per_image, c.data.global_batch_size = 4, 4
-    c.ckpt.every = 10 ** 6
+    c.ckpt.every = 10**6
     summary = run(c, progress=False)
     losses = summary["losses"]
     first = losses[1]

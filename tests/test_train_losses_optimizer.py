@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from configs.tiny import get_config
 from sam_jax.modeling.variants import init_variables
@@ -33,10 +32,12 @@ def test_focal_dice_iou_match_numpy():
 
 def _sim_out(n, r, passes, seed=0):
     rng = np.random.default_rng(seed)
-    return dict(first_logits=jnp.asarray(rng.normal(0, 2, (n, 3, r, r)), jnp.float32),
-                first_iou=jnp.asarray(rng.random((n, 3)), jnp.float32),
-                logits=jnp.asarray(rng.normal(0, 2, (passes - 1, n, r, r)), jnp.float32),
-                iou=jnp.asarray(rng.random((passes - 1, n)), jnp.float32))
+    return dict(
+        first_logits=jnp.asarray(rng.normal(0, 2, (n, 3, r, r)), jnp.float32),
+        first_iou=jnp.asarray(rng.random((n, 3)), jnp.float32),
+        logits=jnp.asarray(rng.normal(0, 2, (passes - 1, n, r, r)), jnp.float32),
+        iou=jnp.asarray(rng.random((passes - 1, n)), jnp.float32),
+    )
 
 
 def test_sam_loss_min_selection_and_weights():
@@ -59,8 +60,9 @@ def test_sam_loss_min_selection_and_weights():
     np.testing.assert_allclose(float(loss), (20 * focal + dice + iou).mean(), rtol=1e-5)
     np.testing.assert_allclose(float(m["focal"]), focal.mean(), rtol=1e-5)
     # only the selected multimask output gets a mask-loss gradient
-    g = jax.grad(lambda fl: sam_loss(dict(out, first_logits=fl), target, valid,
-                                     LossConfig(iou_weight=0.0))[0])(out["first_logits"])
+    g = jax.grad(
+        lambda fl: sam_loss(dict(out, first_logits=fl), target, valid, LossConfig(iou_weight=0.0))[0]
+    )(out["first_logits"])
     g = np.abs(np.asarray(g)).sum((2, 3))
     assert (g[rows, k] > 0).all()
     g[rows, k] = 0
@@ -73,8 +75,9 @@ def test_invalid_masks_contribute_nothing():
     target = jnp.asarray(np.random.default_rng(2).random((n, r, r)) < 0.4)
     valid = jnp.asarray([True, True, False, True, False, False])
     loss, _ = sam_loss(out, target, valid, LossConfig())
-    sub = jax.tree_util.tree_map(lambda a: a[np.asarray(valid)] if a.shape[0] == n else a[:, np.asarray(valid)],
-                                 out)
+    sub = jax.tree_util.tree_map(
+        lambda a: a[np.asarray(valid)] if a.shape[0] == n else a[:, np.asarray(valid)], out
+    )
     sub_loss, _ = sam_loss(sub, target[np.asarray(valid)], jnp.ones((3,), bool), LossConfig())
     np.testing.assert_allclose(float(loss), float(sub_loss), rtol=1e-6)
     g = jax.grad(lambda o: sam_loss(o, target, valid, LossConfig())[0])(out)
@@ -108,11 +111,14 @@ def test_layer_ids_and_decay_mask():
     assert layer_id(("mask_decoder", "iou_token", "embedding"), depth) == depth + 1
     mask = decay_mask(params)
     assert mask["image_encoder"]["blocks_0"]["attn"]["qkv"]["kernel"]
-    for no in (mask["image_encoder"]["pos_embed"], mask["image_encoder"]["blocks_0"]["attn"]["rel_pos_h"],
-               mask["image_encoder"]["blocks_0"]["norm1"]["scale"],
-               mask["image_encoder"]["blocks_0"]["attn"]["qkv"]["bias"],
-               mask["mask_decoder"]["mask_tokens"]["embedding"],
-               mask["prompt_encoder"]["pe_layer"]["positional_encoding_gaussian_matrix"]):
+    for no in (
+        mask["image_encoder"]["pos_embed"],
+        mask["image_encoder"]["blocks_0"]["attn"]["rel_pos_h"],
+        mask["image_encoder"]["blocks_0"]["norm1"]["scale"],
+        mask["image_encoder"]["blocks_0"]["attn"]["qkv"]["bias"],
+        mask["mask_decoder"]["mask_tokens"]["embedding"],
+        mask["prompt_encoder"]["pe_layer"]["positional_encoding_gaussian_matrix"],
+    ):
         assert not no
 
 
@@ -127,10 +133,12 @@ def test_optimizer_layer_decay_weight_decay_and_freeze():
     upd, _ = tx.update(grads, tx.init(params), params)
     # first Adam step with g=1 is -lr * scale (up to eps)
     get = lambda t, *k: np.asarray(functools.reduce(lambda a, b: a[b], k, t))
-    np.testing.assert_allclose(get(upd, "image_encoder", "patch_embed", "proj", "kernel"),
-                               -0.1 * 0.5 ** (depth + 1), rtol=1e-5)
-    np.testing.assert_allclose(get(upd, "image_encoder", "blocks_1", "mlp", "lin1", "bias"),
-                               -0.1 * 0.5 ** (depth - 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        get(upd, "image_encoder", "patch_embed", "proj", "kernel"), -0.1 * 0.5 ** (depth + 1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        get(upd, "image_encoder", "blocks_1", "mlp", "lin1", "bias"), -0.1 * 0.5 ** (depth - 1), rtol=1e-5
+    )
     np.testing.assert_allclose(get(upd, "mask_decoder", "iou_token", "embedding"), -0.1, rtol=1e-5)
     assert (get(upd, "prompt_encoder", "pe_layer", "positional_encoding_gaussian_matrix") == 0).all()
     # weight decay: kernels only, decoupled and lr-scaled
@@ -138,17 +146,20 @@ def test_optimizer_layer_decay_weight_decay_and_freeze():
     tx, _ = build_optimizer(optim, params, depth)
     zero = jax.tree_util.tree_map(jnp.zeros_like, grads)
     upd, _ = tx.update(zero, tx.init(params), params)
-    np.testing.assert_allclose(get(upd, "mask_decoder", "transformer", "layers_0", "mlp", "lin1",
-                                   "kernel"), -0.1 * 0.1, rtol=1e-5)
-    for k in (("mask_decoder", "transformer", "layers_0", "mlp", "lin1", "bias"),
-              ("image_encoder", "pos_embed"), ("mask_decoder", "mask_tokens", "embedding"),
-              ("prompt_encoder", "pe_layer", "positional_encoding_gaussian_matrix")):
+    np.testing.assert_allclose(
+        get(upd, "mask_decoder", "transformer", "layers_0", "mlp", "lin1", "kernel"), -0.1 * 0.1, rtol=1e-5
+    )
+    for k in (
+        ("mask_decoder", "transformer", "layers_0", "mlp", "lin1", "bias"),
+        ("image_encoder", "pos_embed"),
+        ("mask_decoder", "mask_tokens", "embedding"),
+        ("prompt_encoder", "pe_layer", "positional_encoding_gaussian_matrix"),
+    ):
         assert (get(upd, *k) == 0).all(), k
 
 
 def test_schedule_warmup_and_steps():
-    optim = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=4, decay_steps=(10, 20),
-                                           decay_factor=0.1))
+    optim = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=4, decay_steps=(10, 20), decay_factor=0.1))
     s = make_schedule(optim)
     got = [float(s(i)) for i in (0, 1, 3, 9, 10, 19, 20, 100)]
     np.testing.assert_allclose(got, [0.25, 0.5, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from sam_jax.modeling.prompt_encoder import INVALID_LABEL
-from train.prompt_simulation import (SimConfig, initial_prompts, noisy_boxes, pass_schedule,
-                                     region_valid_from_hw, sample_error_points, simulate)
+from train.prompt_simulation import (
+    SimConfig,
+    initial_prompts,
+    noisy_boxes,
+    pass_schedule,
+    region_valid_from_hw,
+    sample_error_points,
+    simulate,
+)
 
 S, R = 128, 32
 
@@ -17,26 +24,28 @@ def _disc(n, r=R, seed=0):
     yy, xx = np.mgrid[0:r, 0:r]
     c = rng.uniform(8, 24, (n, 2))
     rad = rng.uniform(3, 8, n)
-    return ((xx[None] - c[:, 0, None, None]) ** 2 + (yy[None] - c[:, 1, None, None]) ** 2
-            <= rad[:, None, None] ** 2)
+    return (xx[None] - c[:, 0, None, None]) ** 2 + (yy[None] - c[:, 1, None, None]) ** 2 <= rad[
+        :, None, None
+    ] ** 2
 
 
 @pytest.mark.parametrize("mode", ["uniform", "centre"])
 def test_error_points_lie_in_error_region_with_labels(mode):
     n = 64
     target = _disc(n, seed=1)
-    pred = _disc(n, seed=2)          # overlapping discs: both FN and FP cells
+    pred = _disc(n, seed=2)  # overlapping discs: both FN and FP cells
     logits = np.where(pred, 5.0, -5.0).astype(np.float32)
-    xy, lab, found = sample_error_points(jax.random.key(0), jnp.asarray(logits),
-                                         jnp.asarray(target), None, S, mode)
+    xy, lab, found = sample_error_points(
+        jax.random.key(0), jnp.asarray(logits), jnp.asarray(target), None, S, mode
+    )
     xy, lab, found = map(np.asarray, (xy, lab, found))
     assert found.all()
-    cell = np.floor((xy + 0.5) / (S / R)).astype(int)          # x in [4j - .5, 4j + 3.5)
+    cell = np.floor((xy + 0.5) / (S / R)).astype(int)  # x in [4j - .5, 4j + 3.5)
     i, j = cell[:, 1], cell[:, 0]
     t = target[np.arange(n), i, j]
     p = pred[np.arange(n), i, j]
     assert (t != p).all(), "every point is in the error region"
-    np.testing.assert_array_equal(lab, np.where(t & ~p, 1, 0))   # FN -> 1, FP -> 0
+    np.testing.assert_array_equal(lab, np.where(t & ~p, 1, 0))  # FN -> 1, FP -> 0
     assert set(np.unique(lab)) == {0, 1}
     if mode == "centre":
         np.testing.assert_allclose(xy, cell * 4 + 1.5)
@@ -44,25 +53,28 @@ def test_error_points_lie_in_error_region_with_labels(mode):
 
 def test_error_points_uniform_over_region_and_empty_region():
     target = np.zeros((4000, R, R), bool)
-    target[:, 0, 0:3] = True        # three FN cells, one FP cell
+    target[:, 0, 0:3] = True  # three FN cells, one FP cell
     logits = np.full((4000, R, R), -1.0, np.float32)
     logits[:, 5, 5] = 1.0
-    xy, lab, found = sample_error_points(jax.random.key(1), jnp.asarray(logits),
-                                         jnp.asarray(target), None, S, "centre")
+    xy, lab, found = sample_error_points(
+        jax.random.key(1), jnp.asarray(logits), jnp.asarray(target), None, S, "centre"
+    )
     counts = np.bincount(np.asarray(lab), minlength=2)
-    assert abs(counts[1] / 4000 - 0.75) < 0.03             # 3 of 4 error cells are FN
+    assert abs(counts[1] / 4000 - 0.75) < 0.03  # 3 of 4 error cells are FN
     # a perfect prediction has no error region: no point
-    _, _, found = sample_error_points(jax.random.key(2), jnp.asarray(np.where(target, 1.0, -1.0)),
-                                      jnp.asarray(target), None, S)
+    _, _, found = sample_error_points(
+        jax.random.key(2), jnp.asarray(np.where(target, 1.0, -1.0)), jnp.asarray(target), None, S
+    )
     assert not np.asarray(found).any()
 
 
 def test_region_valid_excludes_padding():
     target = np.zeros((2, R, R), bool)
-    logits = np.ones((2, R, R), np.float32)              # all FP, also in the padding
+    logits = np.ones((2, R, R), np.float32)  # all FP, also in the padding
     valid = region_valid_from_hw(jnp.asarray([[64, 128], [128, 40]]), R, S)
-    xy, lab, found = sample_error_points(jax.random.key(3), jnp.asarray(logits),
-                                         jnp.asarray(target), valid, S)
+    xy, lab, found = sample_error_points(
+        jax.random.key(3), jnp.asarray(logits), jnp.asarray(target), valid, S
+    )
     xy = np.asarray(xy)
     assert xy[0, 1] < 64 and xy[1, 0] < 40 + 4
     assert np.asarray(valid)[1, :, :10].all() and not np.asarray(valid)[1, :, 10:].any()
@@ -71,7 +83,7 @@ def test_region_valid_excludes_padding():
 def test_box_noise_statistics():
     n = 20000
     sim = SimConfig(box_noise_frac=0.1, box_noise_max=20.0)
-    boxes = jnp.tile(jnp.asarray([[40.0, 50.0, 90.0, 80.0]]), (n, 1))   # w 50, h 30
+    boxes = jnp.tile(jnp.asarray([[40.0, 50.0, 90.0, 80.0]]), (n, 1))  # w 50, h 30
     noisy = np.asarray(noisy_boxes(jax.random.key(0), boxes, sim, 1024))
     d = noisy - np.asarray(boxes)
     np.testing.assert_allclose(d.std(0), [5.0, 3.0, 5.0, 3.0], rtol=0.03)
@@ -86,8 +98,7 @@ def test_initial_prompts_point_or_box():
     sim = SimConfig(num_passes=11, box_prob=0.5)
     pts = jnp.tile(jnp.asarray([[10.0, 20.0]]), (n, 1))
     boxes = jnp.tile(jnp.asarray([[0.0, 0.0, 50.0, 50.0]]), (n, 1))
-    coords, labels, _, box_valid = map(np.asarray, initial_prompts(jax.random.key(0), pts, boxes,
-                                                                  sim, 128))
+    coords, labels, _, box_valid = map(np.asarray, initial_prompts(jax.random.key(0), pts, boxes, sim, 128))
     assert coords.shape == (n, 11, 2) and labels.shape == (n, 11)
     assert abs(box_valid.mean() - 0.5) < 0.03
     np.testing.assert_array_equal(labels[:, 0], np.where(box_valid, INVALID_LABEL, 1))
@@ -122,22 +133,31 @@ def test_simulate_fills_slots_and_feeds_back_best_mask():
         base = jnp.roll(target, 3, axis=2).astype(jnp.float32) * 2 - 1
         logits = jnp.stack([base + 0.1 * i for i in range(k)], 1)
         iou = jnp.tile(jnp.asarray([0.1, 0.9, 0.2][:k]), (n, 1))
-        if not multimask:   # echo the mask prompt: shows what was fed back
+        if not multimask:  # echo the mask prompt: shows what was fed back
             logits = mask_inputs[:, None] + 0.0 * logits
         return logits, iou
 
-    out = jax.jit(lambda key: simulate(decode, key, target, jnp.full((n, 2), 60.0),
-                                       jnp.tile(jnp.asarray([[30.0, 30.0, 90.0, 90.0]]), (n, 1)),
-                                       sim, S))(jax.random.key(0))
+    out = jax.jit(
+        lambda key: simulate(
+            decode,
+            key,
+            target,
+            jnp.full((n, 2), 60.0),
+            jnp.tile(jnp.asarray([[30.0, 30.0, 90.0, 90.0]]), (n, 1)),
+            sim,
+            S,
+        )
+    )(jax.random.key(0))
     assert out["first_logits"].shape == (n, 3, R, R) and out["logits"].shape == (10, n, R, R)
     labels, add = np.asarray(out["labels"]), np.asarray(out["add_point"])
     # slots 1..10: a label 0/1 exactly where the schedule adds a point (error region non-empty)
     np.testing.assert_array_equal(labels[:, 1:] != INVALID_LABEL, add[:, 1:])
     assert set(np.unique(labels[:, 1:][add[:, 1:]])) <= {0, 1}
-    assert [c[0] for c in calls] == [True, False]          # pass 0 multimask, scan body single
+    assert [c[0] for c in calls] == [True, False]  # pass 0 multimask, scan body single
     # the mask prompt of pass 1 is pass 0's highest-predicted-IoU mask (index 1), then chained
-    np.testing.assert_allclose(np.asarray(out["logits"]),
-                               np.broadcast_to(np.asarray(out["first_logits"][:, 1]), (10, n, R, R)))
+    np.testing.assert_allclose(
+        np.asarray(out["logits"]), np.broadcast_to(np.asarray(out["first_logits"][:, 1]), (10, n, R, R))
+    )
     # every sampled point is in the error region of the (fixed) previous prediction
     pred = np.asarray(jnp.roll(target, 3, axis=2))
     c = np.floor((np.asarray(out["coords"])[:, 1:] + 0.5) / 4).astype(int)
@@ -152,8 +172,8 @@ def test_simulate_fills_slots_and_feeds_back_best_mask():
 def test_remat_passes_same_step_less_memory():
     """``sim.remat``: the same loss and updated params, less temporary memory."""
     from configs.tiny import get_config
-    from train.sharding import make_mesh
     from data.synthetic_batch import make_batch
+    from train.sharding import make_mesh
     from train.train_step import Trainer, host_metrics
 
     results = {}
@@ -178,5 +198,5 @@ def test_remat_passes_same_step_less_memory():
     a, b = jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(p1)
     assert max(float(np.abs(x - y).max()) for x, y in zip(a, b)) <= 0.01 * c.optim.lr
     diff = np.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b)))
-    assert diff <= 1e-5 * np.sqrt(sum((x ** 2).sum() for x in a))
+    assert diff <= 1e-5 * np.sqrt(sum((x**2).sum() for x in a))
     assert temp1 < 0.8 * temp0

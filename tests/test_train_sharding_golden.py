@@ -15,8 +15,7 @@ import os
 import subprocess
 import sys
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden",
-                      "vit_h_train_state_specs.json")
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "vit_h_train_state_specs.json")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 
@@ -38,18 +37,21 @@ def train_state_specs() -> dict[str, list]:
 
 
 def test_vit_h_train_state_specs_match_golden():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     specs = json.loads(out.stdout.strip().splitlines()[-1])
     if os.environ.get("SAM_JAX_REGEN_GOLDEN") == "1":
         tmp = GOLDEN + ".tmp"
         with open(tmp, "w") as f:  # one leaf per line
-            f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}"
-                                        for k, v in sorted(specs.items())) + "\n}\n")
+            f.write(
+                "{\n"
+                + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(specs.items()))
+                + "\n}\n"
+            )
         os.replace(tmp, GOLDEN)
     with open(GOLDEN) as f:
         golden = json.load(f)
@@ -57,8 +59,10 @@ def test_vit_h_train_state_specs_match_golden():
     added, removed = sorted(specs.keys() - golden.keys()), sorted(golden.keys() - specs.keys())
     report = [f"changed {k}: {golden[k]} -> {specs[k]}" for k in changed]
     report += [f"new {k}: {specs[k]}" for k in added] + [f"gone {k}: {golden[k]}" for k in removed]
-    assert not report, (f"{len(report)} train-state shardings differ from {GOLDEN} "
-                        "(SAM_JAX_REGEN_GOLDEN=1 rewrites it):\n" + "\n".join(report[:50]))
+    assert not report, (
+        f"{len(report)} train-state shardings differ from {GOLDEN} "
+        "(SAM_JAX_REGEN_GOLDEN=1 rewrites it):\n" + "\n".join(report[:50])
+    )
     # the table is meaningful: weights are split over fsdp and tensor, Adam moments follow
     flat = json.dumps(golden)
     assert '"fsdp"' in flat and '"tensor"' in flat

@@ -21,9 +21,19 @@ from train import sweep as sw
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
 # a 64 px SAM with one windowed and one global block (the sweep pins its architecture)
-ARCH = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
-            image_size=64, window_size=4, prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2,
-            decoder_heads=4, decoder_mlp_dim=64)
+ARCH = dict(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_depth=2,
+    decoder_heads=4,
+    decoder_mlp_dim=64,
+)
 SWEEP = textwrap.dedent(f"""
     from train.sweep import Sweep, product
 
@@ -51,10 +61,16 @@ def _json(path):
 
 
 def test_product_and_names():
-    cells = sw.product(size={"vit_b": {"model.variant": "vit_b"}, "vit_h": {"model.variant": "vit_h"}},
-                       fraction=("data.fraction", [0.1, 1.0]))
-    assert [c.name for c in cells] == ["size-vit_b_fraction-0.1", "size-vit_b_fraction-1.0",
-                                       "size-vit_h_fraction-0.1", "size-vit_h_fraction-1.0"]
+    cells = sw.product(
+        size={"vit_b": {"model.variant": "vit_b"}, "vit_h": {"model.variant": "vit_h"}},
+        fraction=("data.fraction", [0.1, 1.0]),
+    )
+    assert [c.name for c in cells] == [
+        "size-vit_b_fraction-0.1",
+        "size-vit_b_fraction-1.0",
+        "size-vit_h_fraction-0.1",
+        "size-vit_h_fraction-1.0",
+    ]
     assert cells[3].overrides == {"model.variant": "vit_h", "data.fraction": 1.0}
     seeded = sw.Sweep(base="configs/tiny.py", cells=cells[:1], seeds=(0, 1)).expanded()
     assert [c.axes["seed"] for c in seeded] == [0, 1]
@@ -79,15 +95,19 @@ def test_paper_sweep_resolves_and_prints_cluster_commands(tmp_path, capsys):
     import shlex
 
     from configs import load_config
+
     i = names.index("stages-+auto_oversampled_images-11M_size-vit_h")
     line = lines[i].replace("$COORDINATOR", "10.0.0.1:1234").replace("$NUM_PROCESSES", "4")
     args = shlex.split(line.replace("$PROCESS_ID", "2"))
-    got = load_config(os.path.join(REPO, args[4]), [a[len("--config."):] for a in args[5:]])
+    got = load_config(os.path.join(REPO, args[4]), [a[len("--config.") :] for a in args[5:]])
     want = sw.resolve(sweep, cells[i], str(tmp_path))
     assert got.data.mixture == want.data.mixture and len(got.data.mixture) == 3
     assert got.data.mixture[0][1] == 10 and got.model.variant == "vit_h"
     assert (got.mesh.coordinator_address, got.mesh.num_processes, got.mesh.process_id) == (
-        "10.0.0.1:1234", 4, 2)
+        "10.0.0.1:1234",
+        4,
+        2,
+    )
     size_b = sw.resolve(sweep, cells[names.index("stages-auto_only_images-11M_size-vit_b")], "/w")
     assert (size_b.model.variant, size_b.optim.layer_decay, size_b.train.num_steps) == ("vit_b", 0.6, 180000)
     small = sw.resolve(sweep, cells[names.index("stages-auto_only_images-0.1M_size-vit_h")], "/w")
@@ -113,9 +133,14 @@ def test_sweep_run_kill_resume_report(tmp_path):
     work = tmp_path / "work"
     first, second = (os.path.join(work, n) for n in ("fraction-0.5", "fraction-1.0"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "train.sweep", "run", str(sweep_file), "--workdir",
-                             str(work)], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train.sweep", "run", str(sweep_file), "--workdir", str(work)],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         killed_at = _wait_for_checkpoint(proc, first)
     finally:
@@ -177,10 +202,22 @@ def test_report_merges_seeds_into_mean_and_error_bar(tmp_path):
         sw.write_json(str(d / "config.json"), {"axes": cell.axes})
         miou = 0.1 * cell.axes["width"] / 16 + 0.01 * cell.axes["seed"]
         values.setdefault(cell.axes["width"], []).append(miou)
-        sw.write_json(str(d / "done.json"), {
-            "cell": cell.name, "index": i, "axes": cell.axes, "scorer": "single_point",
-            "metrics": {"miou_1pt": miou, "num_masks": 5, "step": 10}, "steps": 10, "images_seen": 40,
-            "train_wall_s": 1.0 + i, "train_cpu_s": 2.0, "eval_wall_s": 0.5, "eval_cpu_s": 0.5})
+        sw.write_json(
+            str(d / "done.json"),
+            {
+                "cell": cell.name,
+                "index": i,
+                "axes": cell.axes,
+                "scorer": "single_point",
+                "metrics": {"miou_1pt": miou, "num_masks": 5, "step": 10},
+                "steps": 10,
+                "images_seen": 40,
+                "train_wall_s": 1.0 + i,
+                "train_cpu_s": 2.0,
+                "eval_wall_s": 0.5,
+                "eval_cpu_s": 0.5,
+            },
+        )
     (tmp_path / "unfinished").mkdir()
     sw.write_json(str(tmp_path / "unfinished" / "config.json"), {"axes": {"width": 64}})
     paths = sw.write_report(str(tmp_path))

@@ -17,8 +17,17 @@ from sam_jax.modeling.prompt_encoder import INVALID_LABEL
 from train.prompt_simulation import SimConfig, simulate
 from train.text_prompt import TextPromptConfig, clip_image_prompts, crop_and_resize, crop_boxes, qualifying
 
-TINY_CLIP = ClipConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32,
-                       vision_layers=2, vision_heads=2, text_width=32, text_layers=1, text_heads=2)
+TINY_CLIP = ClipConfig(
+    embed_dim=32,
+    image_size=32,
+    patch_size=8,
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+)
 
 
 def test_crop_boxes_are_square_and_expanded_1_to_2x():
@@ -34,33 +43,32 @@ def test_crop_boxes_are_square_and_expanded_1_to_2x():
 def test_crop_and_resize_samples_the_box():
     s, r = 64, 16
     image = np.zeros((s, s, 3), np.float32)
-    image[16:32, 8:24] = (200.0, 50.0, 10.0)           # a 16x16 object
+    image[16:32, 8:24] = (200.0, 50.0, 10.0)  # a 16x16 object
     mask = np.zeros((r, r), bool)
-    mask[4:8, 2:6] = True                              # the same object at R = S/4
+    mask[4:8, 2:6] = True  # the same object at R = S/4
     box = jnp.array([8.0, 16.0, 23.0, 31.0])
-    pix, m = crop_and_resize(jnp.asarray(image), jnp.asarray(mask),
-                             crop_boxes(jax.random.key(0), box, (1.0, 1.0)), 8, s)
-    np.testing.assert_allclose(np.asarray(pix), np.broadcast_to(image[20, 12], (8, 8, 3)),
-                               atol=1e-4)
+    pix, m = crop_and_resize(
+        jnp.asarray(image), jnp.asarray(mask), crop_boxes(jax.random.key(0), box, (1.0, 1.0)), 8, s
+    )
+    np.testing.assert_allclose(np.asarray(pix), np.broadcast_to(image[20, 12], (8, 8, 3)), atol=1e-4)
     assert np.asarray(m).all()
-    pix, m = crop_and_resize(jnp.asarray(image), jnp.asarray(mask),
-                             crop_boxes(jax.random.key(0), box, (2.0, 2.0)), 8, s)
+    pix, m = crop_and_resize(
+        jnp.asarray(image), jnp.asarray(mask), crop_boxes(jax.random.key(0), box, (2.0, 2.0)), 8, s
+    )
     assert np.asarray(m)[2:6, 2:6].all() and np.asarray(m).sum() == 16  # centred, a quarter
-    assert np.abs(np.asarray(pix)[0, 0]).max() < 1e-4                  # background around it
+    assert np.abs(np.asarray(pix)[0, 0]).max() < 1e-4  # background around it
     # A crop reaching past the image border is black there.
-    pix, _ = crop_and_resize(jnp.asarray(image + 7.0), jnp.asarray(mask),
-                             jnp.array([2.0, 2.0, 16.0]), 8, s)
+    pix, _ = crop_and_resize(jnp.asarray(image + 7.0), jnp.asarray(mask), jnp.array([2.0, 2.0, 16.0]), 8, s)
     assert np.asarray(pix)[0, 0].max() == 0.0 and np.asarray(pix)[-1, -1].min() == 7.0
 
 
 def test_qualifying_counts_area_at_model_resolution():
     masks = np.zeros((1, 3, 16, 16), np.uint8)
-    masks[0, 0, :7, :7] = 1      # 49 cells x 16 px = 784 px > 25^2 = 625
-    masks[0, 1, :6, :6] = 1      # 36 cells x 16 px = 576 px
-    masks[0, 2, :8, :8] = 1      # large but not valid
+    masks[0, 0, :7, :7] = 1  # 49 cells x 16 px = 784 px > 25^2 = 625
+    masks[0, 1, :6, :6] = 1  # 36 cells x 16 px = 576 px
+    masks[0, 2, :8, :8] = 1  # large but not valid
     valid = np.array([[True, True, False]])
-    assert qualifying(jnp.asarray(masks), jnp.asarray(valid), 25.0, 64).tolist() == [
-        [True, False, False]]
+    assert qualifying(jnp.asarray(masks), jnp.asarray(valid), 25.0, 64).tolist() == [[True, False, False]]
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +83,15 @@ def test_clip_image_prompts_follow_the_recipe(clip):
     masks = np.zeros((2, k, r, r), np.uint8)
     masks[:, 0, 2:10, 3:9] = 1
     masks[:, 1, 8:14, 8:15] = 1
-    masks[:, 2, 0:2, 0:2] = 1                     # too small to qualify
+    masks[:, 2, 0:2, 0:2] = 1  # too small to qualify
     boxes = np.zeros((2, k, 4), np.float32)
     for i, j in np.ndindex(2, k):
         ys, xs = np.nonzero(masks[i, j])
         boxes[i, j] = (4 * xs.min(), 4 * ys.min(), 4 * xs.max() + 3, 4 * ys.max() + 3)
     valid = np.ones((2, k), bool)
-    cfg = TextPromptConfig(enabled=True, min_mask_side=10.0, crop_scale=(1.0, 1.0),
-                           zero_outside_prob=1.0)
+    cfg = TextPromptConfig(enabled=True, min_mask_side=10.0, crop_scale=(1.0, 1.0), zero_outside_prob=1.0)
     fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
-    emb, used = fn(clip.module, clip.params, jax.random.key(0), images, masks, boxes, valid,
-                   cfg, s)
+    emb, used = fn(clip.module, clip.params, jax.random.key(0), images, masks, boxes, valid, cfg, s)
     emb, used = np.asarray(emb), np.asarray(used)
     assert used.tolist() == [True, True, False] * 2
     np.testing.assert_allclose(np.linalg.norm(emb[used], axis=1), 1.0, rtol=1e-5)
@@ -111,8 +117,17 @@ def test_text_rows_start_with_the_text_prompt_only():
 
     sim = SimConfig(num_passes=2, num_correction_points=1, box_prob=0.5)
     text_first = jnp.array([True, False, True, False])
-    out = simulate(decode, jax.random.key(0), jnp.ones((n, r, r), bool), jnp.full((n, 2), 5.0),
-             jnp.tile(jnp.array([[1.0, 1.0, 9.0, 9.0]]), (n, 1)), sim, 32, None, text_first)
+    out = simulate(
+        decode,
+        jax.random.key(0),
+        jnp.ones((n, r, r), bool),
+        jnp.full((n, 2), 5.0),
+        jnp.tile(jnp.array([[1.0, 1.0, 9.0, 9.0]]), (n, 1)),
+        sim,
+        32,
+        None,
+        text_first,
+    )
     labels0, box0 = seen[0]
     assert (labels0[[0, 2], 0] == INVALID_LABEL).all() and not box0[[0, 2]].any()
     # The other rows keep their point or box.
@@ -134,12 +149,20 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
     from train.loop import run
     from train.train_step import build_module
 
-    sam = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-                    encoder_global_attn_indexes=(1,), image_size=64, window_size=4,
-                    prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=64, decoder_heads=4)
+    sam = SamConfig(
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=64,
+        window_size=4,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_mlp_dim=64,
+        decoder_heads=4,
+    )
     torch.save(official_sam(sam, seed=0).state_dict(), tmp_path / "released.pth")
-    write_shards(str(tmp_path / "shards"), 4, images_per_shard=4, seed=0, short_side=64,
-                 num_objects=4)
+    write_shards(str(tmp_path / "shards"), 4, images_per_shard=4, seed=0, short_side=64, num_objects=4)
     c = get_config()
     c.model.variant, c.model.overrides = "custom", dataclasses.asdict(sam)
     c.model.init_checkpoint = str(tmp_path / "released.pth")
@@ -147,14 +170,13 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
     c.text.clip_custom = dataclasses.asdict(TINY_CLIP)
     c.text.min_mask_side, c.text.masks_per_image = 6.0, 2
     c.sim.num_passes, c.sim.num_correction_points, c.sim.unroll = 2, 1, 1
-    c.data.train_dir, c.data.masks_per_image, c.data.global_batch_size = \
-        str(tmp_path / "shards"), 4, 2
+    c.data.train_dir, c.data.masks_per_image, c.data.global_batch_size = str(tmp_path / "shards"), 4, 2
     c.train.workdir, c.train.num_steps, c.train.log_every = str(tmp_path / "run"), 2, 1
     c.ckpt.every, c.ckpt.async_save = 2, False
     summary = run(c, progress=False)
     m = summary["last_metrics"]
     assert summary["end_step"] == 2 and np.isfinite(m["loss"])
-    assert 1 <= m["text_prompted"] <= 2 * 2        # at most masks_per_image per image
+    assert 1 <= m["text_prompted"] <= 2 * 2  # at most masks_per_image per image
     params = summary["state"].params
     assert build_module(c).config.text_embed_dim == 32
     assert "text_proj" in params["prompt_encoder"]
@@ -164,5 +186,7 @@ def test_training_on_shards_with_clip_prompts(tmp_path):
     w0 = start["image_encoder"]["patch_embed"]["proj"]["kernel"]
     w2 = np.asarray(params["image_encoder"]["patch_embed"]["proj"]["kernel"])
     assert 0 < np.abs(w2 - w0).max() < 0.1
-    assert Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=3,
-                        async_save=False).manager.latest_step() == 2
+    assert (
+        Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=3, async_save=False).manager.latest_step()
+        == 2
+    )

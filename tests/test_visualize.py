@@ -15,9 +15,16 @@ def test_overlay_tints_masks_and_draws_prompts(tmp_path):
     masks[0, 10:50, 10:60] = True
     masks[1, 60:90, 70:110] = True
     path = tmp_path / "o.png"
-    out = save_overlay(path, image, masks=masks, points=np.array([[100, 20], [30, 80]]),
-                       labels=np.array([1, 0]), boxes=np.array([[5, 55, 40, 95]]),
-                       alpha=0.5, point_radius=4)
+    out = save_overlay(
+        path,
+        image,
+        masks=masks,
+        points=np.array([[100, 20], [30, 80]]),
+        labels=np.array([1, 0]),
+        boxes=np.array([[5, 55, 40, 95]]),
+        alpha=0.5,
+        point_radius=4,
+    )
     np.testing.assert_array_equal(np.asarray(Image.open(path)), out)
     colours = mask_colours(2).astype(int)
     # Interior of each mask: half image, half its colour; outline: pure colour.

@@ -91,9 +91,15 @@ class Checkpointer:
             self.directory,
             item_handlers=ocp.StandardCheckpointHandler(),  # single-item layout, fixed
             options=ocp.CheckpointManagerOptions(
-                step_name_format=_CommittedSteps(), enable_async_checkpointing=async_save,
-                **(dict(read_only=True, create=False, save_interval_steps=0) if read_only else
-                   dict(max_to_keep=keep, create=True, cleanup_tmp_directories=True))))
+                step_name_format=_CommittedSteps(),
+                enable_async_checkpointing=async_save,
+                **(
+                    dict(read_only=True, create=False, save_interval_steps=0)
+                    if read_only
+                    else dict(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+                ),
+            ),
+        )
 
     def save(self, step: int, state: Any) -> None:
         """Save ``state`` as ``step`` (asynchronously unless configured off); the loop
@@ -102,8 +108,9 @@ class Checkpointer:
             raise PermissionError(f"checkpointer of {self.directory} is read-only")
         path = os.path.join(self.directory, str(step))
         if os.path.isdir(path) and not is_committed(path):
-            log.warning("checkpoint step %d in %s incomplete (not committed); moved aside",
-                        step, self.directory)
+            log.warning(
+                "checkpoint step %d in %s incomplete (not committed); moved aside", step, self.directory
+            )
             self.manager.wait_until_finished()  # the reload below must list a pending save
             self._move_aside(step)
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
@@ -128,9 +135,14 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 - I/O or format: a broken step must not stop the resume
-                log.warning("checkpoint step %d in %s unreadable (%s: %s); %s, trying an older one",
-                            step, self.directory, type(e).__name__, e,
-                            "skipped" if self.read_only else "moved aside")
+                log.warning(
+                    "checkpoint step %d in %s unreadable (%s: %s); %s, trying an older one",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    e,
+                    "skipped" if self.read_only else "moved aside",
+                )
                 if not self.read_only:
                     self._move_aside(step)
         return None
@@ -143,13 +155,16 @@ class Checkpointer:
         wanted = ocp.tree.to_flat_dict(abstract_state, sep="/")
         missing = sorted(set(wanted) - set(stored))
         unexpected = sorted(set(stored) - set(wanted))
-        shapes = sorted(f"{k}: model {tuple(wanted[k].shape)}, checkpoint {tuple(stored[k].shape)}"
-                        for k in set(wanted) & set(stored)
-                        if tuple(wanted[k].shape) != tuple(stored[k].shape))
+        shapes = sorted(
+            f"{k}: model {tuple(wanted[k].shape)}, checkpoint {tuple(stored[k].shape)}"
+            for k in set(wanted) & set(stored)
+            if tuple(wanted[k].shape) != tuple(stored[k].shape)
+        )
         if missing or unexpected or shapes:
             raise CheckpointMismatchError(
                 f"checkpoint {os.path.join(self.directory, str(step))} does not fit the model "
-                f"(was the model config changed?): {describe_mismatch(missing, unexpected, shapes)}")
+                f"(was the model config changed?): {describe_mismatch(missing, unexpected, shapes)}"
+            )
 
     def _move_aside(self, step: int) -> None:
         """Rename a step directory so that it is neither restored nor blocks a new save of
@@ -173,6 +188,7 @@ def _barrier(name: str) -> None:
     """Wait for every process (a no-op in a single-process run)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 

@@ -40,30 +40,40 @@ def best_single_point_logits(model: SamModel, image, points) -> jax.Array:
     highest predicted IoU per point, low-res logits ``(B,K,R,R)`` float32 (inference core)."""
     b, k = points.shape[:2]
     emb = jnp.repeat(model.embed_images(image), k, axis=0)
-    logits, iou = model.decode(emb, jnp.reshape(points, (b * k, 1, 2)),
-                               jnp.ones((b * k, 1), jnp.int32), multimask_output=True)
+    logits, iou = model.decode(
+        emb, jnp.reshape(points, (b * k, 1, 2)), jnp.ones((b * k, 1), jnp.int32), multimask_output=True
+    )
     best = jnp.argmax(iou, axis=1)
     out = jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0]
     return out.reshape((b, k) + out.shape[-2:]).astype(jnp.float32)
 
 
-def single_point_miou(module: Sam, params, batches: Iterable[dict], overlay_dir: str | None = None,
-                      max_overlays: int = 8, min_cells: int = 1) -> dict:
+def single_point_miou(
+    module: Sam,
+    params,
+    batches: Iterable[dict],
+    overlay_dir: str | None = None,
+    max_overlays: int = 8,
+    min_cells: int = 1,
+) -> dict:
     """``{"miou": float, "num_masks": int, "overlays": [paths]}`` over ``batches``."""
     model = SamModel(module, params)
     ious, paths = [], []
     for batch in batches:
-        logits = np.asarray(best_single_point_logits(model, jnp.asarray(batch["image"]),
-                                                     jnp.asarray(batch["points"])))
+        logits = np.asarray(
+            best_single_point_logits(model, jnp.asarray(batch["image"]), jnp.asarray(batch["points"]))
+        )
         iou = np.asarray(mask_iou(logits, batch["masks"]))
         valid = _valid(batch, min_cells)
         ious.append(iou[valid])
         if overlay_dir and len(paths) < max_overlays:
-            paths += write_overlays(overlay_dir, batch, logits, valid, max_overlays - len(paths),
-                                    start=len(paths))
+            paths += write_overlays(
+                overlay_dir, batch, logits, valid, max_overlays - len(paths), start=len(paths)
+            )
     ious = np.concatenate(ious) if ious else np.zeros((0,))
-    return dict(miou=float(ious.mean()) if len(ious) else float("nan"), num_masks=int(len(ious)),
-                overlays=paths)
+    return dict(
+        miou=float(ious.mean()) if len(ious) else float("nan"), num_masks=int(len(ious)), overlays=paths
+    )
 
 
 def _valid(batch: dict, min_cells: int) -> np.ndarray:
@@ -71,8 +81,9 @@ def _valid(batch: dict, min_cells: int) -> np.ndarray:
     return np.asarray(batch["mask_valid"], bool) & (cells >= max(min_cells, 1))
 
 
-def write_overlays(out_dir: str, batch: dict, logits: np.ndarray, valid: np.ndarray, limit: int,
-                   start: int = 0):
+def write_overlays(
+    out_dir: str, batch: dict, logits: np.ndarray, valid: np.ndarray, limit: int, start: int = 0
+):
     """One PNG per image: predicted masks (upsampled to ``S``) and their prompt points."""
     from sam_jax.visualize import save_overlay
 
@@ -95,21 +106,34 @@ def write_overlays(out_dir: str, batch: dict, logits: np.ndarray, valid: np.ndar
     return paths
 
 
-def eval_batches(config, image_size: int, data_dir: str = "", synthetic_batches: int = 4,
-                 batch_size: int = 4):
+def eval_batches(
+    config, image_size: int, data_dir: str = "", synthetic_batches: int = 4, batch_size: int = 4
+):
     """Held-out batches: SA-1B shards in ``data_dir`` (one pass) or in-memory synthetic ones
     (seeds from 10**6 on, disjoint from training's)."""
     if data_dir:
         from data.pipeline import Pipeline
         from train.loop import shard_pattern
 
-        return iter(Pipeline(shard_pattern(data_dir), batch_size=batch_size, seed=0,
-                             model_size=image_size, max_masks=config.data.masks_per_image,
-                             num_epochs=1, shuffle=False, process_index=0, process_count=1))
+        return iter(
+            Pipeline(
+                shard_pattern(data_dir),
+                batch_size=batch_size,
+                seed=0,
+                model_size=image_size,
+                max_masks=config.data.masks_per_image,
+                num_epochs=1,
+                shuffle=False,
+                process_index=0,
+                process_count=1,
+            )
+        )
     from data.synthetic_batch import make_batch
 
-    return (make_batch(10 ** 6 + i, batch_size, config.data.masks_per_image, image_size)
-            for i in range(synthetic_batches))
+    return (
+        make_batch(10**6 + i, batch_size, config.data.masks_per_image, image_size)
+        for i in range(synthetic_batches)
+    )
 
 
 def restore_params(config, workdir: str):
@@ -147,10 +171,16 @@ def main(argv=None) -> int:
         module, params, step = restore_params(config, args.workdir)
     except (ValueError, FileNotFoundError) as e:  # no checkpoint, or one of another model
         raise SystemExit(f"error: {e}") from None
-    batches = eval_batches(config, module.config.image_size, args.data or config.data.eval_dir,
-                           args.synthetic_batches, args.batch_size)
-    res = single_point_miou(module, params, batches, args.overlays or None,
-                            min_cells=config.loss.min_target_cells)
+    batches = eval_batches(
+        config,
+        module.config.image_size,
+        args.data or config.data.eval_dir,
+        args.synthetic_batches,
+        args.batch_size,
+    )
+    res = single_point_miou(
+        module, params, batches, args.overlays or None, min_cells=config.loss.min_target_cells
+    )
     print(json.dumps(dict(res, step=step)), flush=True)
     return 0
 

@@ -54,19 +54,30 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
     """Per-process host batches from ``start_step`` on, and a ``stats()`` source (or None)."""
     per_process = config.data.global_batch_size // jax.process_count()
     if per_process * jax.process_count() != config.data.global_batch_size:
-        raise ValueError(f"global batch {config.data.global_batch_size} does not divide over "
-                         f"{jax.process_count()} processes")
+        raise ValueError(
+            f"global batch {config.data.global_batch_size} does not divide over "
+            f"{jax.process_count()} processes"
+        )
     fraction = config.data.get("fraction", 1.0)
     if config.data.synthetic and config.data.get("synthetic_images", 0) > 0:
         from data.subsets import synthetic_corpus_batches
+
         return synthetic_corpus_batches(
-            config.data.synthetic_images, fraction, config.data.seed, per_process,
-            config.data.masks_per_image, image_size, start_step, jax.process_index(),
-            jax.process_count()), None
+            config.data.synthetic_images,
+            fraction,
+            config.data.seed,
+            per_process,
+            config.data.masks_per_image,
+            image_size,
+            start_step,
+            jax.process_index(),
+            jax.process_count(),
+        ), None
     if config.data.synthetic:
         if fraction < 1.0:
-            raise ValueError("data.fraction needs a finite corpus: set data.synthetic_images "
-                             "(or train on SA-1B shards)")
+            raise ValueError(
+                "data.fraction needs a finite corpus: set data.synthetic_images (or train on SA-1B shards)"
+            )
         from data.synthetic_batch import make_batch
 
         def gen():
@@ -75,6 +86,7 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
                 seed = synthetic_seed(config.data.seed, step, jax.process_index())
                 yield make_batch(seed, per_process, config.data.masks_per_image, image_size)
                 step += 1
+
         return gen(), None
     mixture = tuple(config.data.get("mixture", ()))
     if not config.data.train_dir and not mixture:
@@ -82,11 +94,18 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
     from data.pipeline import Pipeline  # tensorflow only here
 
     shards = mixture or shard_pattern(config.data.train_dir)
-    pipe = Pipeline(shards, batch_size=per_process, fraction=fraction,
-                    seed=config.data.seed, model_size=image_size,
-                    max_masks=config.data.masks_per_image,
-                    max_area_frac=config.data.max_mask_area_frac, start_step=start_step,
-                    process_index=jax.process_index(), process_count=jax.process_count())
+    pipe = Pipeline(
+        shards,
+        batch_size=per_process,
+        fraction=fraction,
+        seed=config.data.seed,
+        model_size=image_size,
+        max_masks=config.data.masks_per_image,
+        max_area_frac=config.data.max_mask_area_frac,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     return iter(pipe), pipe
 
 
@@ -106,6 +125,7 @@ class MetricWriter:
         if logdir and self.active:
             try:
                 from tensorboardX import SummaryWriter
+
                 self.tb = SummaryWriter(logdir)
             except ImportError:
                 log.info("tensorboardX not installed: metrics go to stdout only")
@@ -140,14 +160,15 @@ class Tracker:
 
     def __init__(self, config, workdir: str, pipe, start: int, end: int, progress: bool):
         self.config, self.pipe, self.end = config, pipe, end
-        self.writer = MetricWriter(os.path.join(workdir, "tb"),
-                                   os.path.join(workdir, "metrics.jsonl"))
+        self.writer = MetricWriter(os.path.join(workdir, "tb"), os.path.join(workdir, "metrics.jsonl"))
         self.bar = None
         if progress and jax.process_index() == 0:
             from tqdm import tqdm
+
             self.bar = tqdm(total=end - start, initial=0, desc="train", dynamic_ncols=True)
-        self.summary = dict(start_step=start, end_step=start, losses={}, last_metrics={},
-                            preempted=False, workdir=workdir)
+        self.summary = dict(
+            start_step=start, end_step=start, losses={}, last_metrics={}, preempted=False, workdir=workdir
+        )
         self.pending = None  # (step, metrics on device)
         self.t_log, self.images, self.skipped = time.perf_counter(), 0, 0
 
@@ -158,7 +179,8 @@ class Tracker:
             raise FloatingPointError(
                 f"non-finite loss {m['loss']} at step {step} (metrics: {m}); stopping "
                 "without saving. Lower optim.lr, enable optim.grad_clip_norm, or use "
-                "model.compute_dtype=float32 to investigate.")
+                "model.compute_dtype=float32 to investigate."
+            )
         self.summary["losses"][step] = m["loss"]
         return m
 
@@ -224,8 +246,9 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
     workdir = os.path.abspath(config.train.workdir)
     os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep,
-                                      config.ckpt.async_save)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save
+    )
     state = restore_or_init(config, trainer, ckpt)
     start = int(jax.device_get(state.step))
     end = config.train.num_steps
@@ -248,8 +271,7 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
                     ckpt.save(done, state)
                 ckpt.wait()
                 tracker.summary["preempted"] = True
-                print(f"preempted (signal {flag.signum}): saved step {done} in {ckpt.directory}",
-                      flush=True)
+                print(f"preempted (signal {flag.signum}): saved step {done} in {ckpt.directory}", flush=True)
                 break
         tracker.flush()
     finally:

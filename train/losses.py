@@ -38,11 +38,10 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     resolution: int = 0
-    min_target_cells: int = 1   # used by the train step: smaller GT targets are ignored
+    min_target_cells: int = 1  # used by the train step: smaller GT targets are ignored
 
 
-def focal_loss(logits: jax.Array, target: jax.Array, alpha: float = 0.25,
-               gamma: float = 2.0) -> jax.Array:
+def focal_loss(logits: jax.Array, target: jax.Array, alpha: float = 0.25, gamma: float = 2.0) -> jax.Array:
     """Sigmoid focal loss, mean over the last two axes: ``(..., H, W) -> (...)``."""
     x = logits.astype(jnp.float32)
     t = target.astype(jnp.float32)
@@ -127,9 +126,15 @@ def sam_loss(sim_out: dict, target: jax.Array, valid: jax.Array, cfg: LossConfig
     mean = lambda x: (x * w).sum() / jnp.maximum(count, 1.0)
     best = jnp.argmax(sim_out["first_iou"], axis=1)[:, None]
     miou_first = jnp.take_along_axis(iou0, best, 1)[:, 0]
-    metrics = dict(focal=mean(focal), dice=mean(dice), iou_mse=mean(iou_mse),
-                   miou_first=mean(miou_first), miou_first_oracle=mean(iou0.max(axis=1)),
-                   miou_last=mean(iou_last[-1] if passes else miou_first), num_masks=count)
+    metrics = dict(
+        focal=mean(focal),
+        dice=mean(dice),
+        iou_mse=mean(iou_mse),
+        miou_first=mean(miou_first),
+        miou_first_oracle=mean(iou0.max(axis=1)),
+        miou_last=mean(iou_last[-1] if passes else miou_first),
+        num_masks=count,
+    )
     loss = mean(per_mask)
     metrics["loss"] = loss
     return loss, metrics

@@ -52,13 +52,15 @@ def decay_mask(params: Any) -> Any:
 
 def trainable_labels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: "frozen" if _names(p)[-3:] == FROZEN else "train", params)
+        lambda p, _: "frozen" if _names(p)[-3:] == FROZEN else "train", params
+    )
 
 
 def make_schedule(optim) -> optax.Schedule:
     lr, warmup = float(optim.lr), int(optim.warmup_steps)
-    bounds = jnp.asarray(sorted(optim.decay_steps) or [2 ** 62], jnp.int64
-                         if jax.config.jax_enable_x64 else jnp.int32)
+    bounds = jnp.asarray(
+        sorted(optim.decay_steps) or [2**62], jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    )
     factor = float(optim.decay_factor)
 
     def schedule(step):
@@ -73,9 +75,11 @@ def make_schedule(optim) -> optax.Schedule:
 def _scale_by_layer(depth: int, layer_decay: float) -> optax.GradientTransformation:
     """Multiply each update by its layer's lr scale (computed from the tree paths, so it
     also works on the partial trees ``optax.multi_transform`` hands to its branches)."""
+
     def update(updates, state, params=None):
         return jax.tree_util.tree_map_with_path(
-            lambda p, u: u * layer_decay ** (depth + 1 - layer_id(_names(p), depth)), updates), state
+            lambda p, u: u * layer_decay ** (depth + 1 - layer_id(_names(p), depth)), updates
+        ), state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -97,6 +101,5 @@ def build_optimizer(optim, params: Any, depth: int):
         optax.scale_by_learning_rate(schedule),
         _scale_by_layer(depth, float(optim.layer_decay)),
     ]
-    tx = optax.multi_transform({"train": optax.chain(*chain), "frozen": optax.set_to_zero()},
-                               labels)
+    tx = optax.multi_transform({"train": optax.chain(*chain), "frozen": optax.set_to_zero()}, labels)
     return tx, schedule

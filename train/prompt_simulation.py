@@ -61,7 +61,8 @@ class SimConfig:
         if not 0 <= self.num_correction_points <= self.num_passes - 1:
             raise ValueError(
                 f"num_correction_points ({self.num_correction_points}) must be in "
-                f"[0, num_passes - 1 = {self.num_passes - 1}]")
+                f"[0, num_passes - 1 = {self.num_passes - 1}]"
+            )
         if self.point_in_cell not in ("uniform", "centre"):
             raise ValueError(f"point_in_cell must be 'uniform' or 'centre', got {self.point_in_cell!r}")
 
@@ -99,12 +100,18 @@ def noisy_boxes(key: jax.Array, boxes: jax.Array, sim: SimConfig, image_size: in
     noise = jax.random.normal(key, boxes.shape) * sim.box_noise_frac * side
     noise = jnp.clip(noise, -sim.box_noise_max, sim.box_noise_max)
     b = jnp.clip(boxes + noise, 0.0, image_size - 1.0)
-    return jnp.stack([jnp.minimum(b[:, 0], b[:, 2]), jnp.minimum(b[:, 1], b[:, 3]),
-                      jnp.maximum(b[:, 0], b[:, 2]), jnp.maximum(b[:, 1], b[:, 3])], axis=1)
+    return jnp.stack(
+        [
+            jnp.minimum(b[:, 0], b[:, 2]),
+            jnp.minimum(b[:, 1], b[:, 3]),
+            jnp.maximum(b[:, 0], b[:, 2]),
+            jnp.maximum(b[:, 1], b[:, 3]),
+        ],
+        axis=1,
+    )
 
 
-def initial_prompts(key: jax.Array, points: jax.Array, boxes: jax.Array, sim: SimConfig,
-                    image_size: int):
+def initial_prompts(key: jax.Array, points: jax.Array, boxes: jax.Array, sim: SimConfig, image_size: int):
     """The first prompt of each row.
 
     Args:
@@ -124,9 +131,14 @@ def initial_prompts(key: jax.Array, points: jax.Array, boxes: jax.Array, sim: Si
     return coords, labels, noisy_boxes(k_noise, boxes.astype(jnp.float32), sim, image_size), use_box
 
 
-def sample_error_points(key: jax.Array, logits: jax.Array, target: jax.Array,
-                        region_valid: jax.Array | None, image_size: int,
-                        point_in_cell: str = "uniform"):
+def sample_error_points(
+    key: jax.Array,
+    logits: jax.Array,
+    target: jax.Array,
+    region_valid: jax.Array | None,
+    image_size: int,
+    point_in_cell: str = "uniform",
+):
     """One point uniformly from each row's error region.
 
     Args:
@@ -164,9 +176,17 @@ def region_valid_from_hw(resized_hw: jax.Array, low_res: int, image_size: int) -
     return (ar[None, :, None] < hw[:, 0, None, None]) & (ar[None, None, :] < hw[:, 1, None, None])
 
 
-def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax.Array,
-             boxes: jax.Array, sim: SimConfig, image_size: int,
-             region_valid: jax.Array | None = None, text_first: jax.Array | None = None):
+def simulate(
+    decode_fn: DecodeFn,
+    key: jax.Array,
+    target: jax.Array,
+    points: jax.Array,
+    boxes: jax.Array,
+    sim: SimConfig,
+    image_size: int,
+    region_valid: jax.Array | None = None,
+    text_first: jax.Array | None = None,
+):
     """Run the ``P`` decoder passes for ``n`` masks.
 
     Args:
@@ -191,15 +211,21 @@ def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax
     add_point = pass_schedule(k_sched, n, sim)
 
     no_mask = jnp.zeros((n, r, r), jnp.float32)
-    first_logits, first_iou = decode_fn(coords, labels, boxes, box_valid, no_mask,
-                                        jnp.zeros((n,), bool), True)
+    first_logits, first_iou = decode_fn(
+        coords, labels, boxes, box_valid, no_mask, jnp.zeros((n,), bool), True
+    )
     best = jnp.argmax(first_iou, axis=1)
     prev = jnp.take_along_axis(first_logits, best[:, None, None, None], 1)[:, 0]
-    out = dict(first_logits=first_logits, first_iou=first_iou, boxes=boxes, box_valid=box_valid,
-               add_point=add_point)
+    out = dict(
+        first_logits=first_logits, first_iou=first_iou, boxes=boxes, box_valid=box_valid, add_point=add_point
+    )
     if p == 1:
-        out.update(logits=jnp.zeros((0, n, r, r), first_logits.dtype),
-                   iou=jnp.zeros((0, n), first_iou.dtype), coords=coords, labels=labels)
+        out.update(
+            logits=jnp.zeros((0, n, r, r), first_logits.dtype),
+            iou=jnp.zeros((0, n), first_iou.dtype),
+            coords=coords,
+            labels=labels,
+        )
         return out
 
     slots = jnp.arange(p)
@@ -208,8 +234,7 @@ def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax
         coords, labels, prev = carry
         t, k, add = xs
         prev = jax.lax.stop_gradient(prev).astype(jnp.float32)
-        xy, lab, found = sample_error_points(k, prev, target, region_valid, image_size,
-                                             sim.point_in_cell)
+        xy, lab, found = sample_error_points(k, prev, target, region_valid, image_size, sim.point_in_cell)
         lab = jnp.where(add & found, lab, INVALID_LABEL)
         here = slots[None, :] == t
         coords = jnp.where(here[..., None], xy[:, None, :], coords)
@@ -218,7 +243,8 @@ def simulate(decode_fn: DecodeFn, key: jax.Array, target: jax.Array, points: jax
         return (coords, labels, logits[:, 0]), (logits[:, 0], iou[:, 0])
 
     xs = (jnp.arange(1, p), jax.random.split(k_passes, p - 1), add_point[:, 1:].T)
-    (coords, labels, _), (logits, iou) = jax.lax.scan(one_pass, (coords, labels, prev), xs,
-                                                      unroll=max(1, sim.unroll))
+    (coords, labels, _), (logits, iou) = jax.lax.scan(
+        one_pass, (coords, labels, prev), xs, unroll=max(1, sim.unroll)
+    )
     out.update(logits=logits, iou=iou, coords=coords, labels=labels)
     return out

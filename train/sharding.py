@@ -25,14 +25,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def initialize_distributed(mesh_cfg=None) -> None:
     """Join a multi-process run if one is configured (no-op for a single process)."""
-    get = lambda k, env, default: (mesh_cfg[k] if mesh_cfg is not None and k in mesh_cfg
-                                   and mesh_cfg[k] not in ("", -1, None)
-                                   else os.environ.get(env, default))
+    get = lambda k, env, default: (
+        mesh_cfg[k]
+        if mesh_cfg is not None and k in mesh_cfg and mesh_cfg[k] not in ("", -1, None)
+        else os.environ.get(env, default)
+    )
     if jax.distributed.is_initialized():
         return
     addr = get("coordinator_address", "SAM_JAX_COORDINATOR", "")
@@ -40,8 +43,7 @@ def initialize_distributed(mesh_cfg=None) -> None:
     pid = int(get("process_id", "SAM_JAX_PROCESS_ID", -1))
     if addr:
         if nproc < 1 or pid < 0:
-            raise ValueError("a coordinator address needs num_processes and process_id "
-                             f"(got {nproc}, {pid})")
+            raise ValueError(f"a coordinator address needs num_processes and process_id (got {nproc}, {pid})")
         jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
     elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID"):
         jax.distributed.initialize()
@@ -63,8 +65,7 @@ def make_mesh(shape: dict, devices=None) -> Mesh:
             raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
         shape[free[0]] = len(devices) // known
     if math.prod(shape.values()) != len(devices):
-        raise ValueError(f"mesh {shape} needs {math.prod(shape.values())} devices, "
-                         f"have {len(devices)}")
+        raise ValueError(f"mesh {shape} needs {math.prod(shape.values())} devices, have {len(devices)}")
     names = tuple(shape)
     arr = np.asarray(devices).reshape(tuple(shape[k] for k in names))
     return Mesh(arr, names)
@@ -96,8 +97,11 @@ def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules) -> Any:
     specs = nn.get_partition_spec(boxed_abstract_params)
     shapes = nn.unbox(boxed_abstract_params)
     return jax.tree_util.tree_map(
-        lambda spec, x: logical_sharding(tuple(spec), x.shape, mesh, rules), specs, shapes,
-        is_leaf=lambda s: isinstance(s, P))
+        lambda spec, x: logical_sharding(tuple(spec), x.shape, mesh, rules),
+        specs,
+        shapes,
+        is_leaf=lambda s: isinstance(s, P),
+    )
 
 
 def _dict_keys(path) -> tuple:
@@ -106,8 +110,7 @@ def _dict_keys(path) -> tuple:
 
 def state_shardings(abstract_state: Any, params_sharding: Any, mesh: Mesh) -> Any:
     """Shardings for a whole state pytree (see module doc)."""
-    by_path = {_dict_keys(p): s for p, s in
-               jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
+    by_path = {_dict_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
     replicated = NamedSharding(mesh, P())
 
     def pick(path, x):

@@ -191,8 +191,11 @@ def load_sweep(path: str) -> Sweep:
 
 def base_path(sweep: Sweep) -> str:
     """The base config file as written in commands (relative to the repository if inside)."""
-    for cand in (sweep.base, os.path.join(REPO, sweep.base),
-                 os.path.join(REPO, "configs", f"{sweep.base}.py")):
+    for cand in (
+        sweep.base,
+        os.path.join(REPO, sweep.base),
+        os.path.join(REPO, "configs", f"{sweep.base}.py"),
+    ):
         if os.path.exists(cand):
             full = os.path.abspath(cand)
             rel = os.path.relpath(full, REPO)
@@ -224,8 +227,10 @@ def resolve(sweep: Sweep, cell: Cell, workdir: str):
     """The cell's full training config (``ml_collections.ConfigDict``)."""
     from configs import load_config
 
-    return load_config(os.path.join(REPO, base_path(sweep)),
-                       [a[len("--config."):] for a in override_args(cell_overrides(sweep, cell, workdir))])
+    return load_config(
+        os.path.join(REPO, base_path(sweep)),
+        [a[len("--config.") :] for a in override_args(cell_overrides(sweep, cell, workdir))],
+    )
 
 
 # ------------------------------------------------------------------ files
@@ -269,9 +274,15 @@ def single_point_scorer(config, workdir: str, sweep: Sweep) -> dict[str, float]:
     from train.evaluate import eval_batches, restore_params, single_point_miou
 
     module, params, step = restore_params(config, workdir)
-    batches = list(eval_batches(config, module.config.image_size, config.data.eval_dir,
-                                int(sweep.eval.get("synthetic_batches", 4)),
-                                int(sweep.eval.get("batch_size", 4))))
+    batches = list(
+        eval_batches(
+            config,
+            module.config.image_size,
+            config.data.eval_dir,
+            int(sweep.eval.get("synthetic_batches", 4)),
+            int(sweep.eval.get("batch_size", 4)),
+        )
+    )
     res = single_point_miou(module, params, batches, min_cells=config.loss.min_target_cells)
     return {"miou_1pt": res["miou"], "num_masks": res["num_masks"], "step": step}
 
@@ -287,21 +298,38 @@ def synthetic_eval_dataset(image_size: int, num_images: int, masks_per_image: in
 
     images = []
     for i in range(num_images):
-        img, masks = make_image(np.random.default_rng(10 ** 6 + i), image_size, masks_per_image)
+        img, masks = make_image(np.random.default_rng(10**6 + i), image_size, masks_per_image)
         keep = [m for m in masks if m.sum() >= 16]
         anns = []
         for j, m in enumerate(keep):
             ys, xs = np.nonzero(m)
-            anns.append(Annotation(id=i * 1000 + j, area=float(m.sum()), category_id=1, segmentation=j,
-                                   bbox=[float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1),
-                                         float(np.ptp(ys) + 1)]))
+            anns.append(
+                Annotation(
+                    id=i * 1000 + j,
+                    area=float(m.sum()),
+                    category_id=1,
+                    segmentation=j,
+                    bbox=[float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                )
+            )
         pixels = img.astype(np.uint8)
         stack = np.stack(keep) if keep else np.zeros((0, image_size, image_size), bool)
-        images.append(EvalImage(image_id=i, file_name=f"synthetic_{i}", height=image_size, width=image_size,
-                                annotations=anns,
-                                _loader=lambda _im, full, p=pixels, m=stack: (p, m if full else None)))
-    return EvalDataset(name="synthetic-heldout", kind="sa1b", images=images,
-                       total_masks=sum(len(im.annotations) for im in images))
+        images.append(
+            EvalImage(
+                image_id=i,
+                file_name=f"synthetic_{i}",
+                height=image_size,
+                width=image_size,
+                annotations=anns,
+                _loader=lambda _im, full, p=pixels, m=stack: (p, m if full else None),
+            )
+        )
+    return EvalDataset(
+        name="synthetic-heldout",
+        kind="sa1b",
+        images=images,
+        total_masks=sum(len(im.annotations) for im in images),
+    )
 
 
 def points_scorer(config, workdir: str, sweep: Sweep) -> dict[str, float]:
@@ -318,29 +346,48 @@ def points_scorer(config, workdir: str, sweep: Sweep) -> dict[str, float]:
     if data:
         ds = load_dataset(data, max_masks=sweep.eval.get("max_masks"))
     else:
-        ds = synthetic_eval_dataset(module.config.image_size, int(sweep.eval.get("images", 16)),
-                                    config.data.masks_per_image)
-    doc = evaluate("points", ds, SamModel(module, params), out=os.path.join(workdir, "eval_points"),
-                   progress=False, clicks=(1, 3, 5))
+        ds = synthetic_eval_dataset(
+            module.config.image_size, int(sweep.eval.get("images", 16)), config.data.masks_per_image
+        )
+    doc = evaluate(
+        "points",
+        ds,
+        SamModel(module, params),
+        out=os.path.join(workdir, "eval_points"),
+        progress=False,
+        clicks=(1, 3, 5),
+    )
     m = doc["metrics"]
-    return {"miou_1": m["miou"]["1"], "miou_3": m["miou"]["3"], "miou_5": m["miou"]["5"],
-            "miou_oracle": m["miou_oracle_1"], "num_masks": m["num_masks"], "step": step}
+    return {
+        "miou_1": m["miou"]["1"],
+        "miou_3": m["miou"]["3"],
+        "miou_5": m["miou"]["5"],
+        "miou_oracle": m["miou_oracle_1"],
+        "num_masks": m["num_masks"],
+        "step": step,
+    }
 
 
 # name -> (config, workdir, sweep) -> metrics
-SCORERS: dict[str, Callable[..., dict[str, float]]] = {"points": points_scorer,
-                                                       "single_point": single_point_scorer}
+SCORERS: dict[str, Callable[..., dict[str, float]]] = {
+    "points": points_scorer,
+    "single_point": single_point_scorer,
+}
 
 
 # ------------------------------------------------------------------ running
-def train_command(sweep: Sweep, cell: Cell, workdir: str, python: str = "python",
-                  multihost: bool = False) -> list[str]:
+def train_command(
+    sweep: Sweep, cell: Cell, workdir: str, python: str = "python", multihost: bool = False
+) -> list[str]:
     """``python -m train`` for one cell (with the multi-host flags as shell variables)."""
     cmd = [python, "-m", "train", "--config", base_path(sweep)]
     cmd += override_args(cell_overrides(sweep, cell, workdir))
     if multihost:
-        cmd += ["--config.mesh.coordinator_address=$COORDINATOR",
-                "--config.mesh.num_processes=$NUM_PROCESSES", "--config.mesh.process_id=$PROCESS_ID"]
+        cmd += [
+            "--config.mesh.coordinator_address=$COORDINATOR",
+            "--config.mesh.num_processes=$NUM_PROCESSES",
+            "--config.mesh.process_id=$PROCESS_ID",
+        ]
     return cmd
 
 
@@ -363,8 +410,12 @@ def train_cell(sweep: Sweep, cell: Cell, workdir: str, config) -> dict:
     if start >= config.train.num_steps:
         return timing
     cmd = train_command(sweep, cell, workdir, python=sys.executable)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    )
     # cells of one shape (fraction, seed and stage axes) and resumed cells compile once
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, "jax_cache"))
     t0, c0 = time.perf_counter(), _child_cpu()
@@ -373,12 +424,21 @@ def train_cell(sweep: Sweep, cell: Cell, workdir: str, config) -> dict:
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     end = latest_checkpoint(cell_dir)
-    timing["segments"].append({"start_step": start, "end_step": end, "returncode": rc,
-                               "wall_s": time.perf_counter() - t0, "cpu_s": _child_cpu() - c0})
+    timing["segments"].append(
+        {
+            "start_step": start,
+            "end_step": end,
+            "returncode": rc,
+            "wall_s": time.perf_counter() - t0,
+            "cpu_s": _child_cpu() - c0,
+        }
+    )
     write_json(os.path.join(cell_dir, TIMING), timing)
     if rc != 0 or end < config.train.num_steps:
-        raise RuntimeError(f"cell {cell.name}: training stopped at step {end} of "
-                           f"{config.train.num_steps} (exit status {rc}; see {cell_dir}/train.log)")
+        raise RuntimeError(
+            f"cell {cell.name}: training stopped at step {end} of "
+            f"{config.train.num_steps} (exit status {rc}; see {cell_dir}/train.log)"
+        )
     return timing
 
 
@@ -393,13 +453,21 @@ def score_cell(sweep: Sweep, cell: Cell, workdir: str, config, scorer: str | Non
     timing = read_json(os.path.join(cell_dir, TIMING), {"segments": []})
     steps = config.train.num_steps
     index = next((i for i, c in enumerate(sweep.expanded()) if c.name == cell.name), -1)
-    done = {"cell": cell.name, "index": index, "axes": cell.axes, "overrides": cell.overrides,
-            "scorer": name, "metrics": metrics, "steps": steps,
-            "images_seen": steps * config.data.global_batch_size,
-            "train_wall_s": sum(s["wall_s"] for s in timing["segments"]),
-            "train_cpu_s": sum(s["cpu_s"] for s in timing["segments"]),
-            "eval_wall_s": ev["wall_s"], "eval_cpu_s": ev["cpu_s"],
-            "segments": len(timing["segments"])}
+    done = {
+        "cell": cell.name,
+        "index": index,
+        "axes": cell.axes,
+        "overrides": cell.overrides,
+        "scorer": name,
+        "metrics": metrics,
+        "steps": steps,
+        "images_seen": steps * config.data.global_batch_size,
+        "train_wall_s": sum(s["wall_s"] for s in timing["segments"]),
+        "train_cpu_s": sum(s["cpu_s"] for s in timing["segments"]),
+        "eval_wall_s": ev["wall_s"],
+        "eval_cpu_s": ev["cpu_s"],
+        "segments": len(timing["segments"]),
+    }
     write_json(os.path.join(cell_dir, DONE), done)
     return done
 
@@ -409,21 +477,34 @@ def prepare_cell(sweep: Sweep, cell: Cell, workdir: str):
     config = resolve(sweep, cell, workdir)
     cell_dir = os.path.join(workdir, cell.name)
     os.makedirs(cell_dir, exist_ok=True)
-    write_json(os.path.join(cell_dir, CONFIG), {
-        "base": base_path(sweep), "axes": cell.axes, "overrides": cell_overrides(sweep, cell, workdir),
-        "config": json.loads(config.to_json_best_effort())})
+    write_json(
+        os.path.join(cell_dir, CONFIG),
+        {
+            "base": base_path(sweep),
+            "axes": cell.axes,
+            "overrides": cell_overrides(sweep, cell, workdir),
+            "config": json.loads(config.to_json_best_effort()),
+        },
+    )
     return config
 
 
 def write_sweep_json(sweep: Sweep, workdir: str) -> None:
     """``<workdir>/sweep.json``: the axes and their declared value order (read by the report)."""
-    write_json(os.path.join(workdir, "sweep.json"), {
-        "base": base_path(sweep), "axes": sweep.axis_levels(), "scorer": sweep.scorer,
-        "cells": [c.name for c in sweep.expanded()]})
+    write_json(
+        os.path.join(workdir, "sweep.json"),
+        {
+            "base": base_path(sweep),
+            "axes": sweep.axis_levels(),
+            "scorer": sweep.scorer,
+            "cells": [c.name for c in sweep.expanded()],
+        },
+    )
 
 
-def run_sweep(sweep: Sweep, workdir: str, only: Iterable[str] = (), scorer: str | None = None,
-              progress: bool = True) -> list[str]:
+def run_sweep(
+    sweep: Sweep, workdir: str, only: Iterable[str] = (), scorer: str | None = None, progress: bool = True
+) -> list[str]:
     """Run every cell not yet done, in sequence; returns the names of the cells that failed."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -433,6 +514,7 @@ def run_sweep(sweep: Sweep, workdir: str, only: Iterable[str] = (), scorer: str 
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=len(cells), desc="sweep", unit="cell", dynamic_ncols=True)
     for cell in cells:
         cell_dir = os.path.join(workdir, cell.name)
@@ -490,8 +572,7 @@ def shell_join(args: list[str]) -> str:
 LAUNCHERS = ("generic", "tpu", "slurm")
 
 
-def print_commands(sweep: Sweep, sweep_file: str, workdir: str, launcher: str = "generic",
-                   out=None) -> None:
+def print_commands(sweep: Sweep, sweep_file: str, workdir: str, launcher: str = "generic", out=None) -> None:
     """One multi-host training command per cell, then the eval commands and the report.
 
     ``generic``: the lines carry the mesh flags with ``$COORDINATOR`` (host:port of process
@@ -501,16 +582,25 @@ def print_commands(sweep: Sweep, sweep_file: str, workdir: str, launcher: str = 
     out = out or sys.stdout
     workdir = os.path.abspath(workdir)
     cells = sweep.expanded()
-    where = ("with COORDINATOR=host:port of process 0, NUM_PROCESSES and PROCESS_ID set"
-             if launcher == "generic" else f"({launcher}: jax finds the processes)")
-    print(f"# sam-jax sweep, {len(cells)} cells: run each training line on every host of its job "
-          f"{where}; then the eval lines (one host each) and the report.", file=out)
+    where = (
+        "with COORDINATOR=host:port of process 0, NUM_PROCESSES and PROCESS_ID set"
+        if launcher == "generic"
+        else f"({launcher}: jax finds the processes)"
+    )
+    print(
+        f"# sam-jax sweep, {len(cells)} cells: run each training line on every host of its job "
+        f"{where}; then the eval lines (one host each) and the report.",
+        file=out,
+    )
     for cell in cells:
-        print(shell_join(train_command(sweep, cell, workdir, multihost=launcher == "generic")),
-              file=out)
+        print(shell_join(train_command(sweep, cell, workdir, multihost=launcher == "generic")), file=out)
     for cell in cells:
-        print(shlex.join(["python", "-m", "train.sweep", "eval", sweep_file, "--workdir", workdir,
-                          "--cell", cell.name]), file=out)
+        print(
+            shlex.join(
+                ["python", "-m", "train.sweep", "eval", sweep_file, "--workdir", workdir, "--cell", cell.name]
+            ),
+            file=out,
+        )
     print(shlex.join(["python", "-m", "train.sweep", "report", workdir]), file=out)
 
 
@@ -602,21 +692,30 @@ def write_report(workdir: str) -> dict[str, str]:
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k, "") for k in cols})
-    paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
-             "png": os.path.join(workdir, "figure13.png")}
+    paths = {
+        "csv": os.path.join(workdir, "results.csv"),
+        "md": os.path.join(workdir, "results.md"),
+        "png": os.path.join(workdir, "figure13.png"),
+    }
     _write_text(paths["csv"], buf.getvalue())
     total_wall = sum(d["train_wall_s"] + d["eval_wall_s"] for d in done)
     total_cpu = sum(d["train_cpu_s"] + d["eval_cpu_s"] for d in done)
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(_fmt(r.get(k, "")) for k in cols) + " |" for r in rows]
-    md += ["", (f"{len(done)} cells finished, scorer `{done[0]['scorer']}`; total wall {total_wall:.0f} s, "
-               f"CPU {total_cpu:.0f} s (training + evaluation).")]
+    md += [
+        "",
+        (
+            f"{len(done)} cells finished, scorer `{done[0]['scorer']}`; total wall {total_wall:.0f} s, "
+            f"CPU {total_cpu:.0f} s (training + evaluation)."
+        ),
+    ]
     if pending:
         md.append(f"Unfinished: {', '.join(pending)}.")
     _write_text(paths["md"], "\n".join(md) + "\n")
     order = (read_json(os.path.join(workdir, "sweep.json")) or {}).get("axes", {})
-    plot(rows, [c for c in cols if any(c in d["axes"] for d in done)], _metric_keys(done),
-         paths["png"], order)
+    plot(
+        rows, [c for c in cols if any(c in d["axes"] for d in done)], _metric_keys(done), paths["png"], order
+    )
     return paths
 
 
@@ -627,11 +726,13 @@ def _write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str,
-         order: Mapping[str, list] | None = None) -> None:
+def plot(
+    rows: list[dict], axes: list[str], metrics: list[str], path: str, order: Mapping[str, list] | None = None
+) -> None:
     """Figure 13's layout: one panel per axis, mIoU against the axis value; one line per
     combination of the other axes' values; error bars where there are several seeds."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -645,8 +746,9 @@ def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str,
             lines.setdefault(tuple(str(r[a]) for a in others), []).append(r)
         if any(len(rs) > 1 for rs in lines.values()):  # one-axis-at-a-time sweeps: the axis' own line
             lines = {k: rs for k, rs in lines.items() if len(rs) > 1}
-        labels = _ordered({str(r[name]) for rs in lines.values() for r in rs}, rows, name,
-                          (order or {}).get(name))
+        labels = _ordered(
+            {str(r[name]) for rs in lines.values() for r in rs}, rows, name, (order or {}).get(name)
+        )
         for key, rs in sorted(lines.items()):
             rs = sorted(rs, key=lambda r: labels.index(str(r[name])))
             x = [labels.index(str(r[name])) for r in rs]
@@ -655,8 +757,7 @@ def plot(rows: list[dict], axes: list[str], metrics: list[str], path: str,
             err = None if all(math.isnan(e) for e in err) else [0 if math.isnan(e) else e for e in err]
             lab = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or None
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=lab)
-        ax.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 6 else 0,
-                      fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 6 else 0, fontsize=8)
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -693,11 +794,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--workdir", required=True)
     r.add_argument("--cell", action="append", default=[], help="only this cell (repeatable)")
     r.add_argument("--scorer", choices=sorted(SCORERS), default=None)
-    r.add_argument("--print-commands", action="store_true",
-                   help="print one multi-host launch command per cell instead of running")
-    r.add_argument("--launcher", choices=LAUNCHERS, default="generic",
-                   help="with --print-commands: generic (mesh flags from $COORDINATOR, "
-                        "$NUM_PROCESSES, $PROCESS_ID) or tpu/slurm (jax finds them)")
+    r.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one multi-host launch command per cell instead of running",
+    )
+    r.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="generic",
+        help="with --print-commands: generic (mesh flags from $COORDINATOR, "
+        "$NUM_PROCESSES, $PROCESS_ID) or tpu/slurm (jax finds them)",
+    )
     e = sub.add_parser("eval", help="score trained cells (after cluster training) and mark them done")
     e.add_argument("sweep")
     e.add_argument("--workdir", required=True)
@@ -731,8 +839,11 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(cell.name)
                     print(f"{cell.name}: not trained to step {config.train.num_steps}", file=sys.stderr)
                     continue
-                print(json.dumps(score_cell(sweep, cell, os.path.abspath(args.workdir), config,
-                                            args.scorer)["metrics"]))
+                print(
+                    json.dumps(
+                        score_cell(sweep, cell, os.path.abspath(args.workdir), config, args.scorer)["metrics"]
+                    )
+                )
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         p.exit(2, f"{p.prog}: error: {err.args[0] if err.args else err}\n")
     if failed:

@@ -45,15 +45,15 @@ class TextPromptConfig:
     """The ``text`` config section (see ``configs/base.py``)."""
 
     enabled: bool = False
-    clip: str = "ViT-L/14@336px"          # a CLIP_CONFIGS name, or "custom"
-    clip_custom: tuple = ()               # ClipConfig fields as (name, value) pairs
-    clip_checkpoint: str = ""             # OpenAI .pt; "" = random weights (tests only)
+    clip: str = "ViT-L/14@336px"  # a CLIP_CONFIGS name, or "custom"
+    clip_custom: tuple = ()  # ClipConfig fields as (name, value) pairs
+    clip_checkpoint: str = ""  # OpenAI .pt; "" = random weights (tests only)
     clip_seed: int = 0
-    min_mask_side: float = 100.0          # masks with area > side^2 px qualify
+    min_mask_side: float = 100.0  # masks with area > side^2 px qualify
     crop_scale: tuple = (1.0, 2.0)
     zero_outside_prob: float = 0.5
     masked_attention: bool = True
-    masks_per_image: int = 0              # 0: every qualifying mask
+    masks_per_image: int = 0  # 0: every qualifying mask
 
     @classmethod
     def from_section(cls, section: Any) -> TextPromptConfig:
@@ -68,8 +68,9 @@ class TextPromptConfig:
         if self.clip == "custom":
             return ClipConfig(**dict(self.clip_custom))
         if self.clip not in CLIP_CONFIGS:
-            raise ValueError(f"text.clip must be one of {sorted(CLIP_CONFIGS)} or 'custom', "
-                             f"got {self.clip!r}")
+            raise ValueError(
+                f"text.clip must be one of {sorted(CLIP_CONFIGS)} or 'custom', got {self.clip!r}"
+            )
         return CLIP_CONFIGS[self.clip]
 
 
@@ -100,13 +101,16 @@ def _grid(crop: jax.Array, size: int, scale: float) -> tuple[jax.Array, jax.Arra
     return jnp.meshgrid(ys, xs, indexing="ij")
 
 
-def crop_and_resize(image: jax.Array, mask: jax.Array, crop: jax.Array, size: int,
-                    image_size: int) -> tuple[jax.Array, jax.Array]:
+def crop_and_resize(
+    image: jax.Array, mask: jax.Array, crop: jax.Array, size: int, image_size: int
+) -> tuple[jax.Array, jax.Array]:
     """One square crop: ``(S, S, 3)`` image and ``(R, R)`` mask -> ``(size, size, 3)``
     bilinear pixels (0 outside the image) and ``(size, size)`` bool mask."""
     y, x = _grid(crop, size, 1.0)
-    pix = jnp.stack([map_coordinates(image[..., c], [y, x], order=1, mode="constant", cval=0.0)
-                     for c in range(3)], axis=-1)
+    pix = jnp.stack(
+        [map_coordinates(image[..., c], [y, x], order=1, mode="constant", cval=0.0) for c in range(3)],
+        axis=-1,
+    )
     ym, xm = _grid(crop, size, image_size / mask.shape[0])
     m = map_coordinates(mask.astype(jnp.float32), [ym, xm], order=1, mode="constant", cval=0.0)
     return pix, m >= 0.5
@@ -115,12 +119,20 @@ def crop_and_resize(image: jax.Array, mask: jax.Array, crop: jax.Array, size: in
 def qualifying(masks: jax.Array, valid: jax.Array, min_side: float, image_size: int) -> jax.Array:
     """``(..., R, R)`` GT at low res -> ``(...)`` bool: valid and area > ``min_side``^2 px."""
     cell = (image_size / masks.shape[-1]) ** 2
-    return valid & (masks.astype(jnp.float32).sum((-2, -1)) * cell > min_side ** 2)
+    return valid & (masks.astype(jnp.float32).sum((-2, -1)) * cell > min_side**2)
 
 
-def clip_image_prompts(clip: CLIP, clip_params: Any, key: jax.Array, images: jax.Array,
-                       masks: jax.Array, boxes: jax.Array, valid: jax.Array,
-                       cfg: TextPromptConfig, image_size: int) -> tuple[jax.Array, jax.Array]:
+def clip_image_prompts(
+    clip: CLIP,
+    clip_params: Any,
+    key: jax.Array,
+    images: jax.Array,
+    masks: jax.Array,
+    boxes: jax.Array,
+    valid: jax.Array,
+    cfg: TextPromptConfig,
+    image_size: int,
+) -> tuple[jax.Array, jax.Array]:
     """CLIP image embeddings of mask crops (see the module doc).
 
     Args:
@@ -133,18 +145,17 @@ def clip_image_prompts(clip: CLIP, clip_params: Any, key: jax.Array, images: jax
     b, k = valid.shape
     size = clip.config.image_size
     k_sel, k_crop, k_zero = jax.random.split(key, 3)
-    ok = qualifying(masks, valid, cfg.min_mask_side, image_size)          # (B, K)
+    ok = qualifying(masks, valid, cfg.min_mask_side, image_size)  # (B, K)
     m = k if cfg.masks_per_image <= 0 else min(cfg.masks_per_image, k)
     score = jnp.where(ok, jax.random.uniform(k_sel, ok.shape), -1.0)
-    idx = jnp.argsort(-score, axis=1)[:, :m]                               # (B, m)
+    idx = jnp.argsort(-score, axis=1)[:, :m]  # (B, m)
     chosen = jnp.take_along_axis(ok, idx, 1)
     sel_masks = jnp.take_along_axis(masks, idx[:, :, None, None], 1)
     sel_boxes = jnp.take_along_axis(boxes.astype(jnp.float32), idx[:, :, None], 1)
-    crops = crop_boxes(k_crop, sel_boxes, cfg.crop_scale)                  # (B, m, 3)
+    crops = crop_boxes(k_crop, sel_boxes, cfg.crop_scale)  # (B, m, 3)
     rgb = images.astype(jnp.float32) * jnp.asarray(PIXEL_STD) + jnp.asarray(PIXEL_MEAN)
-    one = jax.vmap(crop_and_resize, in_axes=(None, 0, 0, None, None))      # over a image's masks
-    pix, cmask = jax.vmap(one, in_axes=(0, 0, 0, None, None))(rgb, sel_masks, crops, size,
-                                                              image_size)
+    one = jax.vmap(crop_and_resize, in_axes=(None, 0, 0, None, None))  # over a image's masks
+    pix, cmask = jax.vmap(one, in_axes=(0, 0, 0, None, None))(rgb, sel_masks, crops, size, image_size)
     zero = jax.random.bernoulli(k_zero, cfg.zero_outside_prob, (b, m))
     pix = jnp.where(zero[..., None, None, None] & ~cmask[..., None], 0.0, pix)
     pix = clip_normalize(pix).reshape(b * m, size, size, 3)
@@ -156,4 +167,3 @@ def clip_image_prompts(clip: CLIP, clip_params: Any, key: jax.Array, images: jax
     full = full.at[jnp.arange(b)[:, None], idx].set(emb)
     used = jnp.zeros((b, k), bool).at[jnp.arange(b)[:, None], idx].set(chosen)
     return full.reshape(b * k, -1), used.reshape(b * k)
-

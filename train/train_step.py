@@ -45,10 +45,10 @@ from train.text_prompt import TextPromptConfig, clip_image_prompts, load_frozen_
 
 
 class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array          # int32 scalar: updates done = the data position
-    params: Any              # float32
-    opt_state: Any           # float32
-    rng: jax.Array           # uint32 raw key data (jax.random.key_data)
+    step: jax.Array  # int32 scalar: updates done = the data position
+    params: Any  # float32
+    opt_state: Any  # float32
+    rng: jax.Array  # uint32 raw key data (jax.random.key_data)
 
 
 def text_config_from(config) -> TextPromptConfig:
@@ -61,8 +61,11 @@ def sam_config_from(config) -> SamConfig:
     sam = get_sam_config(config.model.variant, **config.model.overrides)
     text = text_config_from(config)
     if text.enabled:
-        sam = sam.replace(text_embed_dim=text.clip_config().embed_dim if not text.clip_checkpoint
-                          else _checkpoint_embed_dim(text.clip_checkpoint))
+        sam = sam.replace(
+            text_embed_dim=text.clip_config().embed_dim
+            if not text.clip_checkpoint
+            else _checkpoint_embed_dim(text.clip_checkpoint)
+        )
     return sam
 
 
@@ -80,12 +83,18 @@ def _dataclass_from(cls, section):
 def build_module(config) -> Sam:
     """The training module: float32 params, ``model.compute_dtype`` compute, drop path, remat."""
     dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[config.model.compute_dtype]
-    return Sam(sam_config_from(config), drop_path_rate=float(config.model.drop_path_rate),
-               remat_policy=config.model.remat_policy, dtype=dtype, param_dtype=jnp.float32)
+    return Sam(
+        sam_config_from(config),
+        drop_path_rate=float(config.model.drop_path_rate),
+        remat_policy=config.model.remat_policy,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+    )
 
 
-def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key,
-                 text: tuple | None = None):
+def compute_loss(
+    module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key, text: tuple | None = None
+):
     """Scalar loss and metrics for one global batch (see module doc).
 
     ``text``: ``(TextPromptConfig, CLIP module, CLIP params)`` for CLIP-prompted first
@@ -99,23 +108,56 @@ def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batc
         text_cfg, clip, clip_params = text
         k_sim, k_text = jax.random.split(k_sim)
         text_emb, text_first = clip_image_prompts(
-            clip, clip_params, k_text, batch["image"], batch["masks"], batch["boxes"],
-            batch["mask_valid"], text_cfg, c.image_size)
-    emb = module.apply({"params": params}, batch["image"], deterministic=False,
-                       method=Sam.embed_images, rngs={"dropout": k_drop})
-    emb = jnp.repeat(emb, k, axis=0)                                       # (n, g, g, E)
+            clip,
+            clip_params,
+            k_text,
+            batch["image"],
+            batch["masks"],
+            batch["boxes"],
+            batch["mask_valid"],
+            text_cfg,
+            c.image_size,
+        )
+    emb = module.apply(
+        {"params": params},
+        batch["image"],
+        deterministic=False,
+        method=Sam.embed_images,
+        rngs={"dropout": k_drop},
+    )
+    emb = jnp.repeat(emb, k, axis=0)  # (n, g, g, E)
     emb = nn.with_logical_constraint(emb, ("batch", None, None, "act_embed"))
 
     def decode(coords, labels, boxes, box_valid, mask_inputs, mask_valid, multimask):
-        return module.apply({"params": params}, emb, coords, labels, boxes, mask_inputs,
-                            multimask, box_valid, mask_valid, text_emb, text_first,
-                            method=Sam.decode)
+        return module.apply(
+            {"params": params},
+            emb,
+            coords,
+            labels,
+            boxes,
+            mask_inputs,
+            multimask,
+            box_valid,
+            mask_valid,
+            text_emb,
+            text_first,
+            method=Sam.decode,
+        )
 
     flat = lambda x: x.reshape((b * k,) + x.shape[2:])
     target = flat(batch["masks"]).astype(bool)
     region = region_valid_from_hw(jnp.repeat(batch["resized_hw"], k, axis=0), r, c.image_size)
-    out = simulate(decode, k_sim, target, flat(batch["points"]), flat(batch["boxes"]), sim,
-                   c.image_size, region, text_first)
+    out = simulate(
+        decode,
+        k_sim,
+        target,
+        flat(batch["points"]),
+        flat(batch["boxes"]),
+        sim,
+        c.image_size,
+        region,
+        text_first,
+    )
     # Masks whose target has fewer than loss.min_target_cells cells at R (e.g. a tiny
     # object that vanished at the low resolution) are not trained.
     cells = target.sum(axis=(1, 2))
@@ -126,14 +168,23 @@ def compute_loss(module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batc
     return loss, metrics
 
 
-def train_step(state: TrainState, batch: dict, clip_params: Any = None, *, module: Sam, tx,
-               schedule, sim: SimConfig, loss_cfg: LossConfig, text_cfg: Any = None,
-               clip: Any = None):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    clip_params: Any = None,
+    *,
+    module: Sam,
+    tx,
+    schedule,
+    sim: SimConfig,
+    loss_cfg: LossConfig,
+    text_cfg: Any = None,
+    clip: Any = None,
+):
     """Pure: ``(state, batch[, clip_params]) -> (new state, metrics)`` (scalars)."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     text = None if clip is None else (text_cfg, clip, clip_params)
-    grad_fn = jax.value_and_grad(functools.partial(compute_loss, module, sim, loss_cfg),
-                                 has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(compute_loss, module, sim, loss_cfg), has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, key, text)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -149,17 +200,17 @@ class Trainer:
         self.mesh = mesh
         self.rules = shd.rules_tuple(config.mesh.axis_rules)
         self.module = build_module(config)
-        boxed = jax.eval_shape(functools.partial(init_variables, self.module),
-                               jax.random.key(0))["params"]
+        boxed = jax.eval_shape(functools.partial(init_variables, self.module), jax.random.key(0))["params"]
         self.abstract_params = nn.unbox(boxed)
-        self.tx, self.schedule = build_optimizer(config.optim, self.abstract_params,
-                                                 self.module.config.encoder_depth)
+        self.tx, self.schedule = build_optimizer(
+            config.optim, self.abstract_params, self.module.config.encoder_depth
+        )
         self.param_shardings = shd.param_shardings(boxed, mesh, self.rules)
         abstract = jax.eval_shape(self._init, jax.random.key_data(jax.random.key(0)))
         self.state_shardings = shd.state_shardings(abstract, self.param_shardings, mesh)
         self.abstract_state = jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-            self.state_shardings)
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, self.state_shardings
+        )
         self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
         self.text_cfg = text_config_from(config)
@@ -168,22 +219,34 @@ class Trainer:
             frozen = load_frozen_clip(self.text_cfg, self.module.dtype)
             self.clip = frozen.module
             self.clip_params = jax.device_put(frozen.params, self.replicated)
-        step = functools.partial(train_step, module=self.module, tx=self.tx,
-                                 schedule=self.schedule, sim=_dataclass_from(SimConfig, config.sim),
-                                 loss_cfg=_dataclass_from(LossConfig, config.loss),
-                                 text_cfg=self.text_cfg, clip=self.clip)
-        self._step_jit = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(),
-                                                     self.replicated),
-                                 out_shardings=(self.state_shardings, self.replicated),
-                                 donate_argnums=0)
+        step = functools.partial(
+            train_step,
+            module=self.module,
+            tx=self.tx,
+            schedule=self.schedule,
+            sim=_dataclass_from(SimConfig, config.sim),
+            loss_cfg=_dataclass_from(LossConfig, config.loss),
+            text_cfg=self.text_cfg,
+            clip=self.clip,
+        )
+        self._step_jit = jax.jit(
+            step,
+            in_shardings=(self.state_shardings, self.batch_shardings(), self.replicated),
+            out_shardings=(self.state_shardings, self.replicated),
+            donate_argnums=0,
+        )
 
     def _init(self, rng_data, params=None):
         key = jax.random.wrap_key_data(rng_data)
         k_init, k_train = jax.random.split(key)
         if params is None:
             params = nn.unbox(init_variables(self.module, k_init)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params), rng=jax.random.key_data(k_train))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            rng=jax.random.key_data(k_train),
+        )
 
     def batch_shardings(self) -> dict:
         return {k: shd.batch_sharding(self.mesh, self.rules, batch_rank(k)) for k in DEVICE_KEYS}
@@ -199,10 +262,15 @@ class Trainer:
             if params is None:
                 return self._init_jit(rng)
             if self.text_cfg.enabled and "text_proj" not in params["prompt_encoder"]:
-                fresh = nn.unbox(jax.jit(init_variables, static_argnums=0)(
-                    self.module, jax.random.key(seed))["params"])
-                params = dict(params, prompt_encoder=dict(
-                    params["prompt_encoder"], text_proj=fresh["prompt_encoder"]["text_proj"]))
+                fresh = nn.unbox(
+                    jax.jit(init_variables, static_argnums=0)(self.module, jax.random.key(seed))["params"]
+                )
+                params = dict(
+                    params,
+                    prompt_encoder=dict(
+                        params["prompt_encoder"], text_proj=fresh["prompt_encoder"]["text_proj"]
+                    ),
+                )
             params = jax.device_put(params, self.param_shardings)
             return jax.jit(self._init, out_shardings=self.state_shardings)(rng, params)
 
@@ -220,8 +288,9 @@ class Trainer:
         except CheckpointMismatchError:
             if not self.text_cfg.enabled:
                 raise
-            return load_checkpoint(path, param_template(self.module.clone(
-                config=self.module.config.replace(text_embed_dim=0))))
+            return load_checkpoint(
+                path, param_template(self.module.clone(config=self.module.config.replace(text_embed_dim=0)))
+            )
 
     def step(self, state: TrainState, batch: dict):
         with self._ctx():

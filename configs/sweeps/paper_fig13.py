@@ -14,6 +14,7 @@ SA-1B shards: automatic masks) and, for the stage axis, ``engine/manual/`` and
 ``engine/semi_automatic/`` (SA-1B-format shards of the first two stages' masks, which
 were not released). 9 cells; see the README's Sweeps section for the cluster commands.
 """
+
 import os
 
 from train.sweep import Sweep, product, recipe
@@ -40,7 +41,8 @@ def _axes(**vary):
     levels = {
         "stages": {k: {"data.mixture": v} for k, v in STAGES.items()},
         "images": {k: {"data.fraction": n / SA1B_IMAGES} for k, n in IMAGES.items()},
-        "size": {s: recipe(f"configs/{s}.py", "configs/vit_h.py") for s in SIZES}}
+        "size": {s: recipe(f"configs/{s}.py", "configs/vit_h.py") for s in SIZES},
+    }
     return {a: (levels[a] if a in vary else {DEFAULT[a]: levels[a][DEFAULT[a]]}) for a in levels}
 
 
@@ -48,7 +50,6 @@ def get_sweep() -> Sweep:
     return Sweep(
         base="configs/vit_h.py",
         overrides={"data.train_dir": AUTO, "data.eval_dir": os.path.join(DATA, "sa1b_heldout")},
-        cells=(product(**_axes(stages=True)) + product(**_axes(images=True))
-               + product(**_axes(size=True))),
+        cells=(product(**_axes(stages=True)) + product(**_axes(images=True)) + product(**_axes(size=True))),
         eval={"batch_size": 8},
     )

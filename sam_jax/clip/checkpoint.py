@@ -42,8 +42,7 @@ class _ScriptObject:
 
     def __setstate__(self, state):
         if not isinstance(state, Mapping):
-            raise UnsafeCheckpointError(
-                f"TorchScript object with non-dict state {type(state).__name__}")
+            raise UnsafeCheckpointError(f"TorchScript object with non-dict state {type(state).__name__}")
         self.attributes = dict(state)
 
 
@@ -51,9 +50,13 @@ class _ScriptUnpickler(_RestrictedUnpickler):
     """The SAM reader's unpickler plus ``__torch__.*`` classes as :class:`_ScriptObject`."""
 
     # Type-tag helpers TorchScript may write around typed lists and dicts; data only.
-    _TYPE_TAGS: ClassVar[dict] = {"restore_type_tag": lambda value, _type=None: value,
-                  "build_intlist": list, "build_doublelist": list, "build_boollist": list,
-                  "build_tensorlist": list}
+    _TYPE_TAGS: ClassVar[dict] = {
+        "restore_type_tag": lambda value, _type=None: value,
+        "build_intlist": list,
+        "build_doublelist": list,
+        "build_boollist": list,
+        "build_tensorlist": list,
+    }
 
     def find_class(self, module: str, name: str):
         if module == "__torch__" or module.startswith("__torch__."):
@@ -117,8 +120,9 @@ def _as_sam_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {re.sub(r"\.ln_(\d)\.", r".ln.\1.", k): v for k, v in state_dict.items()}
 
 
-def load_clip(path: str | os.PathLike, *, dtype: Any = jnp.float32,
-              param_dtype: Any = jnp.float32, **overrides: Any) -> ClipModel:
+def load_clip(
+    path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **overrides: Any
+) -> ClipModel:
     """A :class:`ClipModel` with the weights (and the architecture) of ``path``.
 
     ``overrides``: :class:`ClipConfig` fields the weights do not determine (the head

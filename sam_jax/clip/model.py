@@ -65,9 +65,17 @@ class ClipConfig:
 # The two released models SAM's recipe names (ViT-L/14@336px is the paper's).
 CLIP_CONFIGS: dict[str, ClipConfig] = {
     "ViT-B/16": ClipConfig(),
-    "ViT-L/14@336px": ClipConfig(embed_dim=768, image_size=336, patch_size=14, vision_width=1024,
-                                 vision_layers=24, vision_heads=16, text_width=768,
-                                 text_layers=12, text_heads=12),
+    "ViT-L/14@336px": ClipConfig(
+        embed_dim=768,
+        image_size=336,
+        patch_size=14,
+        vision_width=1024,
+        vision_layers=24,
+        vision_heads=16,
+        text_width=768,
+        text_layers=12,
+        text_heads=12,
+    ),
 }
 
 
@@ -76,6 +84,7 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> ClipConfig:
 
     Head counts follow the OpenAI builder: width // 64.
     """
+
     def shape(key):
         if key not in shapes:
             raise ValueError(f"not a CLIP ViT state dict: no {key!r}")
@@ -83,7 +92,7 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> ClipConfig:
         return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
 
     def depth(prefix):
-        idx = {int(k[len(prefix):].split(".")[0]) for k in shapes if k.startswith(prefix)}
+        idx = {int(k[len(prefix) :].split(".")[0]) for k in shapes if k.startswith(prefix)}
         return max(idx) + 1 if idx else 0
 
     width, _, patch, _ = shape("visual.conv1.weight")
@@ -93,11 +102,18 @@ def config_from_state_dict(shapes: Mapping[str, Any]) -> ClipConfig:
         raise ValueError(f"visual.positional_embedding has {tokens} rows, not 1 + a square")
     text_width = shape("ln_final.weight")[0]
     return ClipConfig(
-        embed_dim=shape("text_projection")[1], image_size=grid * patch, patch_size=patch,
-        vision_width=width, vision_layers=depth("visual.transformer.resblocks."),
-        vision_heads=width // 64, context_length=shape("positional_embedding")[0],
-        vocab_size=shape("token_embedding.weight")[0], text_width=text_width,
-        text_layers=depth("transformer.resblocks."), text_heads=text_width // 64)
+        embed_dim=shape("text_projection")[1],
+        image_size=grid * patch,
+        patch_size=patch,
+        vision_width=width,
+        vision_layers=depth("visual.transformer.resblocks."),
+        vision_heads=width // 64,
+        context_length=shape("positional_embedding")[0],
+        vocab_size=shape("token_embedding.weight")[0],
+        text_width=text_width,
+        text_layers=depth("transformer.resblocks."),
+        text_heads=text_width // 64,
+    )
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -122,13 +138,16 @@ class MultiheadAttention(nn.Module):
         c, h = self.width, self.heads
         if c % h:
             raise ValueError(f"width {c} is not divisible by {h} heads")
-        w = self.param("in_proj_weight", partitioned(nn.initializers.xavier_uniform(),
-                                                      ("heads", "embed")), (3 * c, c),
-                       self.param_dtype)
-        b = self.param("in_proj_bias", partitioned(nn.initializers.zeros_init(), ("heads",)),
-                       (3 * c,), self.param_dtype)
-        qkv = jnp.einsum("btc,oc->bto", x.astype(self.dtype), w.astype(self.dtype)) + b.astype(
-            self.dtype)
+        w = self.param(
+            "in_proj_weight",
+            partitioned(nn.initializers.xavier_uniform(), ("heads", "embed")),
+            (3 * c, c),
+            self.param_dtype,
+        )
+        b = self.param(
+            "in_proj_bias", partitioned(nn.initializers.zeros_init(), ("heads",)), (3 * c,), self.param_dtype
+        )
+        qkv = jnp.einsum("btc,oc->bto", x.astype(self.dtype), w.astype(self.dtype)) + b.astype(self.dtype)
         q, k, v = jnp.split(qkv.reshape(x.shape[0], x.shape[1], 3, h, c // h), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (c // h) ** -0.5
@@ -149,8 +168,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = dense(4 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "c_fc")(x)
-        return dense(self.width, ("mlp", "embed"), self.dtype, self.param_dtype,
-                     "c_proj")(quick_gelu(x))
+        return dense(self.width, ("mlp", "embed"), self.dtype, self.param_dtype, "c_proj")(quick_gelu(x))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -165,9 +183,11 @@ class ResidualAttentionBlock(nn.Module):
     def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = x + MultiheadAttention(self.width, self.heads, name="attn", **kw)(
-            layer_norm(LN_EPS, self.dtype, self.param_dtype, "ln_1")(x), bias)
+            layer_norm(LN_EPS, self.dtype, self.param_dtype, "ln_1")(x), bias
+        )
         return x + Mlp(self.width, name="mlp", **kw)(
-            layer_norm(LN_EPS, self.dtype, self.param_dtype, "ln_2")(x))
+            layer_norm(LN_EPS, self.dtype, self.param_dtype, "ln_2")(x)
+        )
 
 
 class Transformer(nn.Module):
@@ -181,11 +201,14 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.resblocks = [ResidualAttentionBlock(self.width, self.heads, self.dtype,
-                                                 self.param_dtype) for _ in range(self.layers)]
+        self.resblocks = [
+            ResidualAttentionBlock(self.width, self.heads, self.dtype, self.param_dtype)
+            for _ in range(self.layers)
+        ]
 
-    def __call__(self, x: jax.Array, bias: jax.Array | None = None,
-                 last_bias: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, bias: jax.Array | None = None, last_bias: jax.Array | None = None
+    ) -> jax.Array:
         for i, block in enumerate(self.resblocks):
             last = i == self.layers - 1
             x = block(x, last_bias if last and last_bias is not None else bias)
@@ -214,18 +237,29 @@ class VisionTransformer(nn.Module):
         c = self.config
         w, pd = c.vision_width, self.param_dtype
         if pixels.shape[1:] != (c.image_size, c.image_size, 3):
-            raise ValueError(f"CLIP expects (B, {c.image_size}, {c.image_size}, 3) pixels, "
-                             f"got {pixels.shape}")
-        x = conv(w, c.patch_size, self.dtype, pd, "conv1", stride=c.patch_size, use_bias=False,
-                 axes=(None, "embed"))(pixels.astype(self.dtype))
+            raise ValueError(
+                f"CLIP expects (B, {c.image_size}, {c.image_size}, 3) pixels, got {pixels.shape}"
+            )
+        x = conv(
+            w,
+            c.patch_size,
+            self.dtype,
+            pd,
+            "conv1",
+            stride=c.patch_size,
+            use_bias=False,
+            axes=(None, "embed"),
+        )(pixels.astype(self.dtype))
         b = x.shape[0]
         x = x.reshape(b, -1, w)
-        scale = w ** -0.5
-        cls = self.param("class_embedding", partitioned(nn.initializers.normal(scale), ("embed",)),
-                         (w,), pd)
-        pos = self.param("positional_embedding",
-                         partitioned(nn.initializers.normal(scale), (None, "embed")),
-                         (c.grid_size ** 2 + 1, w), pd)
+        scale = w**-0.5
+        cls = self.param("class_embedding", partitioned(nn.initializers.normal(scale), ("embed",)), (w,), pd)
+        pos = self.param(
+            "positional_embedding",
+            partitioned(nn.initializers.normal(scale), (None, "embed")),
+            (c.grid_size**2 + 1, w),
+            pd,
+        )
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, w)), x], axis=1)
         x = x + pos.astype(self.dtype)
         x = layer_norm(LN_EPS, self.dtype, pd, "ln_pre")(x)
@@ -237,10 +271,12 @@ class VisionTransformer(nn.Module):
             allowed = jnp.where(row[None], keep[:, None, :], True)  # (B, T, T)
             last_bias = jnp.where(allowed, 0.0, -jnp.inf)[:, None]
         x = Transformer(w, c.vision_layers, c.vision_heads, self.dtype, pd, name="transformer")(
-            x, None, last_bias)
+            x, None, last_bias
+        )
         x = layer_norm(LN_EPS, self.dtype, pd, "ln_post")(x[:, 0])
-        proj = self.param("proj", partitioned(nn.initializers.normal(scale), ("embed", None)),
-                          (w, c.embed_dim), pd)
+        proj = self.param(
+            "proj", partitioned(nn.initializers.normal(scale), ("embed", None)), (w, c.embed_dim), pd
+        )
         return x @ proj.astype(self.dtype)
 
 
@@ -255,19 +291,27 @@ class CLIP(nn.Module):
         c, pd = self.config, self.param_dtype
         self.visual = VisionTransformer(c, self.dtype, pd)
         self.token_embedding = nn.Embed(
-            c.vocab_size, c.text_width, dtype=self.dtype, param_dtype=pd,
-            embedding_init=partitioned(nn.initializers.normal(0.02), (None, "embed")))
+            c.vocab_size,
+            c.text_width,
+            dtype=self.dtype,
+            param_dtype=pd,
+            embedding_init=partitioned(nn.initializers.normal(0.02), (None, "embed")),
+        )
         self.positional_embedding = self.param(
-            "positional_embedding", partitioned(nn.initializers.normal(0.01), (None, "embed")),
-            (c.context_length, c.text_width), pd)
+            "positional_embedding",
+            partitioned(nn.initializers.normal(0.01), (None, "embed")),
+            (c.context_length, c.text_width),
+            pd,
+        )
         self.transformer = Transformer(c.text_width, c.text_layers, c.text_heads, self.dtype, pd)
         self.ln_final = layer_norm(LN_EPS, self.dtype, pd, "ln_final")
         self.text_projection = self.param(
             "text_projection",
-            partitioned(nn.initializers.normal(c.text_width ** -0.5), ("embed", None)),
-            (c.text_width, c.embed_dim), pd)
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)),
-                                      (), pd)
+            partitioned(nn.initializers.normal(c.text_width**-0.5), ("embed", None)),
+            (c.text_width, c.embed_dim),
+            pd,
+        )
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), (), pd)
 
     def encode_image(self, pixels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """``(B, S, S, 3)`` normalised pixels (and optional ``(B, S, S)`` mask for the
@@ -307,8 +351,11 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def init_clip(module: CLIP, rng: jax.Array) -> dict:
     """Random (boxed) variables of ``module``."""
     c = module.config
-    return module.init(rng, jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
-                       jnp.zeros((1, c.context_length), jnp.int32))
+    return module.init(
+        rng,
+        jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
+        jnp.zeros((1, c.context_length), jnp.int32),
+    )
 
 
 @dataclasses.dataclass
@@ -328,8 +375,12 @@ class ClipModel:
         return self.module.config
 
     def encode_image(self, pixels: Any, mask: Any | None = None) -> jax.Array:
-        return _encode_image(self.module, self.params, jnp.asarray(pixels, jnp.float32),
-                             None if mask is None else jnp.asarray(mask, bool))
+        return _encode_image(
+            self.module,
+            self.params,
+            jnp.asarray(pixels, jnp.float32),
+            None if mask is None else jnp.asarray(mask, bool),
+        )
 
     def encode_text(self, tokens: Any) -> jax.Array:
         return _encode_text(self.module, self.params, jnp.asarray(tokens, jnp.int32))
@@ -342,8 +393,7 @@ class ClipModel:
 
 
 def _encode_image_fn(module, params, pixels, mask):
-    return module.apply({"params": params}, pixels, mask,
-                        method=CLIP.encode_image).astype(jnp.float32)
+    return module.apply({"params": params}, pixels, mask, method=CLIP.encode_image).astype(jnp.float32)
 
 
 def _encode_text_fn(module, params, tokens):
@@ -354,9 +404,15 @@ _encode_image = jax.jit(_encode_image_fn, static_argnums=0)
 _encode_text = jax.jit(_encode_text_fn, static_argnums=0)
 
 
-def build_clip(config: str | ClipConfig = "ViT-L/14@336px", checkpoint: Any = None, *,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               seed: int = 0, **overrides: Any) -> ClipModel:
+def build_clip(
+    config: str | ClipConfig = "ViT-L/14@336px",
+    checkpoint: Any = None,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    seed: int = 0,
+    **overrides: Any,
+) -> ClipModel:
     """A :class:`ClipModel`: random weights (``seed``), or an OpenAI checkpoint
     (TorchScript ``.pt`` archive or a plain state dict; config inferred from it).
     ``overrides``: :class:`ClipConfig` fields to change."""

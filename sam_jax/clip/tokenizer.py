@@ -25,16 +25,21 @@ import numpy as np
 VOCAB_PATH = os.path.join(os.path.dirname(__file__), "bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-_WORD_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"
-                 r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+_WORD_PATTERN = (
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"
+    r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+)
 
 
 def byte_alphabet() -> dict[int, str]:
     """Each byte -> one printable unicode character, in vocabulary order: first the
     printable Latin-1 bytes (mapped to themselves), then the others, in byte order,
     to the code points 256, 257, ..."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table = {b: chr(b) for b in keep}
     for extra, b in enumerate(b for b in range(256) if b not in table):
         table[b] = chr(256 + extra)
@@ -50,7 +55,7 @@ class Tokenizer:
         self._regex = regex.compile(_WORD_PATTERN, regex.IGNORECASE)
         self.byte_encoder = byte_alphabet()
         with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:NUM_MERGES + 1]
+            lines = f.read().split("\n")[1 : NUM_MERGES + 1]
         merges = [tuple(line.split()) for line in lines]
         base = list(self.byte_encoder.values())
         vocab = base + [ch + "</w>" for ch in base] + ["".join(m) for m in merges] + [SOT, EOT]
@@ -121,8 +126,8 @@ class Tokenizer:
                 raise TypeError(f"text prompts must be strings, got {type(text).__name__}")
             ids = [self.sot_token] + self.encode(text) + [self.eot_token]
             if len(ids) > context_length:
-                ids = ids[:context_length - 1] + [self.eot_token]
-            out[row, :len(ids)] = ids
+                ids = ids[: context_length - 1] + [self.eot_token]
+            out[row, : len(ids)] = ids
         return out
 
 

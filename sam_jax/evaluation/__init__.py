@@ -23,5 +23,12 @@
 from sam_jax.evaluation.datasets import DatasetError, EvalDataset, load_dataset
 from sam_jax.evaluation.runner import PROTOCOLS, evaluate, load_model, make_protocol
 
-__all__ = ["evaluate", "load_dataset", "load_model", "make_protocol", "PROTOCOLS", "EvalDataset",
-           "DatasetError"]
+__all__ = [
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "make_protocol",
+    "PROTOCOLS",
+    "EvalDataset",
+    "DatasetError",
+]

@@ -31,8 +31,9 @@ import glob
 import io
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -47,6 +48,7 @@ class DatasetError(ValueError):
 
 
 # ----------------------------------------------------------------------------- images
+
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     """Any ``(H, W)``, ``(H, W, 1|3|4)`` image -> ``(H, W, 3)`` uint8 RGB (module doc)."""
@@ -87,6 +89,7 @@ def read_array(source: str | bytes) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- index
 
+
 @dataclass
 class Annotation:
     """One ground-truth mask.
@@ -119,7 +122,7 @@ class EvalImage:
     height: int
     width: int
     annotations: list[Annotation]
-    _loader: Callable[["EvalImage", bool], tuple[np.ndarray, np.ndarray | None]] = field(repr=False)
+    _loader: Callable[[EvalImage, bool], tuple[np.ndarray, np.ndarray | None]] = field(repr=False)
 
     def load_image(self) -> np.ndarray:
         """The image alone, ``(H, W, 3)`` uint8 (no mask decoding)."""
@@ -128,8 +131,9 @@ class EvalImage:
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         image, masks = self._loader(self, True)
         if image.shape[:2] != (self.height, self.width):
-            raise DatasetError(f"{self.file_name}: image is {image.shape[:2]}, annotations say "
-                               f"{(self.height, self.width)}")
+            raise DatasetError(
+                f"{self.file_name}: image is {image.shape[:2]}, annotations say {(self.height, self.width)}"
+            )
         return image, masks
 
 
@@ -164,8 +168,13 @@ class EvalDataset:
         return sum(len(im.annotations) for im in self.images)
 
     def summary(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "num_images": len(self.images),
-                "num_masks": self.num_masks, "masks_before_subsampling": self.total_masks}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "num_images": len(self.images),
+            "num_masks": self.num_masks,
+            "masks_before_subsampling": self.total_masks,
+        }
 
     def coco_gt(self, all_annotations: bool = True) -> dict:
         """A COCO ground-truth dict of the selected images for pycocotools.
@@ -176,9 +185,11 @@ class EvalDataset:
         """
         ids = {im.image_id for im in self.images}
         if self.coco_json is not None and all_annotations:
-            return {"images": [i for i in self.coco_json["images"] if i["id"] in ids],
-                    "annotations": [a for a in self.coco_json["annotations"] if a["image_id"] in ids],
-                    "categories": self.coco_json.get("categories") or self.categories}
+            return {
+                "images": [i for i in self.coco_json["images"] if i["id"] in ids],
+                "annotations": [a for a in self.coco_json["annotations"] if a["image_id"] in ids],
+                "categories": self.coco_json.get("categories") or self.categories,
+            }
         from pycocotools import mask as mask_utils
 
         anns = []
@@ -187,15 +198,29 @@ class EvalDataset:
             for ann, m in zip(im.annotations, masks):
                 rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
-                anns.append({"id": ann.id, "image_id": im.image_id, "category_id": ann.category_id,
-                             "segmentation": rle, "area": float(m.sum()), "bbox": list(ann.bbox),
-                             "iscrowd": 0})
-        return {"images": [{"id": im.image_id, "file_name": im.file_name, "height": im.height,
-                            "width": im.width} for im in self.images],
-                "annotations": anns, "categories": self.categories}
+                anns.append(
+                    {
+                        "id": ann.id,
+                        "image_id": im.image_id,
+                        "category_id": ann.category_id,
+                        "segmentation": rle,
+                        "area": float(m.sum()),
+                        "bbox": list(ann.bbox),
+                        "iscrowd": 0,
+                    }
+                )
+        return {
+            "images": [
+                {"id": im.image_id, "file_name": im.file_name, "height": im.height, "width": im.width}
+                for im in self.images
+            ],
+            "annotations": anns,
+            "categories": self.categories,
+        }
 
 
 # ----------------------------------------------------------------------------- COCO
+
 
 def _decode_coco_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
     from pycocotools import mask as mask_utils
@@ -226,10 +251,13 @@ def _coco_loader(image_dir: str):
         image = to_rgb_uint8(read_array(path))
         if not with_masks:
             return image, None
-        masks = np.stack([_decode_coco_segmentation(a.segmentation, im.height, im.width)
-                          for a in im.annotations]) if im.annotations else \
-            np.zeros((0, im.height, im.width), bool)
+        masks = (
+            np.stack([_decode_coco_segmentation(a.segmentation, im.height, im.width) for a in im.annotations])
+            if im.annotations
+            else np.zeros((0, im.height, im.width), bool)
+        )
         return image, masks
+
     return load
 
 
@@ -252,8 +280,7 @@ def _read_coco(path: str, image_dir: str | None) -> tuple[list[EvalImage], dict]
         raise DatasetError(f"{path} is not a COCO instances JSON: {e}") from None
     if image_dir is None:
         parent = os.path.dirname(os.path.abspath(path))
-        image_dir = next((d for d in (os.path.join(parent, "images"), parent) if os.path.isdir(d)),
-                         parent)
+        image_dir = next((d for d in (os.path.join(parent, "images"), parent) if os.path.isdir(d)), parent)
     if not os.path.isdir(image_dir):
         raise DatasetError(f"image folder {image_dir} does not exist")
     by_image: dict[int, list[Annotation]] = {}
@@ -261,19 +288,34 @@ def _read_coco(path: str, image_dir: str | None) -> tuple[list[EvalImage], dict]
         if a.get("iscrowd", 0):
             continue
         try:
-            by_image.setdefault(int(a["image_id"]), []).append(Annotation(
-                id=int(a["id"]), area=float(a["area"]), bbox=[float(v) for v in a["bbox"]],
-                category_id=int(a.get("category_id", 1)), segmentation=a["segmentation"]))
+            by_image.setdefault(int(a["image_id"]), []).append(
+                Annotation(
+                    id=int(a["id"]),
+                    area=float(a["area"]),
+                    bbox=[float(v) for v in a["bbox"]],
+                    category_id=int(a.get("category_id", 1)),
+                    segmentation=a["segmentation"],
+                )
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{path}: malformed annotation {a.get('id')}: {e}") from None
     loader = _coco_loader(image_dir)
-    out = [EvalImage(image_id=int(i["id"]), file_name=_file_name(i), height=int(i["height"]),
-                     width=int(i["width"]), annotations=by_image.get(int(i["id"]), []), _loader=loader)
-           for i in images]
+    out = [
+        EvalImage(
+            image_id=int(i["id"]),
+            file_name=_file_name(i),
+            height=int(i["height"]),
+            width=int(i["width"]),
+            annotations=by_image.get(int(i["id"]), []),
+            _loader=loader,
+        )
+        for i in images
+    ]
     return out, doc
 
 
 # ----------------------------------------------------------------------------- SA-1B
+
 
 def _read_sa1b(path: str) -> list[EvalImage]:
     from data.sa1b import Loader, iter_refs, resolve_shards, shard_kind
@@ -283,8 +325,10 @@ def _read_sa1b(path: str) -> list[EvalImage]:
             shards = [path]
         else:
             shards = sorted(glob.glob(os.path.join(path, "*.tar"))) or sorted(
-                d for d in glob.glob(os.path.join(path, "*"))
-                if os.path.isdir(d) and glob.glob(os.path.join(d, "*.json")))
+                d
+                for d in glob.glob(os.path.join(path, "*"))
+                if os.path.isdir(d) and glob.glob(os.path.join(d, "*.json"))
+            )
     else:
         try:
             shards = [s for s in resolve_shards(path) if shard_kind(s) in ("tar", "folder")]
@@ -302,9 +346,16 @@ def _read_sa1b(path: str) -> list[EvalImage]:
             try:
                 doc = json.loads(payload)
                 info = doc["image"]
-                anns = [Annotation(id=int(a["id"]), area=float(a["area"]),
-                                   bbox=[float(v) for v in a["bbox"]], category_id=1,
-                                   segmentation=a["segmentation"]) for a in doc["annotations"]]
+                anns = [
+                    Annotation(
+                        id=int(a["id"]),
+                        area=float(a["area"]),
+                        bbox=[float(v) for v in a["bbox"]],
+                        category_id=1,
+                        segmentation=a["segmentation"],
+                    )
+                    for a in doc["annotations"]
+                ]
             except (ValueError, KeyError, TypeError) as e:
                 raise DatasetError(f"{ref.key}: malformed SA-1B JSON: {e}") from None
 
@@ -313,36 +364,45 @@ def _read_sa1b(path: str) -> list[EvalImage]:
                 image = to_rgb_uint8(read_array(jpeg))
                 if not with_masks:
                     return image, None
-                masks = [_decode_coco_segmentation(a.segmentation, im.height, im.width)
-                         for a in im.annotations]
+                masks = [
+                    _decode_coco_segmentation(a.segmentation, im.height, im.width) for a in im.annotations
+                ]
                 return image, (np.stack(masks) if masks else np.zeros((0, im.height, im.width), bool))
 
-            out.append(EvalImage(image_id=int(info["image_id"]),
-                                 file_name=info.get("file_name", f"sa_{info['image_id']}.jpg"),
-                                 height=int(info["height"]), width=int(info["width"]),
-                                 annotations=anns, _loader=load))
+            out.append(
+                EvalImage(
+                    image_id=int(info["image_id"]),
+                    file_name=info.get("file_name", f"sa_{info['image_id']}.jpg"),
+                    height=int(info["height"]),
+                    width=int(info["width"]),
+                    annotations=anns,
+                    _loader=load,
+                )
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- label maps
 
+
 def _stem_files(folder: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise DatasetError(f"folder {folder} does not exist")
-    return {os.path.splitext(n)[0]: os.path.join(folder, n) for n in sorted(os.listdir(folder))
-            if n.lower().endswith(IMAGE_SUFFIXES)}
+    return {
+        os.path.splitext(n)[0]: os.path.join(folder, n)
+        for n in sorted(os.listdir(folder))
+        if n.lower().endswith(IMAGE_SUFFIXES)
+    }
 
 
 def _read_label_map(path: str) -> np.ndarray:
     lab = read_array(path)
     if lab.ndim == 3:
         if not (np.all(lab[..., :1] == lab[..., 1:3]) if lab.shape[-1] >= 3 else True):
-            raise DatasetError(f"label map {path} has colour channels; expected one integer id "
-                               "per pixel")
+            raise DatasetError(f"label map {path} has colour channels; expected one integer id per pixel")
         lab = lab[..., 0]
     if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
-        raise DatasetError(f"label map {path} must be a 2-D integer image, got {lab.dtype} "
-                           f"{lab.shape}")
+        raise DatasetError(f"label map {path} must be a 2-D integer image, got {lab.dtype} {lab.shape}")
     return lab.astype(np.int64)
 
 
@@ -350,8 +410,7 @@ def _read_labelmaps(image_dir: str, label_dir: str) -> list[EvalImage]:
     images, labels = _stem_files(image_dir), _stem_files(label_dir)
     stems = [s for s in images if s in labels]
     if not stems:
-        raise DatasetError(f"no image in {image_dir} has a label map with the same name in "
-                           f"{label_dir}")
+        raise DatasetError(f"no image in {image_dir} has a label map with the same name in {label_dir}")
     out = []
     for image_id, stem in enumerate(stems):
         lab = _read_label_map(labels[stem])
@@ -359,13 +418,22 @@ def _read_labelmaps(image_dir: str, label_dir: str) -> list[EvalImage]:
         ids = ids[ids != 0]
         areas = np.bincount(np.searchsorted(ids, lab[lab != 0]), minlength=len(ids))
         anns = []
-        for k, (lid, area) in enumerate(zip(ids, areas)):
+        for lid, area in zip(ids, areas, strict=True):
             ys, xs = np.nonzero(lab == lid)
-            anns.append(Annotation(id=image_id * 100000 + int(lid), area=float(area),
-                                   bbox=[float(xs.min()), float(ys.min()),
-                                         float(xs.max() - xs.min() + 1),
-                                         float(ys.max() - ys.min() + 1)],
-                                   category_id=1, segmentation=int(lid)))
+            anns.append(
+                Annotation(
+                    id=image_id * 100000 + int(lid),
+                    area=float(area),
+                    bbox=[
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max() - xs.min() + 1),
+                        float(ys.max() - ys.min() + 1),
+                    ],
+                    category_id=1,
+                    segmentation=int(lid),
+                )
+            )
 
         def load(im: EvalImage, with_masks: bool = True, ipath=images[stem], lpath=labels[stem]):
             if not with_masks:
@@ -374,13 +442,21 @@ def _read_labelmaps(image_dir: str, label_dir: str) -> list[EvalImage]:
             ids = np.array([a.segmentation for a in im.annotations], np.int64)
             return to_rgb_uint8(read_array(ipath)), lab[None] == ids[:, None, None]
 
-        out.append(EvalImage(image_id=image_id, file_name=os.path.basename(images[stem]),
-                             height=int(lab.shape[0]), width=int(lab.shape[1]),
-                             annotations=anns, _loader=load))
+        out.append(
+            EvalImage(
+                image_id=image_id,
+                file_name=os.path.basename(images[stem]),
+                height=int(lab.shape[0]),
+                width=int(lab.shape[1]),
+                annotations=anns,
+                _loader=load,
+            )
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def detect_kind(data: str, labels: str | None = None) -> str:
     """``"coco"`` for a JSON file, ``"labelmap"`` when a label folder is given, else ``"sa1b"``."""
@@ -391,8 +467,9 @@ def detect_kind(data: str, labels: str | None = None) -> str:
     return "sa1b"
 
 
-def select_masks(images: list[EvalImage], min_area: float = 0, max_masks: int | None = None,
-                 seed: int = 0) -> tuple[list[EvalImage], int]:
+def select_masks(
+    images: list[EvalImage], min_area: float = 0, max_masks: int | None = None, seed: int = 0
+) -> tuple[list[EvalImage], int]:
     """Drop masks under ``min_area``; keep a seeded subset of ``max_masks`` over the
     dataset if there are more. Returns the images that still hold a mask and the
     number of masks before subsampling."""
@@ -405,15 +482,23 @@ def select_masks(images: list[EvalImage], min_area: float = 0, max_masks: int | 
         start = 0
         for im in images:
             n = len(im.annotations)
-            im.annotations = [a for a, k in zip(im.annotations, keep[start:start + n]) if k]
+            im.annotations = [a for a, k in zip(im.annotations, keep[start : start + n]) if k]
             start += n
     return [im for im in images if im.annotations], total
 
 
-def load_dataset(data: str | os.PathLike, *, kind: str = "auto", images: str | None = None,
-                 labels: str | None = None, min_area: float = 0, max_masks: int | None = None,
-                 max_images: int | None = None, seed: int = 0,
-                 keep_empty: bool = False) -> EvalDataset:
+def load_dataset(
+    data: str | os.PathLike,
+    *,
+    kind: str = "auto",
+    images: str | None = None,
+    labels: str | None = None,
+    min_area: float = 0,
+    max_masks: int | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+    keep_empty: bool = False,
+) -> EvalDataset:
     """Index an evaluation dataset (module doc).
 
     Args:
@@ -448,8 +533,9 @@ def load_dataset(data: str | os.PathLike, *, kind: str = "auto", images: str | N
     if keep_empty:
         selected = ims
     name = os.path.splitext(os.path.basename(os.path.normpath(data)))[0]
-    return EvalDataset(name=name, kind=kind, images=selected, categories=categories,
-                       coco_json=doc, total_masks=total)
+    return EvalDataset(
+        name=name, kind=kind, images=selected, categories=categories, coco_json=doc, total_masks=total
+    )
 
 
 def masks_to_coco(images: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]]) -> dict:
@@ -463,13 +549,30 @@ def masks_to_coco(images: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]]) -> 
         out["images"].append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
         for m in masks:
             rle = mask_utils.encode(np.asfortranarray(np.asarray(m, np.uint8)))
-            out["annotations"].append({
-                "id": len(out["annotations"]) + 1, "image_id": i + 1, "category_id": 1,
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
-                "iscrowd": 0})
+            out["annotations"].append(
+                {
+                    "id": len(out["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
+            )
     return out
 
 
-__all__ = ["Annotation", "EvalImage", "EvalDataset", "DatasetError", "KINDS", "load_dataset",
-           "select_masks", "detect_kind", "to_rgb_uint8", "read_array", "masks_to_coco"]
+__all__ = [
+    "Annotation",
+    "EvalImage",
+    "EvalDataset",
+    "DatasetError",
+    "KINDS",
+    "load_dataset",
+    "select_masks",
+    "detect_kind",
+    "to_rgb_uint8",
+    "read_array",
+    "masks_to_coco",
+]

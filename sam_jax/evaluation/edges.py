@@ -65,6 +65,7 @@ def thresholds(k: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- edge maps
 
+
 def mask_edges(logits: np.ndarray) -> np.ndarray:
     """Sobel magnitude of ``sigmoid(logits)`` ``(H, W)`` kept on the mask's outer boundary."""
     prob = special.expit(np.asarray(logits, np.float32))
@@ -128,6 +129,7 @@ def edge_nms(e: np.ndarray, radius: int = 1, border: int = 5, margin: float = 1.
 
 # ----------------------------------------------------------------------------- matching
 
+
 def _thin(mask: np.ndarray) -> np.ndarray:
     from skimage.morphology import thin
 
@@ -144,8 +146,13 @@ def _match_count(pred_idx: np.ndarray, pairs: sparse.csr_matrix) -> tuple[int, n
     return int(matched.sum()), matched
 
 
-def match_counts(edges: np.ndarray, ground_truth: np.ndarray, num_thresholds: int = 99,
-                 max_dist: float = 0.0075, thin: bool = True) -> dict[str, np.ndarray]:
+def match_counts(
+    edges: np.ndarray,
+    ground_truth: np.ndarray,
+    num_thresholds: int = 99,
+    max_dist: float = 0.0075,
+    thin: bool = True,
+) -> dict[str, np.ndarray]:
     """BSDS counts of an edge map ``(H, W)`` in [0, 1] against human maps ``(G, H, W)``.
 
     Returns ``cntR, sumR, cntP, sumP`` arrays ``(K,)`` (module doc).
@@ -155,7 +162,7 @@ def match_counts(edges: np.ndarray, ground_truth: np.ndarray, num_thresholds: in
     k = num_thresholds
     t = thresholds(k)
     radius = max_dist * float(np.hypot(*edges.shape))
-    cand = np.argwhere(edges >= t[0])                # every pixel any threshold can keep
+    cand = np.argwhere(edges >= t[0])  # every pixel any threshold can keep
     index = -np.ones(edges.shape, np.int64)
     index[cand[:, 0], cand[:, 1]] = np.arange(len(cand))
     tree = cKDTree(cand) if len(cand) else None
@@ -168,8 +175,7 @@ def match_counts(edges: np.ndarray, ground_truth: np.ndarray, num_thresholds: in
         near = tree.query_ball_point(gp, r=radius + 1e-9)
         rows = np.concatenate([np.asarray(n, np.int64) for n in near])
         cols = np.repeat(np.arange(len(gp)), [len(n) for n in near])
-        mat = sparse.csr_matrix((np.ones(len(rows), np.int8), (rows, cols)),
-                                shape=(len(cand), len(gp)))
+        mat = sparse.csr_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(cand), len(gp)))
         pair_mats.append((mat, len(gp)))
     out = {key: np.zeros(k, np.int64) for key in ("cntR", "sumR", "cntP", "sumP")}
     for i, th in enumerate(t):
@@ -189,6 +195,7 @@ def match_counts(edges: np.ndarray, ground_truth: np.ndarray, num_thresholds: in
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def _rpf(cnt_r, sum_r, cnt_p, sum_p):
     r = cnt_r / np.maximum(EPS, sum_r)
@@ -215,16 +222,17 @@ def bsds_metrics(per_image: list[dict]) -> dict[str, Any]:
     """ODS, OIS, AP, R50 and the PR curve from per-image :func:`match_counts` results."""
     if not per_image:
         raise ValueError("no images were evaluated")
-    cnt = {key: np.stack([np.asarray(c[key], np.float64) for c in per_image])
-           for key in ("cntR", "sumR", "cntP", "sumP")}
+    cnt = {
+        key: np.stack([np.asarray(c[key], np.float64) for c in per_image])
+        for key in ("cntR", "sumR", "cntP", "sumP")
+    }
     k = cnt["cntR"].shape[1]
     t = thresholds(k)
     # OIS: each image at its own best threshold
     _, _, f_img = _rpf(cnt["cntR"], cnt["sumR"], cnt["cntP"], cnt["sumP"])
     best = np.argmax(f_img, axis=1)
     rows = np.arange(len(best))
-    ois_r, ois_p, ois_f = _rpf(*(cnt[key][rows, best].sum() for key in ("cntR", "sumR", "cntP",
-                                                                         "sumP")))
+    ois_r, ois_p, ois_f = _rpf(*(cnt[key][rows, best].sum() for key in ("cntR", "sumR", "cntP", "sumP")))
     # ODS: the dataset-wide curve
     r, p, _ = _rpf(*(cnt[key].sum(axis=0) for key in ("cntR", "sumR", "cntP", "sumP")))
     ods_t, ods_r, ods_p, ods_f = _best_rpf(t, r, p)
@@ -239,15 +247,27 @@ def bsds_metrics(per_image: list[dict]) -> dict[str, Any]:
     ps, rs = p[by_p], r[by_p]
     target = max(ps[0], 0.5)
     r50 = float(np.interp(target, ps, rs)) if target <= ps[-1] else float("nan")
-    return {"ODS": ods_f, "OIS": float(ois_f), "AP": ap, "R50": r50,
-            "ODS_threshold": ods_t, "ODS_recall": ods_r, "ODS_precision": ods_p,
-            "OIS_recall": float(ois_r), "OIS_precision": float(ois_p),
-            "num_images": len(per_image),
-            "curve": {"threshold": t.round(4).tolist(), "recall": r.round(6).tolist(),
-                      "precision": p.round(6).tolist()}}
+    return {
+        "ODS": ods_f,
+        "OIS": float(ois_f),
+        "AP": ap,
+        "R50": r50,
+        "ODS_threshold": ods_t,
+        "ODS_recall": ods_r,
+        "ODS_precision": ods_p,
+        "OIS_recall": float(ois_r),
+        "OIS_precision": float(ois_p),
+        "num_images": len(per_image),
+        "curve": {
+            "threshold": t.round(4).tolist(),
+            "recall": r.round(6).tolist(),
+            "precision": p.round(6).tolist(),
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- dataset
+
 
 @dataclass
 class EdgeImage:
@@ -294,8 +314,13 @@ class EdgeDataset:
         return iter(self.images)
 
     def summary(self) -> dict:
-        return {"name": self.name, "kind": "edges", "num_images": len(self.images),
-                "num_masks": None, "masks_before_subsampling": None}
+        return {
+            "name": self.name,
+            "kind": "edges",
+            "num_images": len(self.images),
+            "num_masks": None,
+            "masks_before_subsampling": None,
+        }
 
 
 def load_edge_dataset(image_dir: str, edge_dir: str, max_images: int | None = None) -> EdgeDataset:
@@ -311,27 +336,36 @@ def load_edge_dataset(image_dir: str, edge_dir: str, max_images: int | None = No
         stem, ext = os.path.splitext(name)
         if ext.lower() not in IMAGE_SUFFIXES:
             continue
-        paths = sorted(glob.glob(os.path.join(glob.escape(edge_dir), stem + ".mat")) +
-                       glob.glob(os.path.join(glob.escape(edge_dir), stem + ".png")) +
-                       glob.glob(os.path.join(glob.escape(edge_dir), stem + "_*.png")))
+        paths = sorted(
+            glob.glob(os.path.join(glob.escape(edge_dir), stem + ".mat"))
+            + glob.glob(os.path.join(glob.escape(edge_dir), stem + ".png"))
+            + glob.glob(os.path.join(glob.escape(edge_dir), stem + "_*.png"))
+        )
         if paths:
             items.append(EdgeImage(len(items), name, os.path.join(image_dir, name), paths))
     if not items:
-        raise DatasetError(f"no image in {image_dir} has edge maps (<stem>.mat or <stem>*.png) in "
-                           f"{edge_dir}")
+        raise DatasetError(f"no image in {image_dir} has edge maps (<stem>.mat or <stem>*.png) in {edge_dir}")
     return EdgeDataset(os.path.basename(os.path.normpath(image_dir)), items[:max_images])
 
 
 # ----------------------------------------------------------------------------- protocol
+
 
 def edge_generator(model: Any, settings: EdgeSettings):
     """The ``SamAutomaticMaskGenerator`` configured as in appendix D.2."""
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(
-        model, points_per_side=settings.points_per_side, points_per_batch=settings.points_per_batch,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=settings.box_nms_thresh,
-        crop_n_layers=0, output_mode="uncompressed_rle", return_logits=True)
+        model,
+        points_per_side=settings.points_per_side,
+        points_per_batch=settings.points_per_batch,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=settings.box_nms_thresh,
+        crop_n_layers=0,
+        output_mode="uncompressed_rle",
+        return_logits=True,
+    )
 
 
 class EdgesProtocol:
@@ -344,8 +378,7 @@ class EdgesProtocol:
         self.generator: Any = None
 
     def setup(self, model: Any) -> None:
-        self.generator = model if hasattr(model, "generate") else edge_generator(model,
-                                                                                self.settings)
+        self.generator = model if hasattr(model, "generate") else edge_generator(model, self.settings)
 
     def run_image(self, item: Any) -> dict:
         image = item.load_image()
@@ -353,11 +386,9 @@ class EdgesProtocol:
         if gts.shape[1:] != image.shape[:2]:
             from sam_jax.evaluation.datasets import DatasetError
 
-            raise DatasetError(f"{item.file_name}: edge maps are {gts.shape[1:]}, image is "
-                               f"{image.shape[:2]}")
+            raise DatasetError(f"{item.file_name}: edge maps are {gts.shape[1:]}, image is {image.shape[:2]}")
         e = edge_nms(edge_map(self.generator.generate(image), image.shape[:2]))
-        c = match_counts(e, gts, self.settings.num_thresholds, self.settings.max_dist,
-                         self.settings.thin)
+        c = match_counts(e, gts, self.settings.num_thresholds, self.settings.max_dist, self.settings.thin)
         return {"image_id": item.image_id, **{key: v.tolist() for key, v in c.items()}}
 
     def summarize(self, records: list[dict], dataset: Any = None) -> dict:
@@ -366,19 +397,39 @@ class EdgesProtocol:
     def table(self, metrics: dict) -> str:
         from sam_jax.evaluation.report import markdown_table
 
-        return markdown_table(["ODS", "OIS", "AP", "R50"],
-                              [[metrics["ODS"], metrics["OIS"], metrics["AP"], metrics["R50"]]])
+        return markdown_table(
+            ["ODS", "OIS", "AP", "R50"], [[metrics["ODS"], metrics["OIS"], metrics["AP"], metrics["R50"]]]
+        )
 
     def plot(self, metrics: dict, path: str) -> None:
         from sam_jax.evaluation.report import save_plot
 
         c = metrics["curve"]
-        save_plot(path, f"edges: ODS {metrics['ODS']:.3f}, OIS {metrics['OIS']:.3f}", "recall",
-                  "precision", [("PR", c["recall"], c["precision"])], marker="",
-                  xlim=(0, 1), ylim=(0, 1),
-                  points=[("ODS", metrics["ODS_recall"], metrics["ODS_precision"])])
+        save_plot(
+            path,
+            f"edges: ODS {metrics['ODS']:.3f}, OIS {metrics['OIS']:.3f}",
+            "recall",
+            "precision",
+            [("PR", c["recall"], c["precision"])],
+            marker="",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            points=[("ODS", metrics["ODS_recall"], metrics["ODS_precision"])],
+        )
 
 
-__all__ = ["EdgeSettings", "EdgesProtocol", "EdgeDataset", "EdgeImage", "load_edge_dataset",
-           "thresholds", "mask_edges", "edge_map", "edge_orientation", "edge_nms", "match_counts",
-           "bsds_metrics", "edge_generator"]
+__all__ = [
+    "EdgeSettings",
+    "EdgesProtocol",
+    "EdgeDataset",
+    "EdgeImage",
+    "load_edge_dataset",
+    "thresholds",
+    "mask_edges",
+    "edge_map",
+    "edge_orientation",
+    "edge_nms",
+    "match_counts",
+    "bsds_metrics",
+    "edge_generator",
+]

@@ -43,8 +43,9 @@ class InstanceSettings:
         return asdict(self)
 
 
-def box_prompts_to_masks(predictor: Any, image: np.ndarray, boxes_xyxy: np.ndarray,
-                         batch: int, refine: bool = True) -> np.ndarray:
+def box_prompts_to_masks(
+    predictor: Any, image: np.ndarray, boxes_xyxy: np.ndarray, batch: int, refine: bool = True
+) -> np.ndarray:
     """``(B, 4)`` XYXY boxes in image pixels -> ``(B, H, W)`` bool masks (module doc)."""
     n = len(boxes_xyxy)
     h, w = image.shape[:2]
@@ -61,11 +62,11 @@ def box_prompts_to_masks(predictor: Any, image: np.ndarray, boxes_xyxy: np.ndarr
         r = np.arange(batch)
         result = masks[r, best]
         if refine:
-            masks, _, _ = predictor.predict_batch(None, None, boxes=boxes,
-                                                  mask_input=low[r, best][:, None],
-                                                  multimask_output=False)
+            masks, _, _ = predictor.predict_batch(
+                None, None, boxes=boxes, mask_input=low[r, best][:, None], multimask_output=False
+            )
             result = masks[:, 0]
-        out[start:start + m] = result[:m]
+        out[start : start + m] = result[:m]
     return out
 
 
@@ -113,11 +114,16 @@ class InstancesProtocol:
                 self._dets = {}
                 for d in dets:
                     self._dets.setdefault(int(d["image_id"]), []).append(
-                        {"bbox": [float(v) for v in d["bbox"]], "score": float(d.get("score", 1.0)),
-                         "category_id": int(d.get("category_id", 1))})
+                        {
+                            "bbox": [float(v) for v in d["bbox"]],
+                            "score": float(d.get("score", 1.0)),
+                            "category_id": int(d.get("category_id", 1)),
+                        }
+                    )
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{self.settings.detections} is not a COCO results JSON with "
-                                 f"boxes: {e}") from None
+                raise ValueError(
+                    f"{self.settings.detections} is not a COCO results JSON with boxes: {e}"
+                ) from None
 
     def setup(self, model: Any) -> None:
         from sam_jax.predictor import SamPredictor
@@ -126,8 +132,7 @@ class InstancesProtocol:
 
     def _boxes(self, item: Any) -> list[dict]:
         if self._dets is None:
-            return [{"bbox": a.bbox, "score": 1.0, "category_id": a.category_id}
-                    for a in item.annotations]
+            return [{"bbox": a.bbox, "score": 1.0, "category_id": a.category_id} for a in item.annotations]
         dets = sorted(self._dets.get(item.image_id, []), key=lambda d: -d["score"])
         return dets[: self.settings.max_per_image]
 
@@ -136,11 +141,21 @@ class InstancesProtocol:
         image = item.load_image()
         xywh = np.asarray([d["bbox"] for d in dets], np.float64).reshape(-1, 4)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        masks = box_prompts_to_masks(self.predictor, image, xyxy, self.settings.boxes_per_batch,
-                                     self.settings.refine)
-        return {"image_id": item.image_id, "detections": [
-            {"image_id": item.image_id, "category_id": d["category_id"], "score": d["score"],
-             "segmentation": _to_rle(m)} for d, m in zip(dets, masks)]}
+        masks = box_prompts_to_masks(
+            self.predictor, image, xyxy, self.settings.boxes_per_batch, self.settings.refine
+        )
+        return {
+            "image_id": item.image_id,
+            "detections": [
+                {
+                    "image_id": item.image_id,
+                    "category_id": d["category_id"],
+                    "score": d["score"],
+                    "segmentation": _to_rle(m),
+                }
+                for d, m in zip(dets, masks)
+            ],
+        }
 
     def summarize(self, records: list[dict], dataset: Any) -> dict:
         metrics = segm_ap(dataset.coco_gt(), [d for r in records for d in r["detections"]])
@@ -158,8 +173,14 @@ class InstancesProtocol:
         from sam_jax.evaluation.report import save_plot
 
         keys = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
-        save_plot(path, "mask AP (box prompts)", "metric", "AP",
-                  [("segm", list(range(len(keys))), [metrics[k] for k in keys])], ylim=(0.0, 1.0))
+        save_plot(
+            path,
+            "mask AP (box prompts)",
+            "metric",
+            "AP",
+            [("segm", list(range(len(keys))), [metrics[k] for k in keys])],
+            ylim=(0.0, 1.0),
+        )
 
 
 __all__ = ["InstanceSettings", "InstancesProtocol", "box_prompts_to_masks", "segm_ap"]

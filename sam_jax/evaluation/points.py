@@ -41,8 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 MAX_CLICKS = 20
-AREA_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
-                ("large", 96.0 ** 2, float("inf")))
+AREA_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,10 @@ class PointSettings:
 
 # ----------------------------------------------------------------------------- clicks
 
-def farthest_from_boundary(region: np.ndarray, exclude: list[tuple[int, int]] = ()
-                           ) -> tuple[float, tuple[int, int]]:
+
+def farthest_from_boundary(
+    region: np.ndarray, exclude: list[tuple[int, int]] = ()
+) -> tuple[float, tuple[int, int]]:
     """``(max distance, (y, x))`` of the pixel of ``region`` ``(H, W)`` bool farthest from
     its boundary, the image border counting as boundary; pixels in ``exclude`` are
     skipped. The first maximum in row-major order; ``(0.0, (0, 0))`` if nothing is left.
@@ -122,8 +123,9 @@ def random_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     return int(ys[k]), int(xs[k])
 
 
-def next_click(gt: np.ndarray, pred: np.ndarray, clicked: list[tuple[int, int]] = ()
-               ) -> tuple[tuple[int, int], int]:
+def next_click(
+    gt: np.ndarray, pred: np.ndarray, clicked: list[tuple[int, int]] = ()
+) -> tuple[tuple[int, int], int]:
     """The corrective click ``((y, x), label)`` for prediction ``pred`` of ``gt`` (module doc)."""
     fn_dist, fn_at = farthest_from_boundary(gt & ~pred, clicked)
     fp_dist, fp_at = farthest_from_boundary(~gt & pred, clicked)
@@ -139,8 +141,14 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- protocol
 
-def evaluate_image(predictor: Any, image: np.ndarray, masks: np.ndarray, settings: PointSettings,
-                   rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+
+def evaluate_image(
+    predictor: Any,
+    image: np.ndarray,
+    masks: np.ndarray,
+    settings: PointSettings,
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
     """Simulate the clicks for every mask of one image.
 
     Args:
@@ -155,8 +163,12 @@ def evaluate_image(predictor: Any, image: np.ndarray, masks: np.ndarray, setting
     masks = np.asarray(masks, bool)
     m, k = len(masks), settings.max_clicks
     rng = rng if rng is not None else np.random.default_rng(settings.seed)
-    out = {"iou": np.zeros((m, k)), "iou_oracle": np.zeros((m,)),
-           "area": masks.sum(axis=(1, 2)).astype(np.int64), "clicks": np.zeros((m, k, 3), np.int64)}
+    out = {
+        "iou": np.zeros((m, k)),
+        "iou_oracle": np.zeros((m,)),
+        "area": masks.sum(axis=(1, 2)).astype(np.int64),
+        "clicks": np.zeros((m, k, 3), np.int64),
+    }
     if m == 0:
         return out
     predictor.set_image(image)
@@ -166,12 +178,13 @@ def evaluate_image(predictor: Any, image: np.ndarray, masks: np.ndarray, setting
         rows = np.concatenate([np.arange(start, start + n), np.full(b - n, start + n - 1)])
         res = _clicks_for_rows(predictor, masks[rows], k, settings.first_click, rng)
         for key in ("iou", "iou_oracle", "clicks"):
-            out[key][start:start + n] = res[key][:n]
+            out[key][start : start + n] = res[key][:n]
     return out
 
 
-def _clicks_for_rows(predictor: Any, gt: np.ndarray, k: int, first: str,
-                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _clicks_for_rows(
+    predictor: Any, gt: np.ndarray, k: int, first: str, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     b = len(gt)
     coords = np.zeros((b, k, 2), np.float64)
     labels = np.zeros((b, k), np.int32)
@@ -183,15 +196,15 @@ def _clicks_for_rows(predictor: Any, gt: np.ndarray, k: int, first: str,
     for c in range(k):
         for r in range(b):
             if c == 0:
-                (y, x), lab = (center_click(gt[r]) if first == "center"
-                               else random_click(gt[r], rng)), 1
+                (y, x), lab = (center_click(gt[r]) if first == "center" else random_click(gt[r], rng)), 1
             else:
                 (y, x), lab = next_click(gt[r], pred[r], clicked[r])
             clicked[r].append((y, x))
             coords[r, c], labels[r, c] = (x, y), lab
         pts = predictor.transform.apply_coords(coords[:, : c + 1], predictor.original_size)
-        masks, scores, low = predictor.predict_batch(pts, labels[:, : c + 1], mask_input=prev,
-                                                     multimask_output=c == 0)
+        masks, scores, low = predictor.predict_batch(
+            pts, labels[:, : c + 1], mask_input=prev, multimask_output=c == 0
+        )
         if c == 0:
             best = np.argmax(scores, axis=1)
             ious = mask_iou(masks, gt[:, None])
@@ -210,8 +223,9 @@ def noc(iou: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1, iou.shape[1])
 
 
-def summarize(iou: np.ndarray, iou_oracle: np.ndarray, area: np.ndarray,
-              settings: PointSettings) -> dict[str, Any]:
+def summarize(
+    iou: np.ndarray, iou_oracle: np.ndarray, area: np.ndarray, settings: PointSettings
+) -> dict[str, Any]:
     """The protocol's metrics from the per-mask arrays of all images (module doc)."""
     if len(iou) == 0:
         raise ValueError("no masks were evaluated")
@@ -220,20 +234,22 @@ def summarize(iou: np.ndarray, iou_oracle: np.ndarray, area: np.ndarray,
         "miou": {str(n): float(iou[:, n - 1].mean()) for n in settings.clicks},
         "miou_oracle_1": float(iou_oracle.mean()),
         "noc": {f"{round(t * 100)}": float(noc(iou, t).mean()) for t in settings.noc_thresholds},
-        "noc_failures": {f"{round(t * 100)}": int((~(iou >= t).any(axis=1)).sum())
-                         for t in settings.noc_thresholds},
+        "noc_failures": {
+            f"{round(t * 100)}": int((~(iou >= t).any(axis=1)).sum()) for t in settings.noc_thresholds
+        },
         "miou_by_area": {},
     }
     for name, lo, hi in AREA_BUCKETS:
         sel = (area >= lo) & (area < hi)
         out["miou_by_area"][name] = {
             "num_masks": int(sel.sum()),
-            **({str(n): float(iou[sel, n - 1].mean()) for n in settings.clicks} if sel.any() else {})}
+            **({str(n): float(iou[sel, n - 1].mean()) for n in settings.clicks} if sel.any() else {}),
+        }
     return out
 
 
-
 # ----------------------------------------------------------------------------- protocol object
+
 
 class PointsProtocol:
     """The point protocol for :func:`sam_jax.evaluation.evaluate` (per-image records,
@@ -256,10 +272,14 @@ class PointsProtocol:
         image, masks = item.load()
         rng = np.random.default_rng([self.settings.seed, item.image_id])
         res = evaluate_image(self.predictor, image, masks, self.settings, rng)
-        return {"image_id": item.image_id, "ann_ids": [a.id for a in item.annotations],
-                "iou": np.round(res["iou"], 6).tolist(),
-                "iou_oracle": np.round(res["iou_oracle"], 6).tolist(),
-                "area": res["area"].tolist(), "clicks": res["clicks"].tolist()}
+        return {
+            "image_id": item.image_id,
+            "ann_ids": [a.id for a in item.annotations],
+            "iou": np.round(res["iou"], 6).tolist(),
+            "iou_oracle": np.round(res["iou_oracle"], 6).tolist(),
+            "area": res["area"].tolist(),
+            "clicks": res["clicks"].tolist(),
+        }
 
     def summarize(self, records: list[dict], dataset: Any = None) -> dict:
         k = self.settings.max_clicks
@@ -277,19 +297,38 @@ class PointsProtocol:
             b = metrics["miou_by_area"][name]
             rows.append([f"mIoU {name} ({b['num_masks']})"] + [b.get(n, float("nan")) for n in ns])
         text = markdown_table(["clicks"] + ns, rows)
-        extra = markdown_table(["oracle mIoU @1", *[f"NoC@{t}" for t in metrics["noc"]], "masks"],
-                               [[metrics["miou_oracle_1"], *metrics["noc"].values(),
-                                 metrics["num_masks"]]])
+        extra = markdown_table(
+            ["oracle mIoU @1", *[f"NoC@{t}" for t in metrics["noc"]], "masks"],
+            [[metrics["miou_oracle_1"], *metrics["noc"].values(), metrics["num_masks"]]],
+        )
         return text + "\n\n" + extra
 
     def plot(self, metrics: dict, path: str) -> None:
         from sam_jax.evaluation.report import save_plot
 
         ns = [int(n) for n in metrics["miou"]]
-        save_plot(path, "mIoU vs number of clicks", "clicks", "mIoU",
-                  [("ambiguity-aware / single mask", ns, list(metrics["miou"].values()))],
-                  ylim=(0.0, 1.0), points=[("oracle @1", 1, metrics["miou_oracle_1"])])
+        save_plot(
+            path,
+            "mIoU vs number of clicks",
+            "clicks",
+            "mIoU",
+            [("ambiguity-aware / single mask", ns, list(metrics["miou"].values()))],
+            ylim=(0.0, 1.0),
+            points=[("oracle @1", 1, metrics["miou_oracle_1"])],
+        )
 
 
-__all__ = ["PointSettings", "PointsProtocol", "MAX_CLICKS", "AREA_BUCKETS", "farthest_from_boundary",
-           "center_click", "random_click", "next_click", "mask_iou", "evaluate_image", "noc", "summarize"]
+__all__ = [
+    "PointSettings",
+    "PointsProtocol",
+    "MAX_CLICKS",
+    "AREA_BUCKETS",
+    "farthest_from_boundary",
+    "center_click",
+    "random_click",
+    "next_click",
+    "mask_iou",
+    "evaluate_image",
+    "noc",
+    "summarize",
+]

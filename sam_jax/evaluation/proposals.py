@@ -40,9 +40,15 @@ def proposal_generator(model: Any, settings: ProposalSettings):
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(
-        model, points_per_side=settings.points_per_side, points_per_batch=settings.points_per_batch,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=settings.box_nms_thresh,
-        crop_n_layers=0, output_mode="coco_rle")
+        model,
+        points_per_side=settings.points_per_side,
+        points_per_batch=settings.points_per_batch,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=settings.box_nms_thresh,
+        crop_n_layers=0,
+        output_mode="coco_rle",
+    )
 
 
 def rank_proposals(records: list[dict], image_id: int, limit: int) -> list[dict]:
@@ -57,8 +63,14 @@ def rank_proposals(records: list[dict], image_id: int, limit: int) -> list[dict]
         seg = dict(r["segmentation"])
         if isinstance(seg["counts"], bytes):
             seg["counts"] = seg["counts"].decode("ascii")
-        out.append({"image_id": int(image_id), "category_id": 1, "segmentation": seg,
-                    "score": float(np.nan_to_num(score, nan=0.0))})
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": 1,
+                "segmentation": seg,
+                "score": float(np.nan_to_num(score, nan=0.0)),
+            }
+        )
     out.sort(key=lambda d: -d["score"])
     return out[:limit]
 
@@ -90,8 +102,10 @@ def average_recall(gt: dict, detections: list[dict], max_dets: tuple[int, ...] =
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(fresh_results(detections)) if detections else None
     if coco_dt is None:
-        return {**{f"AR@{k}": 0.0 for k in max_dets},
-                **{f"AR_{a}@{max_dets[-1]}": 0.0 for a in ("small", "medium", "large")}}
+        return {
+            **{f"AR@{k}": 0.0 for k in max_dets},
+            **{f"AR_{a}@{max_dets[-1]}": 0.0 for a in ("small", "medium", "large")},
+        }
     ev = COCOeval(coco_gt, coco_dt, "segm")
     ev.params.useCats = 0
     ev.params.maxDets = list(max_dets)
@@ -102,8 +116,9 @@ def average_recall(gt: dict, detections: list[dict], max_dets: tuple[int, ...] =
         ev.summarize()
     s = ev.stats
     out = {f"AR@{k}": float(s[6 + i]) for i, k in enumerate(max_dets)}
-    out.update({f"AR_{a}@{max_dets[-1]}": float(s[9 + i])
-                for i, a in enumerate(("small", "medium", "large"))})
+    out.update(
+        {f"AR_{a}@{max_dets[-1]}": float(s[9 + i]) for i, a in enumerate(("small", "medium", "large"))}
+    )
     return out
 
 
@@ -118,13 +133,14 @@ class ProposalsProtocol:
 
     def setup(self, model: Any) -> None:
         """``model``: a ``SamModel`` or a ready generator (anything with ``generate``)."""
-        self.generator = model if hasattr(model, "generate") else proposal_generator(model,
-                                                                                    self.settings)
+        self.generator = model if hasattr(model, "generate") else proposal_generator(model, self.settings)
 
     def run_image(self, item: Any) -> dict:
         records = self.generator.generate(item.load_image())
-        return {"image_id": item.image_id,
-                "detections": rank_proposals(records, item.image_id, self.settings.max_proposals)}
+        return {
+            "image_id": item.image_id,
+            "detections": rank_proposals(records, item.image_id, self.settings.max_proposals),
+        }
 
     def summarize(self, records: list[dict], dataset: Any) -> dict:
         gt = dataset.coco_gt()
@@ -135,11 +151,11 @@ class ProposalsProtocol:
         freq = {c["id"]: c.get("frequency") for c in gt["categories"]}
         if any(freq.values()):
             for tag in ("r", "c", "f"):
-                sub = dict(gt, annotations=[a for a in gt["annotations"]
-                                            if freq.get(a["category_id"]) == tag])
+                sub = dict(
+                    gt, annotations=[a for a in gt["annotations"] if freq.get(a["category_id"]) == tag]
+                )
                 if sub["annotations"]:
-                    metrics[f"AR@{MAX_DETS[-1]}_{tag}"] = average_recall(sub, dets)[
-                        f"AR@{MAX_DETS[-1]}"]
+                    metrics[f"AR@{MAX_DETS[-1]}_{tag}"] = average_recall(sub, dets)[f"AR@{MAX_DETS[-1]}"]
         return metrics
 
     def table(self, metrics: dict) -> str:
@@ -152,9 +168,22 @@ class ProposalsProtocol:
         from sam_jax.evaluation.report import save_plot
 
         ks = list(MAX_DETS)
-        save_plot(path, "mask average recall", "proposals per image", "AR",
-                  [("AR@k", ks, [metrics[f"AR@{k}"] for k in ks])], ylim=(0.0, 1.0))
+        save_plot(
+            path,
+            "mask average recall",
+            "proposals per image",
+            "AR",
+            [("AR@k", ks, [metrics[f"AR@{k}"] for k in ks])],
+            ylim=(0.0, 1.0),
+        )
 
 
-__all__ = ["ProposalSettings", "ProposalsProtocol", "MAX_DETS", "proposal_generator",
-           "rank_proposals", "average_recall", "fresh_results"]
+__all__ = [
+    "ProposalSettings",
+    "ProposalsProtocol",
+    "MAX_DETS",
+    "proposal_generator",
+    "rank_proposals",
+    "average_recall",
+    "fresh_results",
+]

@@ -20,7 +20,8 @@ import datetime
 import math
 import os
 import tempfile
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SCHEMA = "sam-jax-eval/1"
 
@@ -40,11 +41,19 @@ def atomic_write(path: str, data: str | bytes) -> None:
         raise
 
 
-def result_document(protocol: str, dataset: dict, model: dict, settings: dict, metrics: dict,
-                    timing: dict) -> dict:
-    return {"schema": SCHEMA, "protocol": protocol, "dataset": dataset, "model": model,
-            "settings": settings, "metrics": metrics, "timing": timing,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def result_document(
+    protocol: str, dataset: dict, model: dict, settings: dict, metrics: dict, timing: dict
+) -> dict:
+    return {
+        "schema": SCHEMA,
+        "protocol": protocol,
+        "dataset": dataset,
+        "model": model,
+        "settings": settings,
+        "metrics": metrics,
+        "timing": timing,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -62,16 +71,25 @@ def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def markdown_report(doc: dict, table: str) -> str:
     d, m, t = doc["dataset"], doc["model"], doc["timing"]
-    return (f"# sam-jax eval: {doc['protocol']} on {d['name']}\n\n"
-            f"Model: {m.get('variant')} ({m.get('checkpoint') or 'weights given in memory'}), "
-            f"dataset: {d.get('num_images')} images, {d.get('num_masks')} masks, "
-            f"{t.get('images_per_s', float('nan')):.3g} images/s.\n\n{table}\n")
+    return (
+        f"# sam-jax eval: {doc['protocol']} on {d['name']}\n\n"
+        f"Model: {m.get('variant')} ({m.get('checkpoint') or 'weights given in memory'}), "
+        f"dataset: {d.get('num_images')} images, {d.get('num_masks')} masks, "
+        f"{t.get('images_per_s', float('nan')):.3g} images/s.\n\n{table}\n"
+    )
 
 
-def save_plot(path: str, title: str, xlabel: str, ylabel: str,
-              curves: list[tuple[str, list[float], list[float]]], marker: str = "o",
-              xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None,
-              points: list[tuple[str, float, float]] = ()) -> None:
+def save_plot(
+    path: str,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    curves: list[tuple[str, list[float], list[float]]],
+    marker: str = "o",
+    xlim: tuple[float, float] | None = None,
+    ylim: tuple[float, float] | None = None,
+    points: list[tuple[str, float, float]] = (),
+) -> None:
     """A line plot (one curve per ``(label, xs, ys)``) written atomically as PNG."""
     import io
 
@@ -101,5 +119,4 @@ def save_plot(path: str, title: str, xlabel: str, ylabel: str,
     atomic_write(path, buf.getvalue())
 
 
-__all__ = ["SCHEMA", "atomic_write", "result_document", "markdown_table", "markdown_report",
-           "save_plot"]
+__all__ = ["SCHEMA", "atomic_write", "result_document", "markdown_table", "markdown_report", "save_plot"]

@@ -6,5 +6,14 @@ from sam_jax.modeling.prompt_encoder import INVALID_LABEL, PAD_LABEL, PromptEnco
 from sam_jax.modeling.sam import Sam, SamConfig, postprocess_masks
 from sam_jax.modeling.transformer import TwoWayTransformer
 
-__all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "TwoWayTransformer", "Sam",
-           "SamConfig", "postprocess_masks", "INVALID_LABEL", "PAD_LABEL"]
+__all__ = [
+    "ImageEncoderViT",
+    "MaskDecoder",
+    "PromptEncoder",
+    "TwoWayTransformer",
+    "Sam",
+    "SamConfig",
+    "postprocess_masks",
+    "INVALID_LABEL",
+    "PAD_LABEL",
+]

@@ -16,7 +16,8 @@ Logical axis vocabulary used by the model:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -126,8 +127,11 @@ class ConvTranspose2x2(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cin = x.shape[-1]
         kernel = self.param(
-            "kernel", partitioned(default_kernel_init, (None, None, None, None)),
-            (2, 2, cin, self.features), self.param_dtype)
+            "kernel",
+            partitioned(default_kernel_init, (None, None, None, None)),
+            (2, 2, cin, self.features),
+            self.param_dtype,
+        )
         bias = self.param("bias", partitioned(zeros, (None,)), (self.features,), self.param_dtype)
         y = jnp.einsum("...i,acio->...aco", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)

@@ -15,14 +15,23 @@ see ``sam_jax.checkpoint``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sam_jax.modeling.common import (
-    Dtype, DropPath, MLPBlock, conv, dense, gelu, layer_norm, partitioned, zeros)
+    DropPath,
+    Dtype,
+    MLPBlock,
+    conv,
+    dense,
+    gelu,
+    layer_norm,
+    partitioned,
+    zeros,
+)
 
 
 def resize_rel_pos(table: jax.Array, length: int) -> jax.Array:
@@ -69,8 +78,9 @@ def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, i
     return x, (hp, wp)
 
 
-def window_unpartition(x: jax.Array, window: int, padded_hw: tuple[int, int],
-                       hw: tuple[int, int]) -> jax.Array:
+def window_unpartition(
+    x: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
     """Inverse of :func:`window_partition`: ``(B*nW, w, w, C) -> (B, H, W, C)``."""
     hp, wp = padded_hw
     nh, nw = hp // window, wp // window
@@ -80,8 +90,15 @@ def window_unpartition(x: jax.Array, window: int, padded_hw: tuple[int, int],
     return x[:, : hw[0], : hw[1], :]
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array | None,
-              rel_w: jax.Array | None, scale: float, implementation: str | None) -> jax.Array:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rel_h: jax.Array | None,
+    rel_w: jax.Array | None,
+    scale: float,
+    implementation: str | None,
+) -> jax.Array:
     """Softmax attention over a 2-D token grid with decomposed relative positions.
 
     Args:
@@ -104,17 +121,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array | None,
     bias = None
     if rel_h is not None:
         bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, t, t)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
-                                        implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=implementation)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(i for i in range(1, min(n, max(at_most, 1)) + 1) if n % i == 0)
 
 
-def decomposed_attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array | None,
-                         rel_w: jax.Array | None, scale: float,
-                         chunk_bytes: int = 4 << 20) -> jax.Array:
+def decomposed_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rel_h: jax.Array | None,
+    rel_w: jax.Array | None,
+    scale: float,
+    chunk_bytes: int = 4 << 20,
+) -> jax.Array:
     """:func:`attention` in a loop over chunks of queries whose scores stay in cache.
 
     The CPU path. The ``(B, N, T, T)`` scores of a global block (800 MB for vit_b
@@ -140,14 +162,18 @@ def decomposed_attention(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Ar
     # Loop axes first: (nb * nh) outer, nr inner; then (G items, heads) batch axes.
     qs = (q * jnp.asarray(scale, q.dtype)).reshape(nb, items, nr, rows * w, nh, heads, d)
     qs = qs.transpose(0, 4, 2, 1, 5, 3, 6).reshape(nb * nh, nr, items, heads, rows * w, d)
-    ks, vs = (x.reshape(nb, items, t, nh, heads, d).transpose(0, 3, 1, 4, 2, 5)
-              .reshape(nb * nh, items, heads, t, d) for x in (k, v))
+    ks, vs = (
+        x.reshape(nb, items, t, nh, heads, d).transpose(0, 3, 1, 4, 2, 5).reshape(nb * nh, items, heads, t, d)
+        for x in (k, v)
+    )
     rels = None
     if rel_h is not None:  # (B, N, H, W, K) -> (nb*nh, nr, G, heads, R, W, K)
         rels = tuple(
             x.reshape(nb, items, nh, heads, nr, rows, w, x.shape[-1])
-            .transpose(0, 2, 4, 1, 3, 5, 6, 7).reshape(nb * nh, nr, items, heads, rows, w, -1)
-            for x in (rel_h, rel_w))
+            .transpose(0, 2, 4, 1, 3, 5, 6, 7)
+            .reshape(nb * nh, nr, items, heads, rows, w, -1)
+            for x in (rel_h, rel_w)
+        )
 
     def chunk(qc, kc, vc, relc):  # (G, n, R*W, D), (G, n, T, D), (G, n, T, D)
         logits = jnp.einsum("gnqd,gnsd->gnqs", qc, kc)
@@ -219,16 +245,18 @@ class Attention(nn.Module):
         rel_h = rel_w = None
         if self.use_rel_pos:
             table_shape = (2 * self.rel_pos_size - 1, head_dim)
-            rel_pos_h = self.param("rel_pos_h", partitioned(zeros, (None, None)),
-                                   table_shape, self.param_dtype)
-            rel_pos_w = self.param("rel_pos_w", partitioned(zeros, (None, None)),
-                                   table_shape, self.param_dtype)
+            rel_pos_h = self.param(
+                "rel_pos_h", partitioned(zeros, (None, None)), table_shape, self.param_dtype
+            )
+            rel_pos_w = self.param(
+                "rel_pos_w", partitioned(zeros, (None, None)), table_shape, self.param_dtype
+            )
             rh = relative_positions(gh, gh, rel_pos_h).astype(self.dtype)  # (H', H', D)
             rw = relative_positions(gw, gw, rel_pos_w).astype(self.dtype)  # (W', W', D)
             q_grid = q.reshape(gb, gh, gw, self.num_heads, head_dim)
             rel_h = jnp.einsum("byxnd,ykd->bnyxk", q_grid, rh)  # (B', N, H', W', H')
             rel_w = jnp.einsum("byxnd,xkd->bnyxk", q_grid, rw)  # (B', N, H', W', W')
-        out = attention(q, k, v, rel_h, rel_w, head_dim ** -0.5, self.attention_impl)
+        out = attention(q, k, v, rel_h, rel_w, head_dim**-0.5, self.attention_impl)
         out = out.reshape(gb, gh, gw, c)
         if self.window_size > 0:
             out = window_unpartition(out, self.window_size, padded_hw, (h, w))
@@ -255,9 +283,15 @@ class Block(nn.Module):
         c = x.shape[-1]
         shortcut = x
         x = layer_norm(1e-6, self.dtype, self.param_dtype, "norm1")(x)
-        x = Attention(self.num_heads, self.rel_pos_size, self.window_size,
-                      attention_impl=self.attention_impl, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="attn")(x)
+        x = Attention(
+            self.num_heads,
+            self.rel_pos_size,
+            self.window_size,
+            attention_impl=self.attention_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )(x)
         drop = DropPath(self.drop_path, name="drop_path")
         x = shortcut + drop(x, deterministic)
         y = layer_norm(1e-6, self.dtype, self.param_dtype, "norm2")(x)
@@ -296,20 +330,24 @@ class ImageEncoderViT(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         if x.shape[1:] != (self.img_size, self.img_size, 3):
             raise ValueError(
-                f"image encoder expects (B, {self.img_size}, {self.img_size}, 3) pixels, "
-                f"got {x.shape}")
+                f"image encoder expects (B, {self.img_size}, {self.img_size}, 3) pixels, got {x.shape}"
+            )
         grid = self.img_size // self.patch_size
-        x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, self.param_dtype,
-                       name="patch_embed")(x)
-        pos_embed = self.param("pos_embed", partitioned(zeros, (None, None, None, "embed")),
-                               (1, grid, grid, self.embed_dim), self.param_dtype)
+        x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, self.param_dtype, name="patch_embed")(x)
+        pos_embed = self.param(
+            "pos_embed",
+            partitioned(zeros, (None, None, None, "embed")),
+            (1, grid, grid, self.embed_dim),
+            self.param_dtype,
+        )
         x = x + pos_embed.astype(self.dtype)
         x = nn.with_logical_constraint(x, ("batch", None, None, "act_embed"))
 
         block_cls = Block
         if self.remat_policy != "none":
-            policy = None if self.remat_policy == "full" else getattr(
-                jax.checkpoint_policies, self.remat_policy)
+            policy = (
+                None if self.remat_policy == "full" else getattr(jax.checkpoint_policies, self.remat_policy)
+            )
             block_cls = nn.remat(Block, policy=policy, static_argnums=(2,))
         for i in range(self.depth):
             is_global = i in tuple(self.global_attn_indexes)
@@ -327,11 +365,11 @@ class ImageEncoderViT(nn.Module):
             )(x, deterministic)
 
         # Neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (checkpoint keys neck.0-3).
-        x = conv(self.out_chans, 1, self.dtype, self.param_dtype, "neck_0", use_bias=False,
-                 axes=("embed", None))(x)
+        x = conv(
+            self.out_chans, 1, self.dtype, self.param_dtype, "neck_0", use_bias=False, axes=("embed", None)
+        )(x)
         x = layer_norm(1e-6, self.dtype, self.param_dtype, "neck_1")(x)
-        x = conv(self.out_chans, 3, self.dtype, self.param_dtype, "neck_2", padding=1,
-                 use_bias=False)(x)
+        x = conv(self.out_chans, 3, self.dtype, self.param_dtype, "neck_2", padding=1, use_bias=False)(x)
         return layer_norm(1e-6, self.dtype, self.param_dtype, "neck_3")(x)
 
 
@@ -345,5 +383,12 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv(self.embed_dim, self.patch_size, self.dtype, self.param_dtype, "proj",
-                    stride=self.patch_size, axes=(None, "embed"))(x.astype(self.dtype))
+        return conv(
+            self.embed_dim,
+            self.patch_size,
+            self.dtype,
+            self.param_dtype,
+            "proj",
+            stride=self.patch_size,
+            axes=(None, "embed"),
+        )(x.astype(self.dtype))

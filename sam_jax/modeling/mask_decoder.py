@@ -61,24 +61,33 @@ class MaskDecoder(nn.Module):
         b = sparse_prompt_embeddings.shape[0]
 
         def token_table(name, n):
-            return nn.Embed(n, e, param_dtype=self.param_dtype, name=name, embedding_init=partitioned(
-                nn.initializers.normal(1.0), (None, "embed"))).embedding
+            return nn.Embed(
+                n,
+                e,
+                param_dtype=self.param_dtype,
+                name=name,
+                embedding_init=partitioned(nn.initializers.normal(1.0), (None, "embed")),
+            ).embedding
 
         iou_token = token_table("iou_token", 1)
         mask_tokens = token_table("mask_tokens", n_masks)
         output_tokens = jnp.concatenate([iou_token, mask_tokens], 0).astype(self.dtype)
         output_tokens = jnp.broadcast_to(output_tokens, (b, 1 + n_masks, e))
-        tokens = jnp.concatenate(
-            [output_tokens, sparse_prompt_embeddings.astype(self.dtype)], axis=1)
+        tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings.astype(self.dtype)], axis=1)
         if token_valid is not None:
             token_valid = jnp.concatenate([jnp.ones((b, 1 + n_masks), bool), token_valid], 1)
 
         src = image_embeddings.astype(self.dtype) + dense_prompt_embeddings.astype(self.dtype)
         hs, src = TwoWayTransformer(
-            self.transformer_depth, e, self.transformer_heads, self.transformer_mlp_dim,
-            name="transformer", **kw)(src, image_pe, tokens, token_valid)
+            self.transformer_depth,
+            e,
+            self.transformer_heads,
+            self.transformer_mlp_dim,
+            name="transformer",
+            **kw,
+        )(src, image_pe, tokens, token_valid)
         iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1:1 + n_masks, :]
+        mask_tokens_out = hs[:, 1 : 1 + n_masks, :]
 
         h, w = image_embeddings.shape[1:3]
         src = jnp.broadcast_to(src.reshape(-1, h, w, e), (b, h, w, e))
@@ -89,13 +98,18 @@ class MaskDecoder(nn.Module):
         up = gelu(layer_norm(1e-6, self.dtype, self.param_dtype, "output_upscaling_1")(up))
         up = gelu(ConvTranspose2x2(e // 8, name="output_upscaling_3", **kw)(up))
 
-        hyper_in = jnp.stack([
-            MLP(e, e // 8, 3, name=f"output_hypernetworks_mlps_{i}", **kw)(mask_tokens_out[:, i])
-            for i in range(n_masks)], axis=1)  # (B, n_masks, e/8)
+        hyper_in = jnp.stack(
+            [
+                MLP(e, e // 8, 3, name=f"output_hypernetworks_mlps_{i}", **kw)(mask_tokens_out[:, i])
+                for i in range(n_masks)
+            ],
+            axis=1,
+        )  # (B, n_masks, e/8)
         masks = jnp.einsum("bko,bijacpqo->bkiapjcq", hyper_in, up)
         masks = masks.reshape(b, n_masks, 4 * h, 4 * w)
-        iou_pred = MLP(self.iou_head_hidden_dim, n_masks, self.iou_head_depth,
-                       name="iou_prediction_head", **kw)(iou_token_out)
+        iou_pred = MLP(
+            self.iou_head_hidden_dim, n_masks, self.iou_head_depth, name="iou_prediction_head", **kw
+        )(iou_token_out)
 
         if multimask_output:
             return masks[:, 1:], iou_pred[:, 1:]

@@ -47,7 +47,9 @@ class PositionEmbeddingRandom(nn.Module):
         self.positional_encoding_gaussian_matrix = self.param(
             "positional_encoding_gaussian_matrix",
             partitioned(nn.initializers.normal(self.scale), (None, None)),
-            (2, self.num_pos_feats), jnp.float32)
+            (2, self.num_pos_feats),
+            jnp.float32,
+        )
 
     def encode(self, coords: jax.Array) -> jax.Array:
         """``(..., 2)`` normalised x, y -> ``(..., 2 * num_pos_feats)`` float32."""
@@ -92,9 +94,13 @@ class PromptEncoder(nn.Module):
 
     def setup(self):
         def embed(n, name):
-            return nn.Embed(n, self.embed_dim, param_dtype=self.param_dtype,
-                            embedding_init=partitioned(nn.initializers.normal(1.0),
-                                                       (None, "embed")), name=name)
+            return nn.Embed(
+                n,
+                self.embed_dim,
+                param_dtype=self.param_dtype,
+                embedding_init=partitioned(nn.initializers.normal(1.0), (None, "embed")),
+                name=name,
+            )
 
         self.pe_layer = PositionEmbeddingRandom(self.embed_dim // 2)
         # 0: background point, 1: foreground point, 2: box top-left, 3: box bottom-right.
@@ -103,19 +109,17 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = embed(1, "no_mask_embed")
         c = self.mask_in_chans
         # Checkpoint keys mask_downscaling.{0,1,3,4,6}; 2 and 5 are the GELUs.
-        self.mask_downscaling_0 = conv(c // 4, 2, self.dtype, self.param_dtype,
-                                       "mask_downscaling_0", stride=2)
-        self.mask_downscaling_1 = layer_norm(1e-6, self.dtype, self.param_dtype,
-                                             "mask_downscaling_1")
-        self.mask_downscaling_3 = conv(c, 2, self.dtype, self.param_dtype,
-                                       "mask_downscaling_3", stride=2)
-        self.mask_downscaling_4 = layer_norm(1e-6, self.dtype, self.param_dtype,
-                                             "mask_downscaling_4")
-        self.mask_downscaling_6 = conv(self.embed_dim, 1, self.dtype, self.param_dtype,
-                                       "mask_downscaling_6", axes=(None, "embed"))
+        self.mask_downscaling_0 = conv(
+            c // 4, 2, self.dtype, self.param_dtype, "mask_downscaling_0", stride=2
+        )
+        self.mask_downscaling_1 = layer_norm(1e-6, self.dtype, self.param_dtype, "mask_downscaling_1")
+        self.mask_downscaling_3 = conv(c, 2, self.dtype, self.param_dtype, "mask_downscaling_3", stride=2)
+        self.mask_downscaling_4 = layer_norm(1e-6, self.dtype, self.param_dtype, "mask_downscaling_4")
+        self.mask_downscaling_6 = conv(
+            self.embed_dim, 1, self.dtype, self.param_dtype, "mask_downscaling_6", axes=(None, "embed")
+        )
         if self.text_embed_dim:
-            self.text_proj = dense(self.embed_dim, (None, "embed"), self.dtype,
-                                   self.param_dtype, "text_proj")
+            self.text_proj = dense(self.embed_dim, (None, "embed"), self.dtype, self.param_dtype, "text_proj")
 
     def get_dense_pe(self) -> jax.Array:
         """Positional encoding of the image embedding grid: ``(64, 64, 256)``."""
@@ -138,8 +142,7 @@ class PromptEncoder(nn.Module):
         """``(B, 4)`` XYXY pixel boxes -> ``(B, 2, E)`` corner tokens."""
         corners = (boxes.astype(jnp.float32) + 0.5).reshape(-1, 2, 2)
         pe = self.pe_layer.with_coords(corners, self.input_image_size)
-        kind = jnp.stack([self._table(self.point_embeddings[2]),
-                          self._table(self.point_embeddings[3])])
+        kind = jnp.stack([self._table(self.point_embeddings[2]), self._table(self.point_embeddings[3])])
         return pe + kind
 
     def embed_text(self, text_embeddings: jax.Array) -> jax.Array:
@@ -147,8 +150,9 @@ class PromptEncoder(nn.Module):
         if not self.text_embed_dim:
             raise ValueError("this SAM has no text prompt (build it with text_embed_dim > 0)")
         if text_embeddings.shape[-1] != self.text_embed_dim:
-            raise ValueError(f"text embeddings must have width {self.text_embed_dim}, got "
-                             f"shape {text_embeddings.shape}")
+            raise ValueError(
+                f"text embeddings must have width {self.text_embed_dim}, got shape {text_embeddings.shape}"
+            )
         x = text_embeddings.astype(jnp.float32)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
         return self.text_proj(x.astype(self.dtype))[:, None, :]
@@ -189,8 +193,7 @@ class PromptEncoder(nn.Module):
         Returns:
           sparse ``(B, T, E)``, token validity ``(B, T)`` bool, dense ``(B, 64, 64, E)``.
         """
-        bs = next((x.shape[0] for x in (point_coords, boxes, masks, text_embeddings)
-                   if x is not None), 1)
+        bs = next((x.shape[0] for x in (point_coords, boxes, masks, text_embeddings) if x is not None), 1)
         tokens, valid = [], []
         if point_coords is not None:
             if point_labels is None:
@@ -198,11 +201,11 @@ class PromptEncoder(nn.Module):
             coords, labels = point_coords, point_labels
             if boxes is None or box_valid is not None:
                 # The reference appends one "not a point" token when there is no box.
-                pad_valid = (jnp.ones((bs,), bool) if boxes is None else ~box_valid)
+                pad_valid = jnp.ones((bs,), bool) if boxes is None else ~box_valid
                 coords = jnp.concatenate([coords, jnp.zeros((bs, 1, 2), coords.dtype)], 1)
                 labels = jnp.concatenate(
-                    [labels, jnp.where(pad_valid, PAD_LABEL, INVALID_LABEL)[:, None]
-                     .astype(labels.dtype)], 1)
+                    [labels, jnp.where(pad_valid, PAD_LABEL, INVALID_LABEL)[:, None].astype(labels.dtype)], 1
+                )
             tokens.append(self._embed_points(coords, labels))
             valid.append(labels != INVALID_LABEL)
         if boxes is not None:
@@ -222,7 +225,8 @@ class PromptEncoder(nn.Module):
 
         h, w = self.image_embedding_size
         no_mask = jnp.broadcast_to(
-            self._table(self.no_mask_embed).astype(self.dtype), (bs, h, w, self.embed_dim))
+            self._table(self.no_mask_embed).astype(self.dtype), (bs, h, w, self.embed_dim)
+        )
         if masks is None:
             dense = no_mask
         else:

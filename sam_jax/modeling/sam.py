@@ -82,19 +82,35 @@ class Sam(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.image_encoder = ImageEncoderViT(
-            embed_dim=c.encoder_embed_dim, depth=c.encoder_depth, num_heads=c.encoder_num_heads,
-            global_attn_indexes=tuple(c.encoder_global_attn_indexes), img_size=c.image_size,
-            patch_size=c.patch_size, out_chans=c.prompt_embed_dim, window_size=c.window_size,
-            drop_path_rate=self.drop_path_rate, remat_policy=self.remat_policy,
-            attention_impl=self.attention_impl, **kw)
+            embed_dim=c.encoder_embed_dim,
+            depth=c.encoder_depth,
+            num_heads=c.encoder_num_heads,
+            global_attn_indexes=tuple(c.encoder_global_attn_indexes),
+            img_size=c.image_size,
+            patch_size=c.patch_size,
+            out_chans=c.prompt_embed_dim,
+            window_size=c.window_size,
+            drop_path_rate=self.drop_path_rate,
+            remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl,
+            **kw,
+        )
         grid = (c.embedding_size, c.embedding_size)
         self.prompt_encoder = PromptEncoder(
-            embed_dim=c.prompt_embed_dim, image_embedding_size=grid,
-            input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans,
-            text_embed_dim=c.text_embed_dim, **kw)
+            embed_dim=c.prompt_embed_dim,
+            image_embedding_size=grid,
+            input_image_size=(c.image_size, c.image_size),
+            mask_in_chans=c.mask_in_chans,
+            text_embed_dim=c.text_embed_dim,
+            **kw,
+        )
         self.mask_decoder = MaskDecoder(
-            transformer_dim=c.prompt_embed_dim, transformer_depth=c.decoder_depth,
-            transformer_heads=c.decoder_heads, transformer_mlp_dim=c.decoder_mlp_dim, **kw)
+            transformer_dim=c.prompt_embed_dim,
+            transformer_depth=c.decoder_depth,
+            transformer_heads=c.decoder_heads,
+            transformer_mlp_dim=c.decoder_mlp_dim,
+            **kw,
+        )
 
     def embed_images(self, pixels: jax.Array, deterministic: bool = True) -> jax.Array:
         """``(B, S, S, 3)`` preprocessed pixels -> ``(B, S/16, S/16, 256)`` embeddings."""
@@ -126,25 +142,34 @@ class Sam(nn.Module):
           low-res mask logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
         """
         sparse, token_valid, dense = self.prompt_encoder(
-            point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid,
-            text_embeddings, text_valid)
+            point_coords, point_labels, boxes, mask_inputs, box_valid, mask_valid, text_embeddings, text_valid
+        )
         if mask_inputs is None and image_embeddings.shape[0] == 1:
             # Every row has the same image and dense embedding: the decoder then computes
             # the image side of its first block once for all prompts.
             dense = dense[:1]
         return self.mask_decoder(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
-            multimask_output, token_valid)
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, token_valid
+        )
 
-    def __call__(self, pixels, point_coords, point_labels, boxes=None, mask_inputs=None,
-                 multimask_output=True, deterministic=True):
+    def __call__(
+        self,
+        pixels,
+        point_coords,
+        point_labels,
+        boxes=None,
+        mask_inputs=None,
+        multimask_output=True,
+        deterministic=True,
+    ):
         """Embed and decode in one call (one prompt row per image); used for init."""
         emb = self.embed_images(pixels, deterministic)
         text = None
         if self.config.text_embed_dim:
             text = jnp.ones((pixels.shape[0], self.config.text_embed_dim), jnp.float32)
-        return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output,
-                           text_embeddings=text)
+        return self.decode(
+            emb, point_coords, point_labels, boxes, mask_inputs, multimask_output, text_embeddings=text
+        )
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -201,8 +226,13 @@ def postprocess_masks(
     r = low_res_masks.shape[-1]
     rows = postprocess_matrix(r, image_size, int(input_size[0]), int(original_size[0]))
     cols = postprocess_matrix(r, image_size, int(input_size[1]), int(original_size[1]))
-    return jnp.einsum("hy,...yx,wx->...hw", rows, low_res_masks.astype(jnp.float32), cols,
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum(
+        "hy,...yx,wx->...hw",
+        rows,
+        low_res_masks.astype(jnp.float32),
+        cols,
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 __all__ = ["Sam", "SamConfig", "postprocess_masks", "resize_bilinear", "MASK_THRESHOLD"]

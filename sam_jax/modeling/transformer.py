@@ -35,8 +35,9 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array,
-                 key_valid: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None
+    ) -> jax.Array:
         inner = self.embedding_dim // self.downsample_rate
         if inner % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide {inner}")
@@ -50,10 +51,9 @@ class Attention(nn.Module):
         b = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (jnp.broadcast_to(x, (b,) + x.shape[1:]) for x in (q, k, v))
         mask = None if key_valid is None else key_valid[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim ** -0.5)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
         out = out.reshape(*out.shape[:-2], inner)
-        return dense(self.embedding_dim, ("heads", "embed"), self.dtype, self.param_dtype,
-                     "out_proj")(out)
+        return dense(self.embedding_dim, ("heads", "embed"), self.dtype, self.param_dtype, "out_proj")(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -88,16 +88,16 @@ class TwoWayAttentionBlock(nn.Module):
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm1")(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        queries = queries + Attention(e, heads, rate, name="cross_attn_token_to_image",
-                                      **kw)(q, k, keys)
+        queries = queries + Attention(e, heads, rate, name="cross_attn_token_to_image", **kw)(q, k, keys)
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm2")(queries)
 
         queries = queries + MLPBlock(self.mlp_dim, jax.nn.relu, name="mlp", **kw)(queries)
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm3")(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        keys = keys + Attention(e, heads, rate, name="cross_attn_image_to_token",
-                                **kw)(k, q, queries, token_valid)
+        keys = keys + Attention(e, heads, rate, name="cross_attn_image_to_token", **kw)(
+            k, q, queries, token_valid
+        )
         keys = layer_norm(1e-5, self.dtype, self.param_dtype, "norm4")(keys)
         return queries, keys
 
@@ -131,11 +131,17 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for i in range(self.depth):
             queries, keys = TwoWayAttentionBlock(
-                e, self.num_heads, self.mlp_dim, self.attention_downsample_rate,
-                skip_first_layer_pe=(i == 0), name=f"layers_{i}", **kw,
+                e,
+                self.num_heads,
+                self.mlp_dim,
+                self.attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+                name=f"layers_{i}",
+                **kw,
             )(queries, keys, point_embedding, key_pe, token_valid)
         q, k = queries + point_embedding, keys + key_pe
-        queries = queries + Attention(e, self.num_heads, self.attention_downsample_rate,
-                                      name="final_attn_token_to_image", **kw)(q, k, keys)
+        queries = queries + Attention(
+            e, self.num_heads, self.attention_downsample_rate, name="final_attn_token_to_image", **kw
+        )(q, k, keys)
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm_final_attn")(queries)
         return queries, keys

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +29,24 @@ from sam_jax.modeling.sam import Sam, SamConfig
 
 # One table defines every released variant.
 VARIANTS: dict[str, SamConfig] = {
-    "vit_b": SamConfig(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-                       encoder_global_attn_indexes=(2, 5, 8, 11)),
-    "vit_l": SamConfig(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-                       encoder_global_attn_indexes=(5, 11, 17, 23)),
-    "vit_h": SamConfig(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-                       encoder_global_attn_indexes=(7, 15, 23, 31)),
+    "vit_b": SamConfig(
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    "vit_l": SamConfig(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_h": SamConfig(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
 }
 _FIELDS = tuple(f.name for f in dataclasses.fields(SamConfig))
 
@@ -56,8 +69,9 @@ def get_config(variant: str | SamConfig, **overrides: Any) -> SamConfig:
     else:
         name = "vit_h" if variant == "default" else variant
         if name not in VARIANTS:
-            raise ValueError(f"unknown SAM variant {variant!r}; known: {sorted(VARIANTS)}, "
-                             "'default' and 'custom'")
+            raise ValueError(
+                f"unknown SAM variant {variant!r}; known: {sorted(VARIANTS)}, 'default' and 'custom'"
+            )
         config = VARIANTS[name]
     unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:
@@ -70,9 +84,13 @@ def get_config(variant: str | SamConfig, **overrides: Any) -> SamConfig:
 
 def _dummy_inputs(config: SamConfig):
     s, r = config.image_size, config.low_res_size
-    return (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, 1, 2), jnp.float32),
-            jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 4), jnp.float32),
-            jnp.zeros((1, r, r), jnp.float32))
+    return (
+        jnp.zeros((1, s, s, 3), jnp.float32),
+        jnp.zeros((1, 1, 2), jnp.float32),
+        jnp.ones((1, 1), jnp.int32),
+        jnp.zeros((1, 4), jnp.float32),
+        jnp.zeros((1, r, r), jnp.float32),
+    )
 
 
 def init_variables(module: Sam, rng: jax.Array) -> dict[str, Any]:
