@@ -57,6 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sam_jax.atomic_io import write_json
+
 __all__ = [
     "SyntheticImage",
     "generate_image",
@@ -482,10 +484,7 @@ def write_eval_set(
             )
         Image.fromarray(edges.astype(np.uint8) * 255).save(os.path.join(out_dir, "edges", name + ".png"))
     path = os.path.join(out_dir, "instances.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    write_json(path, doc)
     return path
 
 

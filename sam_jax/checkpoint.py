@@ -47,6 +47,8 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from sam_jax.atomic_io import atomic_open
+
 # Modules whose 4-D kernels are transposed convolutions (torch layout (in, out, kh, kw)).
 _TRANSPOSED_CONV = ("output_upscaling_",)
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
@@ -322,9 +324,8 @@ def save_params(params: Any, path: str | os.PathLike) -> None:
     flat = traverse_util.flatten_dict(nn.unbox(params))
     arrays = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in flat.items()}
     arrays = {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v for k, v in arrays.items()}
-    tmp = os.fspath(path) + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_params(path: str | os.PathLike, template: Any) -> dict:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam_jax.atomic_io import write_json
 from sam_jax.image_files import IMAGE_SUFFIXES
 
 
@@ -175,8 +176,8 @@ def _segment(args: argparse.Namespace) -> None:
         labels=labels,
         boxes=None if box is None else box[None],
     )
-    (args.out / f"{stem}_scores.json").write_text(
-        json.dumps({"predicted_iou": [float(v) for v in iou], "best": best}, indent=1)
+    write_json(
+        args.out / f"{stem}_scores.json", {"predicted_iou": [float(v) for v in iou], "best": best}, indent=1
     )
     print(
         f"wrote {len(masks)} masks and an overlay to {args.out} (best mask {best}, "
@@ -238,7 +239,7 @@ def _generate_one(generator, path: Path, image_id: int, out: Path) -> int:
     image = _read_image(path)
     records = generator.generate(image)
     doc = sa1b_record(records, path.name, image_id, image.shape)
-    (out / f"{path.stem}.json").write_text(json.dumps(doc))
+    write_json(out / f"{path.stem}.json", doc)
     masks = [
         mask_utils.decode(dict(r["segmentation"], counts=r["segmentation"]["counts"].encode())).astype(bool)
         for r in records

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,16 +48,10 @@ _MAX_BAKED_BYTES = 1900 * 2**20
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # Imported here: the loader half of this file runs without sam_jax.
+    from sam_jax.atomic_io import write_bytes
+
+    write_bytes(path, data)
 
 
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

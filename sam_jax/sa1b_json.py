@@ -9,17 +9,13 @@ One JSON file per image::
 
 ``sa1b_record`` turns the records of the automatic mask generator (``coco_rle``
 output) into that document; ``mask_record`` builds one annotation from a binary
-mask; ``write_json_atomic`` writes a document so that a reader never sees half of
-it. The readers are in ``data/sa1b.py``.
+mask (written atomically with ``sam_jax.atomic_io.write_json``). The readers are
+in ``data/sa1b.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,23 +95,4 @@ def mask_record(
     }
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers see the old or the new file, never a partial one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-__all__ = ["decode_mask", "encode_mask", "mask_record", "sa1b_record", "write_json_atomic"]
+__all__ = ["decode_mask", "encode_mask", "mask_record", "sa1b_record"]

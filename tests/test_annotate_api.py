@@ -286,12 +286,12 @@ def test_two_tabs_never_corrupt_a_file(folder):
 
 
 def test_a_failed_write_leaves_the_file_as_it_was(tmp_path):
-    from sam_jax.sa1b_json import write_json_atomic
+    from sam_jax.atomic_io import write_json
 
     path = tmp_path / "x.json"
-    write_json_atomic(path, {"annotations": [1]})
+    write_json(path, {"annotations": [1]})
     with pytest.raises(TypeError):
-        write_json_atomic(path, {"annotations": [object()]})  # fails half-way through json.dump
+        write_json(path, {"annotations": [object()]})  # fails half-way through json.dump
     assert json.loads(path.read_text()) == {"annotations": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 

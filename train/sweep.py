@@ -49,6 +49,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from sam_jax import atomic_io
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE, SCORES, TIMING, CONFIG = "done.json", "scores.json", "timing.json", "config.json"
 SEED_AXIS = "seed"
@@ -235,11 +237,7 @@ def resolve(sweep: Sweep, cell: Cell, workdir: str):
 
 # ------------------------------------------------------------------ files
 def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (temp file + ``os.replace``)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    atomic_io.write_json(path, obj, indent=1, default=_jsonable)
 
 
 def _jsonable(x):
@@ -697,7 +695,7 @@ def write_report(workdir: str) -> dict[str, str]:
         "md": os.path.join(workdir, "results.md"),
         "png": os.path.join(workdir, "figure13.png"),
     }
-    _write_text(paths["csv"], buf.getvalue())
+    atomic_io.write_text(paths["csv"], buf.getvalue())
     total_wall = sum(d["train_wall_s"] + d["eval_wall_s"] for d in done)
     total_cpu = sum(d["train_cpu_s"] + d["eval_cpu_s"] for d in done)
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -711,19 +709,12 @@ def write_report(workdir: str) -> dict[str, str]:
     ]
     if pending:
         md.append(f"Unfinished: {', '.join(pending)}.")
-    _write_text(paths["md"], "\n".join(md) + "\n")
+    atomic_io.write_text(paths["md"], "\n".join(md) + "\n")
     order = (read_json(os.path.join(workdir, "sweep.json")) or {}).get("axes", {})
     plot(
         rows, [c for c in cols if any(c in d["axes"] for d in done)], _metric_keys(done), paths["png"], order
     )
     return paths
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plot(
@@ -764,10 +755,10 @@ def plot(
         if len(lines) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_io.write_bytes(path, buf.getvalue())
 
 
 def _ordered(labels: set[str], rows: list[dict], name: str, declared: list | None = None) -> list[str]:

@@ -27,13 +27,12 @@ import json
 import os
 import statistics
 import tarfile
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sam_jax.sa1b_json import write_json_atomic
+from sam_jax.atomic_io import atomic_open, write_json
 
 SOURCES = ("manual", "auto")
 HISTORY_LIMIT = 200
@@ -136,7 +135,7 @@ class AnnotationStore:
             yield doc
             state["history"] = state["history"][-HISTORY_LIMIT:]
             if json.dumps(doc) != before:
-                write_json_atomic(self.path(stem), doc)
+                write_json(self.path(stem), doc)
 
     def accept(
         self, stem: str, image: dict[str, Any], record: dict[str, Any], source: str, seconds: float
@@ -284,19 +283,8 @@ def export_shard(store: AnnotationStore, images: list[tuple[str, Path]], dest: P
     Returns:
       ``{"path", "images", "masks"}``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w") as tar:
-                n_images, n_masks = _write_pairs(tar, store, images)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(dest, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        n_images, n_masks = _write_pairs(tar, store, images)
     return {"path": str(dest), "images": n_images, "masks": n_masks}
 
 

@@ -18,27 +18,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from sam_jax.atomic_io import write_bytes
+
 SCHEMA = "sam-jax-eval/1"
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def result_document(
@@ -116,7 +101,7 @@ def save_plot(
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
-__all__ = ["SCHEMA", "atomic_write", "result_document", "markdown_table", "markdown_report", "save_plot"]
+__all__ = ["SCHEMA", "result_document", "markdown_table", "markdown_report", "save_plot"]

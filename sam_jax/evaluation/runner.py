@@ -23,7 +23,8 @@ import sys
 import time
 from typing import Any
 
-from sam_jax.evaluation.report import atomic_write, markdown_report, result_document
+from sam_jax.atomic_io import write_text
+from sam_jax.evaluation.report import markdown_report, result_document
 
 PROTOCOLS = ("points", "edges", "proposals", "instances")
 PLOT_NAMES = {
@@ -188,7 +189,7 @@ def evaluate(
                     "data or model); choose another --out or delete it"
                 )
         else:
-            atomic_write(run_path, json.dumps(header, indent=1))
+            write_text(run_path, json.dumps(header, indent=1))
         log_path = os.path.join(out, "per_image.jsonl")
         done = _read_records(log_path)
         log = open(log_path, "a")
@@ -219,8 +220,8 @@ def evaluate(
     }
     doc = result_document(proto.name, ds, model_info or {}, settings_doc, metrics, timing)
     if out is not None:
-        atomic_write(os.path.join(out, "results.json"), json.dumps(doc, indent=1))
-        atomic_write(os.path.join(out, "results.md"), markdown_report(doc, proto.table(metrics)))
+        write_text(os.path.join(out, "results.json"), json.dumps(doc, indent=1))
+        write_text(os.path.join(out, "results.md"), markdown_report(doc, proto.table(metrics)))
         proto.plot(metrics, os.path.join(out, PLOT_NAMES[proto.name]))
     return doc
 
