@@ -24,7 +24,6 @@ and a warning says so. ``--config-json`` (advanced) builds a custom
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -78,15 +77,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _custom_config(args: argparse.Namespace):
     """The ``SamConfig`` of ``--config-json`` (every field given, or the defaults), or None."""
-    from sam_jax.modeling.variants import get_config
+    from sam_jax.modeling.variants import config_from_json
 
     if not args.config_json:
         return None
     try:
-        fields = json.loads(args.config_json)
-        if not isinstance(fields, dict):
-            raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
-        return get_config("custom", **fields)
+        return config_from_json(args.config_json)
     except ValueError as e:
         raise SystemExit(f"error: bad --config-json: {e}") from None
 

@@ -12,8 +12,8 @@ import pytest
 from reference_clip import clip_tokenizer_module, official_clip, torch
 
 from sam_jax.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, torch_key
-from sam_jax.clip.checkpoint import load_clip, read_clip_state_dict
-from sam_jax.clip.model import CLIP, CLIP_CONFIGS, config_from_state_dict, init_clip
+from sam_jax.clip.checkpoint import read_clip_state_dict
+from sam_jax.clip.model import CLIP, CLIP_CONFIGS, config_from_state_dict, init_clip, load_clip
 from sam_jax.clip.tokenizer import default_tokenizer, tokenize
 
 TRICKY = [

@@ -78,9 +78,11 @@ def test_sam_jax_import_graph_has_no_cycle():
     assert "sam_jax.checkpoint" in graph["sam_jax.sam_model"]
     assert "sam_jax.sam_model" in graph["sam_jax.cli"]  # imported inside a function
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
-    # The checkpoint module knows only the file format; geometry is a leaf.
-    assert graph["sam_jax.checkpoint"] == set()
+    # The checkpoint module knows only the file format (and writes through the atomic
+    # writer); geometry and the atomic writer are leaves.
+    assert graph["sam_jax.checkpoint"] == {"sam_jax.atomic_io"}
     assert graph["sam_jax.geometry"] == set()
+    assert graph["sam_jax.atomic_io"] == set()
 
 
 def test_geometry_and_data_preprocess_import_without_jax():

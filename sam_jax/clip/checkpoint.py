@@ -11,8 +11,8 @@ looked up or called), and flattens the tree into the state dict
 ``torch.jit.load(f).state_dict()`` would give. A plain ``torch.save``-d state
 dict is read too.
 
-:func:`load_clip` infers the :class:`~sam_jax.clip.model.ClipConfig` from the
-tensors' shapes and maps them one to one onto our parameters.
+:func:`clip_params` maps the tensors one to one onto a parameter template of our
+CLIP; :func:`sam_jax.clip.model.load_clip` infers the architecture from their shapes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.checkpoint import UnsafeCheckpointError, _RestrictedUnpickler, read_pth, state_dict_to_params
-from sam_jax.clip.model import CLIP, ClipModel, config_from_state_dict, init_clip
 
 # Tensors a TorchScript CLIP carries that are not parameters of the model.
 NON_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -120,18 +117,9 @@ def _as_sam_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {re.sub(r"\.ln_(\d)\.", r".ln.\1.", k): v for k, v in state_dict.items()}
 
 
-def load_clip(
-    path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **overrides: Any
-) -> ClipModel:
-    """A :class:`ClipModel` with the weights (and the architecture) of ``path``.
-
-    ``overrides``: :class:`ClipConfig` fields the weights do not determine (the head
-    counts are width // 64 in the OpenAI models).
+def clip_params(state_dict: Mapping[str, np.ndarray], template: Any) -> dict:
+    """A CLIP state dict (parameters only) onto a parameter ``template`` of our CLIP.
 
     Raises ``CheckpointMismatchError`` naming missing/unexpected/wrongly shaped keys.
     """
-    state_dict = clip_parameters(read_clip_state_dict(path))
-    config = config_from_state_dict(state_dict).replace(**overrides)
-    module = CLIP(config, dtype=dtype, param_dtype=param_dtype)
-    template = jax.eval_shape(lambda r: init_clip(module, r), jax.random.key(0))["params"]
-    return ClipModel(module, state_dict_to_params(_as_sam_keys(state_dict), template))
+    return state_dict_to_params(_as_sam_keys(state_dict), template)

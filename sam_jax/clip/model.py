@@ -22,6 +22,7 @@ Outputs are the projected, *not* normalised embeddings ``(B, embed_dim)``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.clip.checkpoint import clip_parameters, clip_params, read_clip_state_dict
 from sam_jax.modeling.common import Dtype, conv, dense, layer_norm, partitioned
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -417,8 +419,6 @@ def build_clip(
     (TorchScript ``.pt`` archive or a plain state dict; config inferred from it).
     ``overrides``: :class:`ClipConfig` fields to change."""
     if checkpoint is not None:
-        from sam_jax.clip.checkpoint import load_clip
-
         return load_clip(checkpoint, dtype=dtype, param_dtype=param_dtype, **overrides)
     if isinstance(config, str):
         if config not in CLIP_CONFIGS:
@@ -428,3 +428,20 @@ def build_clip(
     module = CLIP(config, dtype=dtype, param_dtype=param_dtype)
     variables = jax.jit(init_clip, static_argnums=0)(module, jax.random.key(seed))
     return ClipModel(module, nn.unbox(variables["params"]))
+
+
+def load_clip(
+    path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **overrides: Any
+) -> ClipModel:
+    """A :class:`ClipModel` with the weights (and the architecture) of ``path``.
+
+    ``overrides``: :class:`ClipConfig` fields the weights do not determine (the head
+    counts are width // 64 in the OpenAI models).
+
+    Raises ``CheckpointMismatchError`` naming missing/unexpected/wrongly shaped keys.
+    """
+    state_dict = clip_parameters(read_clip_state_dict(path))
+    config = config_from_state_dict(state_dict).replace(**overrides)
+    module = CLIP(config, dtype=dtype, param_dtype=param_dtype)
+    template = jax.eval_shape(lambda r: init_clip(module, r), jax.random.key(0))["params"]
+    return ClipModel(module, clip_params(state_dict, template))

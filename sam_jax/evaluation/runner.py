@@ -341,11 +341,11 @@ def run_cli(args: argparse.Namespace) -> None:
             raise DatasetError(f"{args.data}: no images with a usable mask")
         if args.checkpoint is None:
             print("warning: no --checkpoint: the model has RANDOM weights", file=sys.stderr)
-        from sam_jax.cli import _custom_config
+        from sam_jax.modeling.variants import config_from_json
 
         model, info = load_model(
             args.checkpoint,
-            _custom_config(args) or args.model_type,
+            config_from_json(args.config_json) if args.config_json else args.model_type,
             args.train_config,
             tuple(args.train_config_override),
         )

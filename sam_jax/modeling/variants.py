@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +81,18 @@ def get_config(variant: str | SamConfig, **overrides: Any) -> SamConfig:
         return config
     fixed = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in overrides.items()}
     return dataclasses.replace(config, **fixed)
+
+
+def config_from_json(text: str) -> SamConfig:
+    """A custom :class:`SamConfig` from a JSON object of its fields (the CLI's ``--config-json``).
+
+    Raises:
+      ValueError: malformed JSON, not an object, or an unknown field.
+    """
+    fields = json.loads(text)  # json.JSONDecodeError is a ValueError
+    if not isinstance(fields, dict):
+        raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
+    return get_config("custom", **fields)
 
 
 def _dummy_inputs(config: SamConfig):
