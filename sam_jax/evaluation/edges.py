@@ -353,19 +353,9 @@ def load_edge_dataset(image_dir: str, edge_dir: str, max_images: int | None = No
 
 def edge_generator(model: Any, settings: EdgeSettings):
     """The ``SamAutomaticMaskGenerator`` configured as in appendix D.2."""
-    from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.evaluation.proposals import unfiltered_generator
 
-    return SamAutomaticMaskGenerator(
-        model,
-        points_per_side=settings.points_per_side,
-        points_per_batch=settings.points_per_batch,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.0,
-        box_nms_thresh=settings.box_nms_thresh,
-        crop_n_layers=0,
-        output_mode="uncompressed_rle",
-        return_logits=True,
-    )
+    return unfiltered_generator(model, settings, output_mode="uncompressed_rle", return_logits=True)
 
 
 class EdgesProtocol:

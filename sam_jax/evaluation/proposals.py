@@ -35,8 +35,9 @@ class ProposalSettings:
         return asdict(self)
 
 
-def proposal_generator(model: Any, settings: ProposalSettings):
-    """The ``SamAutomaticMaskGenerator`` configured as in appendix D.3."""
+def unfiltered_generator(model: Any, settings: Any, **options: Any):
+    """The ``SamAutomaticMaskGenerator`` of the zero-shot protocols (appendix D.2, D.3): a
+    ``settings.points_per_side`` grid, no crops, no IoU or stability filter, only NMS."""
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(
@@ -47,8 +48,13 @@ def proposal_generator(model: Any, settings: ProposalSettings):
         stability_score_thresh=0.0,
         box_nms_thresh=settings.box_nms_thresh,
         crop_n_layers=0,
-        output_mode="coco_rle",
+        **options,
     )
+
+
+def proposal_generator(model: Any, settings: ProposalSettings):
+    """The ``SamAutomaticMaskGenerator`` configured as in appendix D.3."""
+    return unfiltered_generator(model, settings, output_mode="coco_rle")
 
 
 def rank_proposals(records: list[dict], image_id: int, limit: int) -> list[dict]:
