@@ -13,11 +13,9 @@ exported by ``torch.onnx.export`` from the same weights. Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +53,8 @@ def main() -> None:
 
     import jax
     import onnxruntime as ort
-    from segment_anything.utils.onnx import SamOnnxModel
 
-    from benchmarks.reference_sam import official_and_ours, torch
+    from benchmarks.reference_sam import official_and_ours, official_onnx_decoder, torch
     from configs.tiny import TINY
     from sam_jax.export import export_onnx, export_part, load_exported
     from sam_jax.geometry import resized_shape
@@ -162,25 +159,13 @@ def main() -> None:
     )
     up = np.asarray(postprocess_masks(low, resized_shape(*orig, s), orig, s))
     dummy = {k: torch.from_numpy(v) for k, v in feed.items()}
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            SamOnnxModel(sam, return_single_mask=False),
-            tuple(dummy.values()),
-            buf,
-            opset_version=17,
-            input_names=list(dummy),
-            dynamo=False,
-            output_names=["masks", "iou_predictions", "low_res_masks"],
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-        )
-    official = ort.InferenceSession(buf.getvalue()).run(None, feed)
+    official_onnx = official_onnx_decoder(sam, dummy)
+    official = ort.InferenceSession(official_onnx).run(None, feed)
     emit(
         figure="onnx_decoder",
         variant=args.variant,
         size_mib=path.stat().st_size / 2**20,
-        official_size_mib=len(buf.getvalue()) / 2**20,
+        official_size_mib=len(official_onnx) / 2**20,
         export_s=t_export,
         load_s=t_load,
         first_call_s=t_first,

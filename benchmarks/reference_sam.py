@@ -107,3 +107,27 @@ def to_torch(x) -> torch.Tensor:
 
 
 __all__ = ["official_sam", "official_and_ours", "to_torch", "SamModel", "torch"]
+
+
+def official_onnx_decoder(sam, dummy: dict, return_single_mask: bool = False) -> bytes:
+    """The official exporter's ONNX decoder (``SamOnnxModel`` traced on the ``dummy``
+    inputs, dynamic number of points, opset 17), serialised."""
+    import io
+    import warnings
+
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            SamOnnxModel(sam, return_single_mask=return_single_mask),
+            tuple(dummy.values()),
+            buf,
+            opset_version=17,
+            input_names=list(dummy),
+            dynamo=False,
+            output_names=["masks", "iou_predictions", "low_res_masks"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        )
+    return buf.getvalue()

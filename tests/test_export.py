@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import json
 import subprocess
 import sys
-import warnings
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from benchmarks.reference_sam import official_and_ours, torch
+from benchmarks.reference_sam import official_and_ours, official_onnx_decoder, torch
 from configs.tiny import TINY
 from sam_jax import cli
 from sam_jax import export as sam_export
@@ -378,7 +376,6 @@ def test_onnx_options_match_live_decoder(tiny, options):
 
 def test_onnx_matches_official_onnx_export(tiny):
     ort = pytest.importorskip("onnxruntime")
-    from segment_anything.utils.onnx import SamOnnxModel
 
     from sam_jax.onnx_export import build_onnx_model
 
@@ -395,20 +392,7 @@ def test_onnx_matches_official_onnx_export(tiny):
     }
     rng = np.random.default_rng(3)
     for single in (False, True):
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                SamOnnxModel(sam, return_single_mask=single),
-                tuple(dummy.values()),
-                buf,
-                opset_version=17,
-                input_names=list(dummy),
-                dynamo=False,
-                output_names=["masks", "iou_predictions", "low_res_masks"],
-                dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-            )
-        official = ort.InferenceSession(buf.getvalue())
+        official = ort.InferenceSession(official_onnx_decoder(sam, dummy, return_single_mask=single))
         ours = ort.InferenceSession(build_onnx_model(model, return_single_mask=single).SerializeToString())
         for n, with_mask in ((2, False), (5, True)):
             emb = rng.normal(size=(1, g, g, e)).astype(np.float32)
