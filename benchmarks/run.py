@@ -21,6 +21,10 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
 * ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
   calls, ours and theirs alternating) and ``generate`` at default settings on a
   512x512 photo.
+* ``text-prompt-cpu``: the training cost of CLIP prompts (tiny SAM, tiny random CLIP,
+  8 images x 8 masks): the step without and with them (crop + CLIP inside the step),
+  and the crop + CLIP alone (what precomputed embeddings would move out of the step);
+  median wall and process-CPU ms over ``--iters`` steps.
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -35,6 +39,7 @@ Usage::
     python -m benchmarks.run --tiny --iters 1      # CPU smoke run
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
+    python -m benchmarks.run text-prompt-cpu --iters 10
 """
 
 from __future__ import annotations
@@ -451,9 +456,57 @@ def bench_inference_cpu(args, official, base: dict) -> None:
             )
 
 
+def bench_text_prompt_cpu(args, official, base: dict) -> None:
+    from configs.tiny import TINY_CLIP_FIELDS, get_config
+    from data.synthetic_batch import make_batch
+    from train.sharding import make_mesh
+    from train.text_prompt import clip_image_prompts
+    from train.train_step import Trainer
+
+    def ms(fn):  # median wall and process-CPU milliseconds of warm calls
+        jax.block_until_ready(fn())  # compile
+        w, c = [], []
+        for _ in range(max(args.iters, 1)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn())
+            w.append(time.perf_counter() - w0), c.append(time.process_time() - c0)
+        return round(1e3 * float(np.median(w)), 2), round(1e3 * float(np.median(c)), 2)
+
+    common = dict(**base, bench="text_prompt_cpu", cores=os.cpu_count())
+    for on in (False, True):
+        c = get_config()
+        c.text.enabled, c.text.clip, c.text.clip_custom = on, "custom", TINY_CLIP_FIELDS
+        c.text.min_mask_side, c.sim.unroll = 12.5, 1  # 100 px at 1024, scaled to 128
+        tr = Trainer(c, make_mesh(dict(c.mesh.shape)))
+        state = [tr.init_state(0)]
+        host = make_batch(0, c.data.global_batch_size, c.data.masks_per_image, tr.module.config.image_size)
+        batch = tr.to_global(host)
+
+        def step():
+            state[0], metrics = tr.step(state[0], batch)
+            return metrics
+
+        wall, cpu = ms(step)
+        extra = dict(text_prompted=float(step()["text_prompted"])) if on else {}
+        emit(**common, what="train_step", text_prompt=on, ms=wall, cpu_ms=cpu, **extra)
+        if on:
+            fn = jax.jit(clip_image_prompts, static_argnums=(0, 7, 8))
+            keys = ("image", "masks", "boxes", "mask_valid")
+            clip_args = (tr.clip, tr.clip_params, jax.random.key(0), *(host[k] for k in keys), tr.text_cfg)
+            wall, cpu = ms(lambda: fn(*clip_args, tr.module.config.image_size))
+            emit(**common, what="crop_and_clip", ms=wall, cpu_ms=cpu)
+
+
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
-PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
-CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS = dict(
+    DEFAULT_PARTS,
+    **{
+        "encoder-cpu": bench_encoder_cpu,
+        "inference-cpu": bench_inference_cpu,
+        "text-prompt-cpu": bench_text_prompt_cpu,
+    },
+)
+CPU_PARTS = ("encoder-cpu", "inference-cpu", "text-prompt-cpu")
 
 
 def main(argv: list[str] | None = None) -> None:

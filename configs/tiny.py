@@ -6,6 +6,12 @@ decoder narrower than 256. The parity tests and the benchmarks' ``--tiny`` runs
 use it as is; :data:`TINY_TRAIN` is the same network at 128 px input (grid 8, one
 padded window): :func:`get_config` trains it on a 2-core CPU and the benchmark
 suite's ``--tiny`` smoke run measures it.
+
+:data:`TINY_64` (fields :data:`TINY_64_FIELDS`) is the smallest SAM the tests train
+or serve end to end: 64 px input (a 4x4 embedding grid, one window), two encoder
+blocks (one windowed, one global), a 32-wide prompt/decoder. :data:`TINY_CLIP_FIELDS`
+is the tiny random CLIP (``text.clip = "custom"``) that text-prompted training runs
+with in tests and benchmarks (32 px crops, 4x4 patches, 32-wide embedding).
 """
 
 from configs.base import base_config
@@ -24,6 +30,31 @@ TINY_FIELDS = dict(
 TINY = get_sam_config("vit_b", **TINY_FIELDS)
 TRAIN_IMAGE_SIZE = 128
 TINY_TRAIN = TINY.replace(image_size=TRAIN_IMAGE_SIZE)
+TINY_64_FIELDS = dict(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_depth=2,
+    decoder_heads=4,
+    decoder_mlp_dim=64,
+)
+TINY_64 = get_sam_config("vit_b", **TINY_64_FIELDS)
+TINY_CLIP_FIELDS = dict(
+    embed_dim=32,
+    image_size=32,
+    patch_size=8,
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+)
 
 
 def get_config():

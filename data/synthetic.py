@@ -192,9 +192,10 @@ def _raster(
     return crop, (y0, y1, x0, x1)
 
 
-def _texture(rng: np.random.Generator, hh: int, ww: int) -> np.ndarray:
-    """(hh, ww, 3) float32 colour texture of one object, values 0..255."""
-    base = rng.uniform(20, 235, 3).astype(np.float32)
+def _texture(rng: np.random.Generator, hh: int, ww: int, base: np.ndarray | None = None) -> np.ndarray:
+    """(hh, ww, 3) float32 colour texture of one object (about ``base``, random if None), 0..255."""
+    drawn = rng.uniform(20, 235, 3).astype(np.float32)
+    base = drawn if base is None else np.asarray(base, np.float32)
     amp = rng.uniform(5, 45)
     freq = rng.uniform(0.02, 0.25)
     ang = rng.uniform(0, np.pi)
@@ -220,6 +221,7 @@ def generate_image(
     aspect: float | None = None,
     num_objects: int | None = None,
     min_area: int | None = None,
+    palette: np.ndarray | None = None,
 ) -> SyntheticImage:
     """Generate image ``index`` of the synthetic dataset with seed ``seed``.
 
@@ -233,6 +235,10 @@ def generate_image(
       num_objects: number of whole objects painted (default ~40 at SA-1B size,
         giving ~100 masks with parts).
       min_area: visible masks smaller than this (pixels) are not annotated.
+      palette: optional ``(C, 3)`` RGB colours: a scene of *categories* told apart by
+        colour (text-prompt tests). Object ``i`` is textured about colour
+        ``palette[perm[i % C]]`` (a random permutation: distinct colours within an
+        image while ``num_objects <= C``) and has no parts.
 
     Returns:
       A :class:`SyntheticImage`; masks are (N, H, W) bool visible regions.
@@ -255,7 +261,8 @@ def generate_image(
     # Larger objects first (like a background-to-foreground scene), jittered.
     radii = np.exp(rng.uniform(np.log(0.02 * short), np.log(0.45 * short), num_objects))
     radii = np.sort(radii)[::-1] * rng.uniform(0.8, 1.2, num_objects)
-    for r in radii:
+    colours = None if palette is None else np.asarray(palette)[rng.permutation(len(palette))]
+    for i, r in enumerate(radii):
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         ras = _raster(_shape_polygon(rng, cx, cy, r), h, w)
         if ras is None:
@@ -264,10 +271,12 @@ def generate_image(
         obj_idx = len(shapes_parent)
         shapes_parent.append(-1)
         shapes_box.append((y0, y1, x0, x1))
-        tex = _texture(rng, y1 - y0, x1 - x0)
+        tex = _texture(rng, y1 - y0, x1 - x0, None if colours is None else colours[i % len(colours)])
         img[y0:y1, x0:x1][crop] = tex[crop]
         label[y0:y1, x0:x1][crop] = obj_idx + 1
         n_parts = int(rng.choice([0, 0, 1, 2, 3])) if r > 0.04 * short else 0
+        if colours is not None:
+            n_parts = 0
         if n_parts:
             ys, xs = np.nonzero(crop)
         for _ in range(n_parts):
@@ -399,13 +408,14 @@ def write_shards(
     num_objects: int | None = None,
     jpeg_quality: int = 90,
     extract: bool = False,
+    palette: np.ndarray | None = None,
 ) -> list[str]:
     """Write ``ceil(num_images / images_per_shard)`` SA-1B tar shards.
 
     Shard ``k`` is ``out_dir/sa_{k:06d}.tar`` and holds images
     ``k*images_per_shard ...`` as ``sa_<id>.jpg`` then ``sa_<id>.json``.
     With ``extract=True`` the pairs are (also) written to ``out_dir/sa_{k:06d}/``
-    folders, the layout of extracted SA-1B archives.
+    folders, the layout of extracted SA-1B archives. ``palette``: see :func:`generate_image`.
 
     Returns:
       The list of shard paths (tar files).
@@ -421,7 +431,7 @@ def write_shards(
             os.makedirs(folder, exist_ok=True)
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
             for index in range(shard * images_per_shard, min(num_images, (shard + 1) * images_per_shard)):
-                s = generate_image(seed, index, short_side, aspect, num_objects)
+                s = generate_image(seed, index, short_side, aspect, num_objects, palette=palette)
                 jpg = encode_jpeg(s.image, jpeg_quality)
                 js = json.dumps(sample_json(s, seed)).encode("utf-8")
                 stem = f"sa_{s.image_id}"

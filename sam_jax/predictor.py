@@ -346,8 +346,9 @@ class SamPredictor:
                 )
         b = next((len(x) for x in (coords, boxes, masks) if x is not None), 1)
         rows = bucket_size(b)
-        if coords is None and boxes is not None:
-            # Box without points: all-absent point slots keep one compiled shape.
+        if coords is None and (boxes is not None or text is not None):
+            # Box without points: all-absent point slots keep one compiled shape. Text
+            # alone: also the "no point" padding token, as in training's text pass.
             coords = np.zeros((b, 0, 2))
             labels = np.zeros((b, 0), np.int32)
         if coords is not None:

@@ -20,26 +20,14 @@ pytest.importorskip("starlette")
 from starlette.testclient import TestClient
 
 from benchmarks.annotate_stub import StubGenerator, StubPredictor, iou, synthetic_scene
+from configs.tiny import TINY_64
 from sam_jax import cli
 from sam_jax.annotate.server import create_app, mask_to_runs, runs_to_mask
 from sam_jax.annotate.store import AnnotationStore, annotation_stats, image_id_of
-from sam_jax.modeling.sam import SamConfig
 from sam_jax.sa1b_json import decode_mask
 
 H, W = 150, 200
-SMALL = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    window_size=2,
-    prompt_embed_dim=32,
-    mask_in_chans=4,
-    decoder_depth=2,
-    decoder_heads=2,
-    decoder_mlp_dim=64,
-)
+SMALL = TINY_64
 
 
 @pytest.fixture(scope="module")

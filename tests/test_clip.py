@@ -9,8 +9,8 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-from reference_clip import clip_tokenizer_module, official_clip, torch
 
+from benchmarks.reference_clip import clip_tokenizer_module, official_clip, torch
 from sam_jax.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, torch_key
 from sam_jax.clip.checkpoint import read_clip_state_dict
 from sam_jax.clip.model import CLIP, CLIP_CONFIGS, config_from_state_dict, init_clip, load_clip
@@ -214,7 +214,7 @@ def test_released_shapes(name):
 
 
 def clip_model_module_clip():
-    from reference_clip import clip_model_module
+    from benchmarks.reference_clip import clip_model_module
 
     return clip_model_module().CLIP
 

@@ -11,30 +11,20 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from reference_clip import official_clip
 
+from benchmarks.reference_clip import official_clip
 from benchmarks.reference_sam import official_sam, torch
+from configs.tiny import TINY_64
 from sam_jax import build_sam, cli
 from sam_jax.checkpoint import CheckpointMismatchError, load_checkpoint, save_params
 from sam_jax.clip.model import ClipConfig, build_clip
-from sam_jax.modeling.sam import Sam, SamConfig
+from sam_jax.modeling.sam import Sam
 from sam_jax.modeling.variants import param_template
 from sam_jax.predictor import SamPredictor
 from sam_jax.sam_model import _decode
 
-SMALL = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    window_size=4,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_mlp_dim=64,
-    decoder_heads=4,
-)
-TEXT = dataclasses.replace(SMALL, text_embed_dim=32)
+SMALL = TINY_64
+TEXT = TINY_64.replace(text_embed_dim=32)
 TINY_CLIP = ClipConfig(
     embed_dim=32,
     image_size=32,
@@ -139,12 +129,12 @@ def test_predict_with_text_alone_and_with_points(predictor):
     # The prompt is CLIP's (normalised) text embedding of the phrase.
     emb = np.asarray(predictor.clip.embed_text(["a dog"]))
     np.testing.assert_allclose(np.linalg.norm(emb), 1.0, rtol=1e-5)
-    ref_low, _ = _decode(
+    ref_low, _ = _decode(  # the tokens of training's text pass: "no point" padding + text
         predictor.model.module,
         predictor.model.params,
         predictor.features,
-        None,
-        None,
+        np.zeros((1, 0, 2), np.float32),
+        np.zeros((1, 0), np.int32),
         None,
         None,
         None,

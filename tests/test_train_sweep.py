@@ -16,24 +16,13 @@ import time
 import numpy as np
 import pytest
 
+from configs.tiny import TINY_64_FIELDS
 from train import sweep as sw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
 # a 64 px SAM with one windowed and one global block (the sweep pins its architecture)
-ARCH = dict(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    window_size=4,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_depth=2,
-    decoder_heads=4,
-    decoder_mlp_dim=64,
-)
+ARCH = TINY_64_FIELDS
 SWEEP = textwrap.dedent(f"""
     from train.sweep import Sweep, product
 

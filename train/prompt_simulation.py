@@ -20,7 +20,11 @@ a slot not (yet) filled carries ``INVALID_LABEL`` and is excluded from attention
 A box stays in the prompt for all passes once drawn. If the error region is empty
 (perfect prediction) the pass adds no point. Rows flagged ``text_first`` (CLIP
 prompts, :mod:`train.text_prompt`) get neither point nor box in pass 0: their first
-prompt is the text token, which ``decode_fn`` adds to every pass.
+prompt is the text token, which ``decode_fn`` adds to every pass. Their pass 0 takes the
+*single-mask* output (a whole-object embedding is not an ambiguous prompt; SAM predicts
+one mask when the prompt is unambiguous, Appendix A), repeated over the 3 slots: with
+the best-of-3 loss the model could otherwise cover the image's candidate objects with
+its three masks and never learn to read the text token.
 
 Error regions are computed at the low-res resolution ``R`` (256 for 1024 input)
 against the GT target at that resolution, restricted to the un-padded image
@@ -214,6 +218,10 @@ def simulate(
     first_logits, first_iou = decode_fn(
         coords, labels, boxes, box_valid, no_mask, jnp.zeros((n,), bool), True
     )
+    if text_first is not None:
+        one, one_iou = decode_fn(coords, labels, boxes, box_valid, no_mask, jnp.zeros((n,), bool), False)
+        first_logits = jnp.where(text_first[:, None, None, None], one, first_logits)
+        first_iou = jnp.where(text_first[:, None], one_iou, first_iou)
     best = jnp.argmax(first_iou, axis=1)
     prev = jnp.take_along_axis(first_logits, best[:, None, None, None], 1)[:, 0]
     out = dict(

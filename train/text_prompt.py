@@ -22,7 +22,7 @@ random) get the text-prompted pass; CLIP's cost is per prompted mask.
 Why on device and not precomputed beside the shards: the crop factor and the
 zeroing are drawn afresh at each step (precomputed embeddings freeze one draw per
 mask), SA-1B's 1.1B masks would need about 1.7 TB of float16 ViT-L embeddings, and
-the cost is bounded by ``masks_per_image``. ``benchmarks/text_prompt_cost.py``
+the cost is bounded by ``masks_per_image``. ``python -m benchmarks.run text-prompt-cpu``
 measures both.
 """
 

@@ -1,8 +1,11 @@
-"""OpenAI's ``clip`` package (PyPI ``openai-clip``) as the CLIP test reference.
+"""OpenAI's ``clip`` package (PyPI ``openai-clip``) as the CLIP parity reference.
 
-Its ``clip/__init__.py`` imports ``pkg_resources``, which recent setuptools no
-longer ship, so the two modules we need (the model and the tokenizer) are loaded
-from their files; neither imports anything beyond torch, numpy, ftfy and regex.
+Builds the reference CLIP with random weights for the parity tests
+(``tests/test_clip.py``, ``tests/test_text_prompt.py``). Its ``clip/__init__.py``
+imports ``pkg_resources``, which recent setuptools no longer ship, so the two modules
+we need (the model and the tokenizer) are loaded from their files; neither imports
+anything beyond torch, numpy, ftfy and regex. Importing this module needs torch and
+``openai-clip`` (the ``test`` extras) and raises ``ImportError`` without them.
 """
 
 from __future__ import annotations
@@ -11,16 +14,15 @@ import importlib.util
 import os
 import sys
 
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+_SPEC = importlib.util.find_spec("clip")
+if _SPEC is None or not _SPEC.submodule_search_locations:
+    raise ImportError("the CLIP reference needs openai-clip (pip install openai-clip)")
 
 
 def _module(name: str):
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("openai-clip is not installed")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), f"{name}.py")
+    path = os.path.join(next(iter(_SPEC.submodule_search_locations)), f"{name}.py")
     key = f"_openai_clip_{name}"
     if key not in sys.modules:
         mod_spec = importlib.util.spec_from_file_location(key, path)
