@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.tiny import TINY_CLIP_FIELDS
 from sam_jax.clip.model import ClipConfig, build_clip
 from sam_jax.clip.model import normalize as clip_normalize
 from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
@@ -17,17 +18,7 @@ from sam_jax.modeling.prompt_encoder import INVALID_LABEL
 from train.prompt_simulation import SimConfig, simulate
 from train.text_prompt import TextPromptConfig, clip_image_prompts, crop_and_resize, crop_boxes, qualifying
 
-TINY_CLIP = ClipConfig(
-    embed_dim=32,
-    image_size=32,
-    patch_size=8,
-    vision_width=32,
-    vision_layers=2,
-    vision_heads=2,
-    text_width=32,
-    text_layers=1,
-    text_heads=2,
-)
+TINY_CLIP = ClipConfig(**TINY_CLIP_FIELDS)
 
 
 def test_crop_boxes_are_square_and_expanded_1_to_2x():
