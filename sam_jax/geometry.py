@@ -68,8 +68,17 @@ def normalize(pixels: Any, out: np.ndarray | None = None) -> Any:
     if out is None:
         return (pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
     out[...] = pixels
-    out -= PIXEL_MEAN
-    out /= PIXEL_STD
+    # Broadcasting a (3,) operand runs numpy's inner loop 3 elements at a time: merge
+    # the last two axes (rows of W*3 values, no copy) and tile the mean and std.
+    rows, mean, std = out, PIXEL_MEAN, PIXEL_STD
+    if out.ndim >= 2:
+        try:
+            rows = np.reshape(out, out.shape[:-2] + (-1,), copy=False)
+            mean, std = np.tile(PIXEL_MEAN, out.shape[-2]), np.tile(PIXEL_STD, out.shape[-2])
+        except ValueError:  # axes that cannot be merged without a copy
+            rows = out
+    rows -= mean
+    rows /= std
     return out
 
 
