@@ -113,10 +113,17 @@ def mask_geometry(cnt: np.ndarray, h: int) -> MaskGeometry | None:
         return None
     cx = float((hh * w * (x0 + x1) / 2).sum()) / area
     cy = float((w * hh * (y0 + y1) / 2).sum()) / area
-    corners = np.stack([np.concatenate([x0, x0, x1, x1]), np.concatenate([y0, y1, y0, y1])], axis=1).astype(
-        np.float64
-    )
-    hull = ConvexHull(np.unique(corners, axis=0))
+    # The hull's vertices are rectangle corners; per corner column only the lowest and
+    # the highest corner can be one, so keep those two.
+    xs = np.concatenate([x0, x0, x1, x1])
+    ys = np.concatenate([y0, y1, y0, y1])
+    lo = np.full(int(xs.max()) + 1, np.iinfo(np.int64).max)
+    hi = np.full(len(lo), -1)
+    np.minimum.at(lo, xs, ys)
+    np.maximum.at(hi, xs, ys)
+    cols = np.flatnonzero(hi >= 0)
+    pts = np.stack([np.concatenate([cols, cols]), np.concatenate([lo[cols], hi[cols]])], axis=1)
+    hull = ConvexHull(pts.astype(np.float64))
     return MaskGeometry(area, cx, cy, float(hull.volume))  # a 2-D hull's volume is its area
 
 
@@ -368,7 +375,7 @@ def write_report(corpora: Sequence[dict], out: str) -> None:
         _save(fig, os.path.join(out, fname))
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False, layout="constrained")
     for ax, c, label in zip(axes[0], corpora, labels):
         h = np.asarray(c["centre"]["histogram"], np.float64)
         ax.imshow(h / max(h.sum(), 1), extent=(0, 1, 1, 0), cmap="viridis")
