@@ -243,4 +243,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     procs = config.mesh.num_processes
     if isinstance(procs, int) and procs > 0 and batch % procs:
         raise ConfigError(f"data.global_batch_size={batch} must be divisible by mesh.num_processes={procs}")
+    from data.subsets import is_mixture, mixture_sources  # numpy only
+
+    if not isinstance(config.data.train_dir, str) and is_mixture(config.data.train_dir):
+        try:
+            mixture_sources(config.data.train_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return config
