@@ -1,6 +1,6 @@
 """COCO compressed RLE, decoded to runs with numpy (no full-resolution masks).
 
-SA-1B (SAM paper, section 5 and appendix B) stores each mask as a COCO
+SA-1B (SAM paper, section 5) stores each mask as a COCO
 *compressed* RLE: ``{"size": [h, w], "counts": str}``. The mask is flattened in
 column-major (Fortran) order, i.e. linear index ``q = x * h + y`` for the pixel
 at row ``y``, column ``x``; the counts are run lengths alternating background /
