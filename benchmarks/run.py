@@ -25,6 +25,8 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
   8 images x 8 masks): the step without and with them (crop + CLIP inside the step),
   and the crop + CLIP alone (what precomputed embeddings would move out of the step);
   median wall and process-CPU ms over ``--iters`` steps.
+* ``pipeline-cpu``: the SA-1B input pipeline, images per CPU-second and a per-stage
+  profile (``benchmarks/pipeline_cpu.py``; no official counterpart).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -40,6 +42,7 @@ Usage::
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
     python -m benchmarks.run text-prompt-cpu --iters 10
+    python -m benchmarks.run pipeline-cpu
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.pipeline_cpu import bench_pipeline_cpu  # noqa: E402
 from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 from sam_jax.modeling.variants import VARIANTS  # noqa: E402
@@ -498,15 +502,12 @@ def bench_text_prompt_cpu(args, official, base: dict) -> None:
 
 
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
-PARTS = dict(
-    DEFAULT_PARTS,
-    **{
-        "encoder-cpu": bench_encoder_cpu,
-        "inference-cpu": bench_inference_cpu,
-        "text-prompt-cpu": bench_text_prompt_cpu,
-    },
-)
-CPU_PARTS = ("encoder-cpu", "inference-cpu", "text-prompt-cpu")
+PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
+CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS["pipeline-cpu"] = bench_pipeline_cpu  # the SA-1B input pipeline (benchmarks/pipeline_cpu.py)
+CPU_PARTS += ("pipeline-cpu",)
+PARTS["text-prompt-cpu"] = bench_text_prompt_cpu  # training cost of CLIP prompts
+CPU_PARTS += ("text-prompt-cpu",)
 
 
 def main(argv: list[str] | None = None) -> None:
