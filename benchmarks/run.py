@@ -21,6 +21,9 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
 * ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
   calls, ours and theirs alternating) and ``generate`` at default settings on a
   512x512 photo.
+* ``generate-shards-cpu``: ``sam-jax generate-shards`` images/s with the default and
+  ``sa1b`` presets, and the projected H200 cost of 11M images
+  (``benchmarks/generate_shards.py``).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -452,8 +455,17 @@ def bench_inference_cpu(args, official, base: dict) -> None:
 
 
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
+
+
+def bench_generate_shards_cpu(args, official, base: dict) -> None:
+    from benchmarks.generate_shards import bench
+
+    bench(args, official, base, emit)
+
+
 PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
-CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS["generate-shards-cpu"] = bench_generate_shards_cpu  # benchmarks/generate_shards.py
+CPU_PARTS = ("encoder-cpu", "inference-cpu", "generate-shards-cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -481,6 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
+    parser.add_argument("--gen-size", type=int, default=512, help="generate-shards-cpu: image short side")
+    parser.add_argument("--gen-images", type=int, default=2, help="generate-shards-cpu: timed images")
+    parser.add_argument("--gen-gpu-figures", default=None, help="generate-shards-cpu: GPU figures JSONL")
     args = parser.parse_args(argv)
     if args.mode:
         args.parts = args.mode
