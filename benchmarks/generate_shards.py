@@ -3,8 +3,9 @@
 ``python -m benchmarks.run generate-shards-cpu`` (a mode of the suite): vit_b with
 random weights on this machine's CPU, synthetic JPEGs of ``--gen-size`` (short side;
 3:2), through :class:`sam_jax.automatic_generation.ShardWriter` into SA-1B shards,
-once with the ``default`` preset and once with ``sa1b``. One image of each preset
-is generated first to compile (not timed). Each timed run emits images/s, seconds
+once with the ``default`` preset and once with ``sa1b`` (``--gen-presets``). One image
+of each preset is generated first to compile (not timed; ``--gen-no-warmup`` times
+the compile too). Each timed run emits images/s, seconds
 and CPU seconds per image, masks per image.
 
 Then the projected cost of the paper's 11M images on one H200, from per-call
@@ -71,13 +72,17 @@ def bench(args, official, base: dict, emit) -> None:
 
     tiny = args.tiny
     size = 64 if tiny else args.gen_size
-    counts = {"default": (1, 1 if tiny else args.gen_images), "sa1b": (1, 1)}
+    warm = 0 if args.gen_no_warmup else 1
+    counts = {"default": (warm, 1 if tiny else args.gen_images), "sa1b": (warm, 1)}
+    counts = {k: v for k, v in counts.items() if k in args.gen_presets.split(",")}
     model = build_sam(TINY_TRAIN if tiny else VARIANTS["vit_b"])
     with tempfile.TemporaryDirectory() as tmp:
         for preset, (warm, timed) in counts.items():
             settings = ag.settings_for(preset, **({"points_per_side": 4} if tiny else {}))
             gen = ag.make_generator(model, settings)
             for phase, n in (("compile", warm), ("timed", timed)):
+                if n == 0:
+                    continue
                 folder = Path(tmp) / f"{preset}-{phase}"
                 folder.mkdir()
                 for i in range(n):
@@ -101,6 +106,7 @@ def bench(args, official, base: dict, emit) -> None:
                         preset=preset,
                         image=[size, int(size * 1.5)],
                         images=n,
+                        compile_included=warm == 0,
                         images_per_s=n / wall,
                         s_per_image=wall / n,
                         cpu_s_per_image=cpu / n,

@@ -496,6 +496,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gen-size", type=int, default=512, help="generate-shards-cpu: image short side")
     parser.add_argument("--gen-images", type=int, default=2, help="generate-shards-cpu: timed images")
     parser.add_argument("--gen-gpu-figures", default=None, help="generate-shards-cpu: GPU figures JSONL")
+    parser.add_argument("--gen-presets", default="default,sa1b", help="generate-shards-cpu: presets")
+    parser.add_argument(
+        "--gen-no-warmup", action="store_true", help="generate-shards-cpu: time the compile too"
+    )
     args = parser.parse_args(argv)
     if args.mode:
         args.parts = args.mode

@@ -209,3 +209,40 @@ def test_two_processes_split_disjointly(corpus, tmp_path):
     assert (
         len(list(out.glob("stats/run_*_p00000.json"))) == len(list(out.glob("stats/run_*_p00001.json"))) == 1
     )
+
+
+def test_cli_errors_are_one_line_and_presets_count_the_work(tmp_path):
+    from PIL import Image
+
+    from benchmarks.generate_shards import gpu_figures, preset_work
+    from sam_jax import automatic_generation as ag
+    from sam_jax import cli
+
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "one" / "a.png")
+    (tmp_path / "file").write_text("x")
+    one, o = str(tmp_path / "one"), str(tmp_path / "o")
+    for argv, msg in (
+        ([str(tmp_path / "nope"), "--out", o], "does not exist"),
+        ([str(tmp_path / "file"), "--out", o], "neither a folder"),
+        ([str(tmp_path), "--out", o], "no images"),
+        ([one, "--out", o, "--embed-batch", "0"], "--embed-batch must be >= 1"),
+        ([one, "--out", str(tmp_path / "file")], "not a folder"),
+    ):
+        with pytest.raises(SystemExit, match=msg):
+            cli.main(["generate-shards", *argv])
+    assert ag.units_of_process(7, 1, 3) == [1, 4] and ag.units_of_process(2, 1, 2) == [1]
+    sa1b = ag.settings_for("sa1b")
+    assert (sa1b["crop_n_layers"], sa1b["min_mask_region_area"], sa1b["max_mask_fraction"]) == (2, 100, 0.95)
+    # the paper's grids: 32x32 on the image, 16x16 on each of 4 crops, 8x8 on each of 16
+    assert preset_work(ag.settings_for("default")) == {"crops": 1, "points": 1024, "decoder_calls_64": 16}
+    assert preset_work(sa1b) == {"crops": 21, "points": 3072, "decoder_calls_64": 48}
+    figs = tmp_path / "h200.jsonl"
+    figs.write_text(
+        '{"model": "vit_h", "part": "image_encoder", "dtype": "bf16", "batch": 8, "ms_per_image": 45.5}\n'
+        '{"model": "vit_h", "part": "image_encoder", "dtype": "bf16", "batch": 1, "ms_per_image": 60}\n'
+        '{"model": "vit_h", "part": "prompt+decoder", "dtype": "bf16", "prompts": 64, "ms_per_call": 15.9}\n'
+    )
+    assert gpu_figures(figs, "vit_h") == {"encoder_ms": 45.5, "decoder_ms_64": 15.9}
+    with pytest.raises(ValueError, match="vit_b"):
+        gpu_figures(figs, "vit_b")

@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--crop-layers", type=int, default=1)
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="automatic stage (paper: 0.88)")
     p.add_argument("--stability-thresh", type=float, default=0.95, help="automatic stage (paper: 0.95)")
+    p.add_argument("--no-control", action="store_true", help="skip the manual-only retraining")
     p.add_argument("--fresh", action="store_true")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -169,6 +170,8 @@ def main(argv=None) -> int:
         ),
         "manual_only_control": dict(train_dir=manual),
     }
+    if a.no_control:
+        runs.pop("manual_only_control")
     if written == 0:
         print("[loop] the automatic stage kept no mask: retraining on manual data only", flush=True)
         runs.pop("mixture")
