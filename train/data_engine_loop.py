@@ -8,8 +8,9 @@
    and one crop layer at this scale, see ``--grid``).
 3. **Retraining on the mixture**: from the stage-1 weights, ``--retrain-steps`` more
    steps on manual shards oversampled ``--manual-weight`` times next to the automatic
-   shards (``data.mixture``, the paper's best setting is 10x), and, as the control, the
-   same steps on the manual shards alone.
+   shards (a mixture of sources in ``data.train_dir``; the paper's best setting is
+   10x), and, as the control (unless ``--no-control``), the same steps on the manual
+   shards alone.
 4. **Evaluation** before and after, on held-out synthetic shards: the point protocol of
    ``sam_jax.evaluation`` (mIoU after 1, 3 and 5 clicks, the 1-click oracle).
 
@@ -164,12 +165,13 @@ def main(argv=None) -> int:
     t = lap("generate", t)
 
     # 3. retraining from the stage-1 weights: the mixture, and manual alone as the control
-    runs = {
-        "mixture": dict(
-            mixture=((os.path.join(manual, "*.tar"), a.manual_weight), (os.path.join(auto, "*.tar"), 1))
-        ),
-        "manual_only_control": dict(train_dir=manual),
-    }
+    # a sample comes from a source with probability weight / sum(weights): the weight is the
+    # source's image count times its oversampling (data.subsets)
+    mixture = [
+        (os.path.join(manual, "*.tar"), a.manual_weight * a.manual_images, "manual"),
+        (os.path.join(auto, "*.tar"), max(written, 1), "automatic"),
+    ]
+    runs = {"mixture": dict(train_dir=mixture), "manual_only_control": dict(train_dir=manual)}
     if a.no_control:
         runs.pop("manual_only_control")
     if written == 0:
