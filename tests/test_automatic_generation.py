@@ -221,11 +221,12 @@ def test_cli_errors_are_one_line_and_presets_count_the_work(tmp_path):
     (tmp_path / "one").mkdir()
     Image.new("RGB", (8, 6)).save(tmp_path / "one" / "a.png")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
     one, o = str(tmp_path / "one"), str(tmp_path / "o")
     for argv, msg in (
         ([str(tmp_path / "nope"), "--out", o], "does not exist"),
         ([str(tmp_path / "file"), "--out", o], "neither a folder"),
-        ([str(tmp_path), "--out", o], "no images"),
+        ([str(tmp_path / "empty"), "--out", o], "no images"),
         ([one, "--out", o, "--embed-batch", "0"], "--embed-batch must be >= 1"),
         ([one, "--out", str(tmp_path / "file")], "not a folder"),
     ):
