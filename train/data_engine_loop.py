@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     if a.no_control:
         runs.pop("manual_only_control")
     if written == 0:
-        print("[loop] the automatic stage kept no mask: retraining on manual data only", flush=True)
+        print("[loop] the automatic stage kept no mask: no mixture to retrain on", flush=True)
         runs.pop("mixture")
     for name, data in runs.items():
         c2 = _config(a, os.path.join(a.out, f"run_{name}"), a.retrain_steps)
