@@ -216,9 +216,21 @@ class _MappedZip:
     """
 
     def __init__(self, path: str):
-        with open(path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.zip = zipfile.ZipFile(self.map)  # the mapping is a seekable file
+        self.file = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+        try:
+            self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+            self.zip = zipfile.ZipFile(self.file)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self) -> _MappedZip:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        # The map stays open while arrays view it (it closes when the last one is freed).
+        self.zip.close()
+        self.file.close()
 
     def namelist(self) -> list[str]:
         return self.zip.namelist()
@@ -324,13 +336,13 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     _check_archive(path, ".pth")
     try:
-        archive = _MappedZip(path)
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
-        prefix = pickles[0][: -len("data.pkl")]
-        raw = archive.read(pickles[0])
-        obj = _RestrictedUnpickler(io.BytesIO(raw.tobytes()), archive, prefix, path).load()
+        with _MappedZip(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
+            prefix = pickles[0][: -len("data.pkl")]
+            raw = archive.read(pickles[0])
+            obj = _RestrictedUnpickler(io.BytesIO(raw.tobytes()), archive, prefix, path).load()
     except (UnsafeCheckpointError, CorruptCheckpointError):
         raise
     except _DAMAGE as e:
@@ -494,12 +506,12 @@ def load_params(path: str | os.PathLike, template: Any) -> dict:
     path = os.fspath(path)
     _check_archive(path, ".npz")
     try:
-        archive = _MappedZip(path)
-        flat = {
-            tuple(n[: -len(".npy")].split("/")): _npy_array(n, archive.read(n))
-            for n in archive.namelist()
-            if n.endswith(".npy")
-        }
+        with _MappedZip(path) as archive:
+            flat = {
+                tuple(n[: -len(".npy")].split("/")): _npy_array(n, archive.read(n))
+                for n in archive.namelist()
+                if n.endswith(".npy")
+            }
     except _DAMAGE as e:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {type(e).__name__}: {e}") from None
     want = traverse_util.flatten_dict(nn.unbox(template))
