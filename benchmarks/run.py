@@ -456,7 +456,7 @@ def bench_inference_cpu(args, official, base: dict) -> None:
 
 
 _LOAD = """
-import json, sys, time
+import json, resource, sys, time
 impl, path, variant = sys.argv[1:]
 t0, c0 = time.perf_counter(), time.process_time()
 if impl == "official":
@@ -475,7 +475,9 @@ t2, c2 = time.perf_counter(), time.process_time()
 # VmHWM, not ru_maxrss: Linux carries the parent's RSS over the exec into ru_maxrss.
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
 peak = int(hwm[0].split()[1]) * 1024 / 1e9 if hwm else float("nan")
-print(json.dumps(dict(seconds=t2 - t1, cpu_seconds=c2 - c1, import_seconds=t1 - t0, peak_rss_gb=peak)))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt  # pages read from disk
+out = dict(seconds=t2 - t1, cpu_seconds=c2 - c1, import_seconds=t1 - t0, peak_rss_gb=peak)
+print(json.dumps(dict(out, major_faults=faults)))
 """
 
 
@@ -507,6 +509,9 @@ def bench_load_cpu(args, official, base: dict) -> None:
             )
             got = {}
             for impl, path in (("sam-jax", pth), ("sam-jax", npz), ("official", pth)):
+                with open(path, "rb") as f:  # the same warm page cache for everyone
+                    while f.read(1 << 24):
+                        pass
                 run = subprocess.run(
                     [sys.executable, "-c", _LOAD, impl, path, variant],
                     env=env,
