@@ -325,6 +325,7 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     The arrays are read-only views of the memory-mapped file (``torch.save`` stores
     tensors uncompressed); nothing is copied until a caller needs another layout.
+    They read the file while they live: do not rewrite it in place meanwhile.
 
     Raises:
       FileNotFoundError: no such file. IsADirectoryError: a directory.
@@ -502,6 +503,8 @@ def load_params(path: str | os.PathLike, template: Any) -> dict:
 
     Uncompressed members (every ``np.savez`` file) are memory-mapped: arrays of the
     template's dtype are read-only views of the file; a compressed member is inflated.
+    Mapped arrays read the file for as long as they live, so the file must not be
+    rewritten in place meanwhile (replacing it, as :func:`save_params` does, is safe).
     """
     path = os.fspath(path)
     _check_archive(path, ".npz")
