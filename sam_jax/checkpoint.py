@@ -37,6 +37,7 @@ import os
 import pickle
 import re
 import struct
+import weakref
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -201,6 +202,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 _byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # moved in numpy 2
+# The read-only file mappings made here: the only ones whose pages _release may drop (on a
+# private writable mapping, e.g. np.load(mmap_mode="c"), dropping pages loses writes).
+_READ_ONLY_MAPS: weakref.WeakSet = weakref.WeakSet()
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip member's local file header (30 bytes)
 
 
@@ -219,6 +223,7 @@ class _MappedZip:
         self.file = open(path, "rb")  # noqa: SIM115 - closed by __exit__
         try:
             self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+            _READ_ONLY_MAPS.add(self.map)
             self.zip = zipfile.ZipFile(self.file)
         except BaseException:
             self.file.close()
@@ -266,10 +271,10 @@ def _release(array: np.ndarray) -> None:
 
     Only a hint to the kernel, safe for a read-only file mapping: the pages stay in
     the page cache and fault back in (same bytes) when anything reads them again.
-    Arrays not viewing a memory map are left alone.
+    Arrays not viewing one of this module's read-only mappings are left alone.
     """
     mapping = _mapping_of(array)
-    if mapping is None or array.size == 0 or not hasattr(mapping, "madvise"):
+    if mapping not in _READ_ONLY_MAPS or array.size == 0 or not hasattr(mapping, "madvise"):
         return
     lo, hi = _byte_bounds(array)
     base = np.frombuffer(mapping, np.uint8, 1).ctypes.data

@@ -178,3 +178,13 @@ def test_build_from_a_checkpoint_never_initialises(tiny, monkeypatch):
     )
     with pytest.raises(AssertionError, match="random initialisation"):
         build_sam(TINY)
+
+
+def test_pages_of_other_mappings_are_not_dropped(tmp_path):
+    """Only this module's read-only maps are released: a copy-on-write np.memmap keeps
+    its in-memory edits after being converted."""
+    np.save(tmp_path / "w.npy", np.zeros((300, 2048), np.float32))
+    cow = np.load(tmp_path / "w.npy", mmap_mode="c")
+    cow[:] = 7.0
+    out = _contiguous(cow.T, np.float32)
+    assert (out == 7.0).all() and (cow == 7.0).all()
