@@ -24,6 +24,8 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
 * ``load-cpu`` (vit_h by default): a released-format ``.pth`` (random weights) to
   usable params, ours from the ``.pth`` and from the converted ``.npz`` against the
   official builder, each in a fresh process: wall and CPU seconds, peak RSS.
+* ``pipeline-cpu``: the SA-1B input pipeline, images per CPU-second and a per-stage
+  profile (``benchmarks/pipeline_cpu.py``; no official counterpart).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -39,6 +41,7 @@ Usage::
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
     python -m benchmarks.run load-cpu              # vit_h checkpoint load (writes 5 GB to the temp dir)
+    python -m benchmarks.run pipeline-cpu
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.pipeline_cpu import bench_pipeline_cpu  # noqa: E402
 from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 from sam_jax.modeling.variants import VARIANTS  # noqa: E402
@@ -537,8 +541,11 @@ def bench_load_cpu(args, official, base: dict) -> None:
 
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
 PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
-PARTS["load-cpu"] = bench_load_cpu
-CPU_PARTS = ("encoder-cpu", "inference-cpu", "load-cpu")
+CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS["pipeline-cpu"] = bench_pipeline_cpu  # the SA-1B input pipeline (benchmarks/pipeline_cpu.py)
+CPU_PARTS += ("pipeline-cpu",)
+PARTS["load-cpu"] = bench_load_cpu  # checkpoint load, vit_h by default
+CPU_PARTS += ("load-cpu",)
 
 
 def main(argv: list[str] | None = None) -> None:
