@@ -25,8 +25,14 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
   8 images x 8 masks): the step without and with them (crop + CLIP inside the step),
   and the crop + CLIP alone (what precomputed embeddings would move out of the step);
   median wall and process-CPU ms over ``--iters`` steps.
+* ``load-cpu`` (vit_h by default): a released-format ``.pth`` (random weights) to
+  usable params, ours from the ``.pth`` and from the converted ``.npz`` against the
+  official builder, each in a fresh process: wall and CPU seconds, peak RSS.
 * ``pipeline-cpu``: the SA-1B input pipeline, images per CPU-second and a per-stage
   profile (``benchmarks/pipeline_cpu.py``; no official counterpart).
+* ``generate-shards-cpu``: ``sam-jax generate-shards`` images/s with the default and
+  ``sa1b`` presets, and the projected H200 cost of 11M images
+  (``benchmarks/generate_shards.py``).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -42,6 +48,7 @@ Usage::
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
     python -m benchmarks.run text-prompt-cpu --iters 10
+    python -m benchmarks.run load-cpu              # vit_h checkpoint load (writes 5 GB to the temp dir)
     python -m benchmarks.run pipeline-cpu
 """
 
@@ -501,13 +508,105 @@ def bench_text_prompt_cpu(args, official, base: dict) -> None:
             emit(**common, what="crop_and_clip", ms=wall, cpu_ms=cpu)
 
 
+_LOAD = """
+import json, resource, sys, time
+impl, path, variant = sys.argv[1:]
+t0, c0 = time.perf_counter(), time.process_time()
+if impl == "official":
+    import torch, segment_anything
+    t1, c1 = time.perf_counter(), time.process_time()
+    if variant == "tiny":  # no registry entry: the official builder's two steps
+        from configs.tiny import TINY_TRAIN; from benchmarks.reference_sam import official_sam
+        official_sam(TINY_TRAIN).load_state_dict(torch.load(path))
+    else:
+        segment_anything.sam_model_registry[variant](checkpoint=path)
+else:
+    import jax; from configs.tiny import TINY_TRAIN; from sam_jax.sam_model import build_sam
+    t1, c1 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(build_sam(TINY_TRAIN if variant == "tiny" else variant, checkpoint=path).params)
+t2, c2 = time.perf_counter(), time.process_time()
+# VmHWM, not ru_maxrss: Linux carries the parent's RSS over the exec into ru_maxrss.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) * 1024 / 1e9 if hwm else float("nan")
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt  # pages read from disk
+out = dict(seconds=t2 - t1, cpu_seconds=c2 - c1, import_seconds=t1 - t0, peak_rss_gb=peak)
+print(json.dumps(dict(out, major_faults=faults)))
+"""
+
+
+def bench_load_cpu(args, official, base: dict) -> None:
+    """Checkpoint to usable params, each in a fresh process (peak RSS, VmHWM, is per
+    process): ours from the ``.pth`` and from the converted ``.npz``, and the official
+    builder. Seconds are from after the imports to params ready."""
+    import gc
+    import subprocess
+    import sys
+
+    from benchmarks.reference_sam import official_sam
+    from sam_jax.sam_model import convert_checkpoint
+
+    if official is None:
+        raise SystemExit("load-cpu compares with the official package: install the test extras")
+    torch = official.torch
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    for name in args.variants:
+        config, variant = (TINY, "tiny") if args.tiny else (VARIANTS[name], name)
+        with tempfile.TemporaryDirectory() as tmp:
+            pth, npz = os.path.join(tmp, f"{variant}.pth"), os.path.join(tmp, f"{variant}.npz")
+            torch.save(official_sam(config).state_dict(), pth)  # random weights, official keys
+            gc.collect()
+            convert_checkpoint(pth, npz, config)
+            gc.collect()
+            common = dict(
+                **base, bench="load_cpu", variant=variant, file_gb=round(os.path.getsize(pth) / 1e9, 3)
+            )
+            got = {}
+            for impl, path in (("sam-jax", pth), ("sam-jax", npz), ("official", pth)):
+                with open(path, "rb") as f:  # the same warm page cache for everyone
+                    while f.read(1 << 24):
+                        pass
+                run = subprocess.run(
+                    [sys.executable, "-c", _LOAD, impl, path, variant],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if run.returncode:
+                    raise SystemExit(f"load-cpu: {impl} {path} failed:\n{run.stderr[-3000:]}")
+                res = json.loads(run.stdout.splitlines()[-1])
+                got[impl, path[-3:]] = res = {k: round(v, 3) for k, v in res.items()}
+                emit(**common, impl=impl, file=path[-3:], **res)
+            for fmt in ("pth", "npz"):
+                ours, ref = got["sam-jax", fmt], got["official", "pth"]
+                emit(
+                    **common,
+                    figure="ratio_ours_over_official",
+                    file=fmt,
+                    seconds=round(ours["seconds"] / ref["seconds"], 3),
+                    cpu_seconds=round(ours["cpu_seconds"] / ref["cpu_seconds"], 3),
+                    peak_rss=round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 3),
+                )
+
+
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
+
+
+def bench_generate_shards_cpu(args, official, base: dict) -> None:
+    from benchmarks.generate_shards import bench
+
+    bench(args, official, base, emit)
+
+
 PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
 CPU_PARTS = ("encoder-cpu", "inference-cpu")
 PARTS["pipeline-cpu"] = bench_pipeline_cpu  # the SA-1B input pipeline (benchmarks/pipeline_cpu.py)
 CPU_PARTS += ("pipeline-cpu",)
 PARTS["text-prompt-cpu"] = bench_text_prompt_cpu  # training cost of CLIP prompts
 CPU_PARTS += ("text-prompt-cpu",)
+PARTS["load-cpu"] = bench_load_cpu  # checkpoint load, vit_h by default
+CPU_PARTS += ("load-cpu",)
+PARTS["generate-shards-cpu"] = bench_generate_shards_cpu  # benchmarks/generate_shards.py
+CPU_PARTS += ("generate-shards-cpu",)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -535,12 +634,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
+    parser.add_argument("--gen-size", type=int, default=512, help="generate-shards-cpu: image short side")
+    parser.add_argument("--gen-images", type=int, default=2, help="generate-shards-cpu: timed images")
+    parser.add_argument("--gen-gpu-figures", default=None, help="generate-shards-cpu: GPU figures JSONL")
+    parser.add_argument("--gen-presets", default="default,sa1b", help="generate-shards-cpu: presets")
+    parser.add_argument(
+        "--gen-no-warmup", action="store_true", help="generate-shards-cpu: time the compile too"
+    )
     args = parser.parse_args(argv)
     if args.mode:
         args.parts = args.mode
     if args.variants is None:
         cpu_only = all(p in CPU_PARTS for p in args.parts.split(","))
-        args.variants = "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
+        args.variants = "vit_h" if args.parts == "load-cpu" else "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
     for key in ("parts", "variants", "dtypes", "impls"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]
