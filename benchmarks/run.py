@@ -21,6 +21,11 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
 * ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
   calls, ours and theirs alternating) and ``generate`` at default settings on a
   512x512 photo, each with a ratio line (wall and process CPU time).
+* ``load-cpu`` (vit_h by default): a released-format ``.pth`` (random weights) to
+  usable params, ours from the ``.pth`` and from the converted ``.npz`` against the
+  official builder, each in a fresh process: wall and CPU seconds, peak RSS.
+* ``pipeline-cpu``: the SA-1B input pipeline, images per CPU-second and a per-stage
+  profile (``benchmarks/pipeline_cpu.py``; no official counterpart).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -35,6 +40,8 @@ Usage::
     python -m benchmarks.run --tiny --iters 1      # CPU smoke run
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
+    python -m benchmarks.run load-cpu              # vit_h checkpoint load (writes 5 GB to the temp dir)
+    python -m benchmarks.run pipeline-cpu
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.pipeline_cpu import bench_pipeline_cpu  # noqa: E402
 from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 from sam_jax.modeling.variants import VARIANTS  # noqa: E402
@@ -461,9 +469,93 @@ def bench_inference_cpu(args, official, base: dict) -> None:
         )
 
 
+_LOAD = """
+import json, resource, sys, time
+impl, path, variant = sys.argv[1:]
+t0, c0 = time.perf_counter(), time.process_time()
+if impl == "official":
+    import torch, segment_anything
+    t1, c1 = time.perf_counter(), time.process_time()
+    if variant == "tiny":  # no registry entry: the official builder's two steps
+        from configs.tiny import TINY_TRAIN; from benchmarks.reference_sam import official_sam
+        official_sam(TINY_TRAIN).load_state_dict(torch.load(path))
+    else:
+        segment_anything.sam_model_registry[variant](checkpoint=path)
+else:
+    import jax; from configs.tiny import TINY_TRAIN; from sam_jax.sam_model import build_sam
+    t1, c1 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(build_sam(TINY_TRAIN if variant == "tiny" else variant, checkpoint=path).params)
+t2, c2 = time.perf_counter(), time.process_time()
+# VmHWM, not ru_maxrss: Linux carries the parent's RSS over the exec into ru_maxrss.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) * 1024 / 1e9 if hwm else float("nan")
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt  # pages read from disk
+out = dict(seconds=t2 - t1, cpu_seconds=c2 - c1, import_seconds=t1 - t0, peak_rss_gb=peak)
+print(json.dumps(dict(out, major_faults=faults)))
+"""
+
+
+def bench_load_cpu(args, official, base: dict) -> None:
+    """Checkpoint to usable params, each in a fresh process (peak RSS, VmHWM, is per
+    process): ours from the ``.pth`` and from the converted ``.npz``, and the official
+    builder. Seconds are from after the imports to params ready."""
+    import gc
+    import subprocess
+    import sys
+
+    from benchmarks.reference_sam import official_sam
+    from sam_jax.sam_model import convert_checkpoint
+
+    if official is None:
+        raise SystemExit("load-cpu compares with the official package: install the test extras")
+    torch = official.torch
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    for name in args.variants:
+        config, variant = (TINY, "tiny") if args.tiny else (VARIANTS[name], name)
+        with tempfile.TemporaryDirectory() as tmp:
+            pth, npz = os.path.join(tmp, f"{variant}.pth"), os.path.join(tmp, f"{variant}.npz")
+            torch.save(official_sam(config).state_dict(), pth)  # random weights, official keys
+            gc.collect()
+            convert_checkpoint(pth, npz, config)
+            gc.collect()
+            common = dict(
+                **base, bench="load_cpu", variant=variant, file_gb=round(os.path.getsize(pth) / 1e9, 3)
+            )
+            got = {}
+            for impl, path in (("sam-jax", pth), ("sam-jax", npz), ("official", pth)):
+                with open(path, "rb") as f:  # the same warm page cache for everyone
+                    while f.read(1 << 24):
+                        pass
+                run = subprocess.run(
+                    [sys.executable, "-c", _LOAD, impl, path, variant],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if run.returncode:
+                    raise SystemExit(f"load-cpu: {impl} {path} failed:\n{run.stderr[-3000:]}")
+                res = json.loads(run.stdout.splitlines()[-1])
+                got[impl, path[-3:]] = res = {k: round(v, 3) for k, v in res.items()}
+                emit(**common, impl=impl, file=path[-3:], **res)
+            for fmt in ("pth", "npz"):
+                ours, ref = got["sam-jax", fmt], got["official", "pth"]
+                emit(
+                    **common,
+                    figure="ratio_ours_over_official",
+                    file=fmt,
+                    seconds=round(ours["seconds"] / ref["seconds"], 3),
+                    cpu_seconds=round(ours["cpu_seconds"] / ref["cpu_seconds"], 3),
+                    peak_rss=round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 3),
+                )
+
+
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
 PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
 CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS["pipeline-cpu"] = bench_pipeline_cpu  # the SA-1B input pipeline (benchmarks/pipeline_cpu.py)
+CPU_PARTS += ("pipeline-cpu",)
+PARTS["load-cpu"] = bench_load_cpu  # checkpoint load, vit_h by default
+CPU_PARTS += ("load-cpu",)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -496,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         args.parts = args.mode
     if args.variants is None:
         cpu_only = all(p in CPU_PARTS for p in args.parts.split(","))
-        args.variants = "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
+        args.variants = "vit_h" if args.parts == "load-cpu" else "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
     for key in ("parts", "variants", "dtypes", "impls"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]
