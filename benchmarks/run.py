@@ -20,7 +20,7 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
   plus the first (compiling) call.
 * ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
   calls, ours and theirs alternating) and ``generate`` at default settings on a
-  512x512 photo.
+  512x512 photo, each with a ratio line (wall and process CPU time).
 * ``text-prompt-cpu``: the training cost of CLIP prompts (tiny SAM, tiny random CLIP,
   8 images x 8 masks): the step without and with them (crop + CLIP inside the step),
   and the crop + CLIP alone (what precomputed embeddings would move out of the step);
@@ -411,7 +411,16 @@ def bench_encoder_cpu(args, official, base: dict) -> None:
         emit(**common, figure="ratio_ours_over_official", ratio=round(sec / sec_ref, 3))
 
 
+def wall_and_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call (CPU time is steadier on a shared machine)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def bench_inference_cpu(args, official, base: dict) -> None:
+    """``set_image``, one-point ``predict`` and default ``generate``: ours, official and
+    the ratio ours / official (wall time; process CPU time beside it)."""
     import segment_anything
 
     from sam_jax import SamAutomaticMaskGenerator, SamPredictor
@@ -424,47 +433,48 @@ def bench_inference_cpu(args, official, base: dict) -> None:
     for name in args.variants:
         ref_model, ours = same_weights(TINY if args.tiny else VARIANTS[name], official)
         common = dict(**base, bench="inference_cpu", variant=name, dtype="float32")
+
+        def report(what, t_ours, t_ref, **extra_fields):
+            for impl, (sec, cpu) in (("sam-jax", t_ours), ("official", t_ref)):
+                emit(**common, impl=impl, what=what, seconds=round(sec, 4), cpu_seconds=round(cpu, 4))
+            emit(
+                **common,
+                figure="ratio_ours_over_official",
+                what=what,
+                ratio=round(t_ours[0] / t_ref[0], 3),
+                cpu_ratio=round(t_ours[1] / t_ref[1], 3),
+                **extra_fields,
+            )
+
         pred, ref = SamPredictor(ours), segment_anything.SamPredictor(ref_model)
-        for impl, fn in (
-            ("sam-jax", lambda: (pred.set_image(image), pred.features.block_until_ready())),
-            ("official", lambda: ref.set_image(image)),
-        ):
-            with torch.no_grad():
-                first, sec = (best_of(fn, 1) for _ in range(2))
-            emit(**common, impl=impl, what="set_image", seconds=round(sec, 4), first_call=round(first, 3))
-        times = {"sam-jax": [], "official": []}  # alternating call by call
+        with torch.no_grad():
+            first = wall_and_cpu(lambda: (pred.set_image(image), pred.features.block_until_ready()))
+            t_ours = wall_and_cpu(lambda: (pred.set_image(image), pred.features.block_until_ready()))
+            ref.set_image(image)
+            t_ref = wall_and_cpu(lambda: ref.set_image(image))
+        report("set_image", t_ours, t_ref, first_call_seconds=round(first[0], 3))
+        times = {"sam-jax": [], "official": []}  # alternating call by call; the first compiles
         with torch.no_grad():
             for _ in range(21):
-                times["sam-jax"].append(best_of(lambda: pred.predict(point, label), 1))
-                times["official"].append(best_of(lambda: ref.predict(point, label), 1))
-        for impl, t in times.items():
-            emit(
-                **common,
-                impl=impl,
-                what="predict_1_point",
-                seconds=round(float(np.median(t[1:])), 4),
-                first_call=round(t[0], 3),
-                calls=len(t) - 1,
-            )
+                times["sam-jax"].append(wall_and_cpu(lambda: pred.predict(point, label)))
+                times["official"].append(wall_and_cpu(lambda: ref.predict(point, label)))
+        med = {k: tuple(np.median(np.array(t[1:]), axis=0)) for k, t in times.items()}
+        report("predict_1_point", med["sam-jax"], med["official"], calls=20)
         gen = SamAutomaticMaskGenerator(ours, **extra)
-        first = best_of(lambda: gen.generate(image), 1)
-        emit(
-            **common,
-            impl="sam-jax",
-            what="generate_default",
-            first_call=round(first, 3),
-            seconds=round(best_of(lambda: gen.generate(image), 1), 4),
-            masks=len(gen.generate(image)),
-        )
+        first = wall_and_cpu(lambda: gen.generate(image))  # compiles
+        out: dict[str, Any] = {}
+        t_ours = wall_and_cpu(lambda: out.update(ours=gen.generate(image)))
         ref_gen = segment_anything.SamAutomaticMaskGenerator(ref_model, **extra)
         with torch.no_grad():
-            emit(
-                **common,
-                impl="official",
-                what="generate_default",
-                seconds=round(best_of(lambda: ref_gen.generate(image), 1), 4),
-                masks=len(ref_gen.generate(image)),
-            )
+            t_ref = wall_and_cpu(lambda: out.update(ref=ref_gen.generate(image)))
+        report(
+            "generate_default",
+            t_ours,
+            t_ref,
+            first_call_seconds=round(first[0], 3),
+            masks_ours=len(out["ours"]),
+            masks_official=len(out["ref"]),
+        )
 
 
 def bench_text_prompt_cpu(args, official, base: dict) -> None:
