@@ -100,7 +100,9 @@ def _save_figure(fig, path: str) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def plot_curves(metrics_jsonl: str, path: str, held_out: dict | None = None) -> str:
+def plot_curves(
+    metrics_jsonl: str, path: str, held_out: dict | None = None, focal_weight: float = 20.0
+) -> str:
     """``path``: training loss (left) and first/last-pass mIoU (right) against steps, from
     the run's ``metrics.jsonl``; ``held_out`` (``{"1 click": v, ...}``) adds the held-out
     figures of the final model as markers at the last step."""
@@ -118,7 +120,7 @@ def plot_curves(metrics_jsonl: str, path: str, held_out: dict | None = None) -> 
     get = lambda k: [rows[s][k] for s in steps]
     fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     ax_l.plot(steps, get("loss"), label="total")
-    ax_l.plot(steps, [20 * v for v in get("focal")], label="20 x focal", alpha=0.7)
+    ax_l.plot(steps, [focal_weight * v for v in get("focal")], label=f"{focal_weight:g} x focal", alpha=0.7)
     ax_l.plot(steps, get("dice"), label="dice", alpha=0.7)
     ax_l.set_yscale("log")
     ax_l.set_xlabel("step")
@@ -249,6 +251,7 @@ def main(argv=None) -> int:
         os.path.join(c.train.workdir, "metrics.jsonl"),
         os.path.join(a.out, "curves.png"),
         {"1 click": held["miou_1click_most_confident"], "5 clicks": held["miou_5click"]},
+        c.loss.focal_weight,
     )
     pictures = click_pictures(model, eval_dir, os.path.join(a.out, "clicks"), EVAL_MIN_AREA)
     losses, last = summary["losses"], summary["last_metrics"]
@@ -270,8 +273,8 @@ def main(argv=None) -> int:
     print(f"[demo] click pictures: {os.path.join(a.out, 'clicks')} ({len(pictures)} PNGs)")
     print(f"[demo] point protocol: {os.path.join(a.out, 'eval_points')} (results.json, results.md, plots)")
     print(
-        f"[demo] evaluate any checkpoint: python -m sam_jax.evaluation points --train-config configs/demo.py "
-        f"--checkpoint {c.train.workdir} --data {eval_dir} --min-area {EVAL_MIN_AREA}"
+        f"[demo] evaluate any checkpoint: sam-jax eval points {eval_dir} --checkpoint {c.train.workdir} "
+        f"--train-config configs/demo.py --min-area {EVAL_MIN_AREA} --out DIR"
     )
     from sam_jax.atomic_io import write_json
 
