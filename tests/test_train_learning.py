@@ -3,7 +3,9 @@
 * ``test_overfit_one_batch``: the wiring check. The train step learns one fixed batch
   (2 images x 4 masks, 2 decoder passes) to first-pass mIoU >= 0.9 within
   ``OVERFIT_STEPS`` steps; a bug in coordinate frames, target alignment or label
-  conventions keeps it far below. Measured: see the test.
+  conventions keeps it far below. Measured (2026-11-30): first-pass mIoU 0.05-0.09
+  up to step 60 (the empty-mask plateau), 0.61 at step 70, 0.90 at 100, 0.98-1.00
+  from 180 on (one dip to 0.86 at 160); about 65 s of CPU, most of it the compile.
 * ``test_tiny_config_learns``: loss halves and single-point mIoU on held-out images rises.
 
 300 steps of the tiny model (3 decoder passes, 4 images x 4 masks, in-memory
