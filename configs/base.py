@@ -26,12 +26,13 @@ Config keys (``ml_collections.ConfigDict``):
   ``axis_rules`` (the table below), multi-host ``coordinator_address``,
   ``num_processes``, ``process_id`` (empty/-1 = from env or automatic).
 * ``data``: ``train_dir`` / ``eval_dir`` (SA-1B shards: a directory of ``*.tar`` or a
-  glob), ``masks_per_image``, ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
+  glob; ``train_dir`` may also be a mixture of sources ``[(dir or glob, weight), ...]``
+  or ``[(dir or glob, weight, name), ...]``, each sample drawn from a source with
+  probability ``weight / sum(weights)``: ``data.subsets``), ``masks_per_image``,
+  ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
   in-memory synthetic batches, no tensorflow), ``synthetic_images`` (> 0: a finite
   synthetic corpus of that many images instead of an endless stream), ``fraction``
-  (train on this fraction of the images, chosen by image id: ``data.subsets``);
-  ``mixture`` (a stage mixture ``((glob, integer weight), ...)`` read instead of
-  ``train_dir``, each shard ``weight`` times per epoch).
+  (train on this fraction of the images, chosen by image id: ``data.subsets``).
 * ``text``: CLIP prompts (``train.text_prompt``, paper section 7.5): ``enabled``,
   ``clip`` (``ViT-L/14@336px``/``ViT-B/16``/``custom`` with ``clip_custom`` fields),
   ``clip_checkpoint`` (OpenAI ``.pt``; ``""`` = random CLIP, for tests), ``clip_seed``,
@@ -106,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
         process_id=-1,
     )
     c.data = dict(
-        train_dir="",
+        # a str (one source) or a list of (glob, weight[, name]) (a mixture)
+        train_dir=ml_collections.FieldReference("", field_type=object),
         eval_dir="",
         masks_per_image=64,
         global_batch_size=256,
@@ -115,7 +117,6 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic=False,
         synthetic_images=0,
         fraction=1.0,
-        mixture=(),
     )
     c.text = dict(
         enabled=False,
@@ -242,4 +243,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     procs = config.mesh.num_processes
     if isinstance(procs, int) and procs > 0 and batch % procs:
         raise ConfigError(f"data.global_batch_size={batch} must be divisible by mesh.num_processes={procs}")
+    from data.subsets import is_mixture, mixture_sources  # numpy only
+
+    if not isinstance(config.data.train_dir, str) and is_mixture(config.data.train_dir):
+        try:
+            mixture_sources(config.data.train_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return config

@@ -12,6 +12,8 @@ Modules (importing ``data`` itself pulls in neither TensorFlow nor jax):
 * ``data.pipeline``   - the tf.data pipeline (:class:`Pipeline`): sharding
   over processes, deterministic shuffling, epochs, resumption, stats;
 * ``data.status``     - per-sample status codes / counter names;
+* ``data.subsets``    - data fractions by image id, mixtures of sources with weights;
+* ``data.stats``      - dataset statistics of a corpus (``python -m data.stats``);
 * ``data.synthetic``  - deterministic synthetic SA-1B shard generator
   (``python -m data.synthetic``);
 * ``data.synthetic_batch`` - in-memory synthetic batches (numpy only).

@@ -10,17 +10,20 @@ Usage::
         pipe.stats()              # {"ok": .., "corrupt_jpeg": .., ...}
 
 Batches are dicts of numpy arrays in the format of :mod:`data.batch`
-(S = model_size, R = target_size, K = max_masks, B = batch_size), plus three
+(S = model_size, R = target_size, K = max_masks, B = batch_size), plus four
 fields of the pipeline's own::
 
     status       (B,)         int32    data.status.Status (0 = OK)
     slot         (B,)         int64    position of the sample in this
                                        process's stream
-    epoch        (B,)         int64    epoch of the sample
+    epoch        (B,)         int64    epoch of the sample (of its source's
+                                       stream in a mixture)
+    source       (B,)         int32    index of the sample's source in a
+                                       mixture (0 for a single source)
 
 With a finite ``num_epochs`` every record is delivered: the last batch is
 filled up to ``B`` with padding slots (``status = Status.PADDING`` (-1),
-``mask_valid`` all False, ``image_id = slot = epoch = -1``, zero arrays), so
+``mask_valid`` all False, ``image_id = slot = epoch = source = -1``, zero arrays), so
 an evaluation sees every held-out image even when there are fewer than ``B``.
 
 Geometry and target conventions are documented in ``data.preprocess``.
@@ -37,6 +40,17 @@ seed and the process index):
    (:class:`data.sa1b.RecordRef`), never data, so large blocks are cheap;
 5. records are numbered with a global *slot* counter over all epochs (epochs
    follow each other without a gap; a batch can straddle two epochs).
+
+A *mixture* ``[(glob, weight), ...]`` (:func:`data.subsets.mixture_sources`) runs
+steps 1-4 for each source on its own (its shards split over the processes, its own
+epochs), and slot ``t`` of the mixed stream takes the next record of source
+:func:`data.subsets.mixture_choices` ``(t)``: drawn with probability
+``weight / sum(weights)`` from ``(seed, process, t)`` alone, so where each source's
+stream stands at any slot is computed without reading data and ``start_step``
+resumes a mixture exactly too (:func:`mixture_stream`). Unlike tf.data's
+``sample_from_datasets``, whose seeded choice can only be resumed by replaying it
+with the data, the choice stream is a pure function of the slot. A mixture is an
+endless stream (``num_epochs=None``).
 
 Bad records and resumption. Each record occupies one slot whether or not it
 is usable; with the default ``drop_bad=False`` a bad record (corrupt JPEG,
@@ -72,9 +86,17 @@ from data import sa1b
 from data.batch import FIELDS
 from data.preprocess import PreprocessConfig, empty_sample, process_record
 from data.status import COUNTER_NAMES, Status
-from data.subsets import in_fraction, is_mixture, record_image_id, weighted_shards
+from data.subsets import (
+    CHOICE_BLOCK,
+    in_fraction,
+    is_mixture,
+    mixture_choices,
+    mixture_counts,
+    mixture_sources,
+    record_image_id,
+)
 
-__all__ = ["Pipeline", "record_stream", "default_process"]
+__all__ = ["Pipeline", "record_stream", "mixture_stream", "default_process"]
 
 BATCH_KEYS = tuple(FIELDS)
 
@@ -177,8 +199,62 @@ def record_stream(
         epoch += 1
 
 
+def mixture_stream(
+    source_shards: Sequence[Sequence[str]],
+    weights: Sequence[float],
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    shuffle_block: int = 4096,
+    cycle_length: int = 4,
+    start_slot: int = 0,
+    kind: str | None = None,
+    fraction: float = 1.0,
+) -> Iterator[tuple[int, int, int, sa1b.RecordRef]]:
+    """The endless mixed record order: yields ``(slot, epoch, source, ref)`` from ``start_slot``.
+
+    ``source_shards[i]`` are the shards of source ``i``, read as :func:`record_stream`
+    reads a single source (``epoch`` is that source's); slot ``t`` takes the next record
+    of source :func:`data.subsets.mixture_choices` ``(t)``. Pure Python, no data read.
+    """
+    if len(source_shards) != len(weights) or not source_shards:
+        raise ValueError(f"{len(source_shards)} sources for {len(weights)} weights")
+    offsets = mixture_counts(weights, seed, process_index, start_slot)
+    streams = [
+        record_stream(
+            shards,
+            seed,
+            process_index,
+            process_count,
+            shuffle,
+            shuffle_block,
+            cycle_length,
+            None,
+            int(offset),
+            kind,
+            fraction,
+        )
+        for shards, offset in zip(source_shards, offsets)
+    ]
+    slot = start_slot
+    while True:
+        stop = (slot // CHOICE_BLOCK + 1) * CHOICE_BLOCK
+        for source in mixture_choices(weights, seed, process_index, slot, stop).tolist():
+            _, epoch, ref = next(streams[source])
+            yield slot, epoch, source, ref
+            slot += 1
+
+
 # Values of the padding slots of a finite stream's last batch (other keys: zeros).
-_PAD_VALUES = {"mask_valid": False, "image_id": -1, "status": int(Status.PADDING), "slot": -1, "epoch": -1}
+_PAD_VALUES = {
+    "mask_valid": False,
+    "image_id": -1,
+    "status": int(Status.PADDING),
+    "slot": -1,
+    "epoch": -1,
+    "source": -1,
+}
 
 
 def _pad_batch(tf, batch_size: int, batch: dict) -> dict:
@@ -197,7 +273,8 @@ class Pipeline:
 
     Args:
       shards: glob pattern(s) or list of shard paths (tar, folders, TFDS tfrecords), or a
-        mixture ``((glob, integer weight), ...)`` (each shard read ``weight`` times per epoch).
+        mixture ``[(glob, weight), ...]`` / ``[(glob, weight, name), ...]`` (each sample
+        drawn from a source with probability ``weight / sum(weights)``; see the module doc).
       batch_size: B (per process).
       seed: seed of the order and of the per-sample draws.
       model_size: S (1024 for SAM; 64/128 for tiny test models).
@@ -245,10 +322,18 @@ class Pipeline:
         kind: str | None = None,
         fraction: float = 1.0,
     ):
-        if is_mixture(shards):
-            self.shards = weighted_shards(shards)
+        self.is_mixture = is_mixture(shards)
+        if self.is_mixture:
+            sources = mixture_sources(shards)
+            self.source_names = tuple(s.name for s in sources)
+            self.weights = tuple(s.weight for s in sources)
+            self.source_shards = [sa1b.resolve_shards(s.pattern) for s in sources]
+            if num_epochs is not None:
+                raise ValueError("a mixture of sources is an endless stream: num_epochs must be None")
         else:
-            self.shards = sa1b.resolve_shards(shards)
+            self.source_names, self.weights = ("all",), (1.0,)
+            self.source_shards = [sa1b.resolve_shards(shards)]
+        self.shards = sorted(s for shards_ in self.source_shards for s in shards_)
         in_fraction(0, fraction)  # validates it
         self.fraction = float(fraction)
         if batch_size < 1:
@@ -262,10 +347,12 @@ class Pipeline:
         self.process_index, self.process_count = int(process_index), int(process_count)
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        if len(self.shards) < self.process_count:
-            raise ValueError(
-                f"{len(self.shards)} shards for {self.process_count} processes: each process needs one"
-            )
+        for name, shards_ in zip(self.source_names, self.source_shards):
+            if len(shards_) < self.process_count:
+                what = f" of source {name!r}" if self.is_mixture else ""
+                raise ValueError(
+                    f"{len(shards_)} shards{what} for {self.process_count} processes: each process needs one"
+                )
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
@@ -287,6 +374,14 @@ class Pipeline:
         )
         self._lock = threading.Lock()
         self._counts = {name: 0 for name in COUNTER_NAMES}
+        # Draws of each source before ``start_step`` (this process); with drop_bad the skipped
+        # steps are decoded again, so they are not known in advance and count from the restart.
+        skipped = 0 if drop_bad else start_step * batch_size
+        self.start_source_counts = (
+            mixture_counts(self.weights, seed, self.process_index, skipped)
+            if self.is_mixture
+            else np.array([skipped], np.int64)
+        )
 
     # ----------------------------------------------------------------- stats
     def stats(self) -> dict[str, int]:
@@ -297,23 +392,36 @@ class Pipeline:
             return dict(self._counts)
 
     # ------------------------------------------------------------ generators
-    def _records(self) -> Iterator[tuple[int, int, int, bytes, bytes, int]]:
-        start_slot = 0 if self.drop_bad else self.start_step * self.batch_size
-        loader = sa1b.Loader()
-        try:
-            for slot, epoch, ref in record_stream(
-                self.shards,
-                self.seed,
-                self.process_index,
-                self.process_count,
-                self.shuffle,
-                self.shuffle_block,
+    def _stream(self, start_slot: int) -> Iterator[tuple[int, int, int, sa1b.RecordRef]]:
+        """``(slot, epoch, source, ref)`` from ``start_slot``: the mixed or the single order."""
+        common = (self.seed, self.process_index, self.process_count, self.shuffle, self.shuffle_block)
+        if self.is_mixture:
+            yield from mixture_stream(
+                self.source_shards,
+                self.weights,
+                *common,
                 self.cycle_length,
-                self.num_epochs,
                 start_slot,
                 self.kind,
                 self.fraction,
-            ):
+            )
+            return
+        for slot, epoch, ref in record_stream(
+            self.source_shards[0],
+            *common,
+            self.cycle_length,
+            self.num_epochs,
+            start_slot,
+            self.kind,
+            self.fraction,
+        ):
+            yield slot, epoch, 0, ref
+
+    def _records(self) -> Iterator[tuple[int, int, int, int, bytes, bytes, int]]:
+        start_slot = 0 if self.drop_bad else self.start_step * self.batch_size
+        loader = sa1b.Loader()
+        try:
+            for slot, epoch, source, ref in self._stream(start_slot):
                 status = int(ref.status)
                 jpeg = payload = b""
                 if status == Status.OK:
@@ -321,7 +429,7 @@ class Pipeline:
                         jpeg, payload = loader.load(ref)
                     except (OSError, EOFError):
                         status = int(Status.TRUNCATED_MEMBER)
-                yield slot, epoch, status, jpeg, payload, ref.payload_kind
+                yield slot, epoch, source, status, jpeg, payload, ref.payload_kind
         finally:
             loader.close()
 
@@ -344,13 +452,14 @@ class Pipeline:
                 tf.TensorSpec((), tf.int64),
                 tf.TensorSpec((), tf.int64),
                 tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.string),
                 tf.TensorSpec((), tf.string),
                 tf.TensorSpec((), tf.int32),
             ),
         )
 
-        def fn(slot, epoch, status, jpeg, payload, payload_kind):
+        def fn(slot, epoch, source, status, jpeg, payload, payload_kind):
             outs = tf.numpy_function(
                 self._process,
                 [epoch, status, jpeg, payload, payload_kind],
@@ -366,6 +475,7 @@ class Pipeline:
             d["status"] = st
             d["slot"] = slot
             d["epoch"] = epoch
+            d["source"] = source
             return d
 
         par = tf.data.AUTOTUNE if self.num_parallel_calls is None else self.num_parallel_calls

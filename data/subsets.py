@@ -13,11 +13,18 @@ Two mechanisms here serve those axes:
   ``data.fraction`` in the training config applies it to the SA-1B pipeline
   (:func:`record_image_id` reads the id from the record's name, ``sa_<id>``) and
   to the synthetic corpus below.
-* **Stage mixtures with weights.** :func:`weighted_shards` turns
-  ``((shard glob, integer weight), ...)`` into a shard list in which each shard appears
-  ``weight`` times, so one epoch reads a stage's images ``weight`` times (the
-  paper's 10x oversampling of manual + semi-automatic masks). ``data.mixture``
-  holds such pairs ``((glob, weight), ...)``.
+* **Mixtures of sources with weights.** ``data.train_dir`` may be a list of sources
+  ``[(glob, weight), ...]`` (or ``(glob, weight, name)``), e.g. the data engine's
+  stages. :func:`mixture_sources` reads it; every sample of the stream is drawn from
+  source ``i`` with probability ``weight_i / sum(weights)`` (:func:`mixture_choices`),
+  independently of the others, and then takes the next record of that source's own
+  shuffled, epoch-repeating stream (``data.pipeline.mixture_stream``). The choice of
+  slot ``t`` is a pure function of ``(seed, process, t)``, so the number of draws of
+  each source before any slot is known without reading data (:func:`mixture_counts`)
+  and a run resumes exactly at any step. A weight is the source's share of the
+  samples, not a per-image rate: the paper's "manual and semi-automatic data
+  oversampled 10x" (section 7.6) is ``weight = 10 x`` the stage's image count next to
+  the automatic stage's image count (``configs/sweeps/paper_fig13.py``).
 
 :func:`synthetic_corpus_batches` is a finite synthetic corpus of ``N`` images with
 ids ``0..N-1`` (each image a pure function of its id), read in epochs through the
@@ -26,9 +33,13 @@ same fraction, so that data volume can be ablated on a CPU without SA-1B.
 
 from __future__ import annotations
 
+import glob as globlib
 import hashlib
+import math
+import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +49,13 @@ __all__ = [
     "image_unit",
     "in_fraction",
     "is_mixture",
+    "mixture_choices",
+    "mixture_counts",
+    "mixture_sources",
     "record_image_id",
+    "Source",
+    "source_name",
     "synthetic_corpus_batches",
-    "weighted_shards",
 ]
 
 # Corpus image ``i`` is generated from seed CORPUS_SEED_BASE + i: far from the seeds of the
@@ -86,30 +101,112 @@ def record_image_id(key: str) -> int | str:
 
 
 def is_mixture(sources) -> bool:
-    """Whether ``sources`` is a stage mixture (a mapping or pairs ``(glob, weight)``)."""
+    """Whether ``sources`` is a mixture: a mapping ``{glob: weight}`` or a non-empty list of
+    ``(glob, weight)`` / ``(glob, weight, name)`` (not a glob or a list of shard paths)."""
     if isinstance(sources, Mapping) or hasattr(sources, "items"):
         return True
     return (
-        not isinstance(sources, str)
+        not isinstance(sources, (str, os.PathLike))
         and len(sources) > 0
-        and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in sources)
+        and all(
+            isinstance(s, (tuple, list)) and len(s) in (2, 3) and not isinstance(s[1], str) for s in sources
+        )
     )
 
 
-def weighted_shards(sources) -> list[str]:
-    """``((glob or path, integer weight >= 1), ...)`` (or a mapping) -> sorted shard list,
-    each shard ``weight`` times (the record order then reads it ``weight`` times per epoch)."""
-    from data.sa1b import resolve_shards
+@dataclass(frozen=True)
+class Source:
+    """One source of a mixture: ``pattern`` (a glob, a shard or a folder of shards),
+    its sampling ``weight`` (> 0) and its ``name`` in the metrics (``source_count/<name>``)."""
 
-    pairs = list(sources.items()) if hasattr(sources, "items") else [tuple(s) for s in sources]
-    out: list[str] = []
-    for pattern, weight in pairs:
-        if int(weight) != weight or weight < 1:
-            raise ValueError(f"weight of {pattern!r} must be an integer >= 1, got {weight}")
-        out += resolve_shards(pattern) * int(weight)
-    if not out:
+    pattern: str
+    weight: float
+    name: str
+
+
+def source_name(pattern: str) -> str:
+    """The name of a source in the metrics: the last path component without wildcards
+    (``/data/engine/manual/*.tar`` -> ``manual``; a shard ``/d/sa_1.tar`` -> ``sa_1``)."""
+    parts = [p for p in os.fspath(pattern).rstrip("/").split("/") if p]
+    for part in reversed(parts):
+        if not globlib.has_magic(part):
+            return part[: -len(".tar")] if part.endswith(".tar") else part
+    return "source"
+
+
+def mixture_sources(spec) -> tuple[Source, ...]:
+    """``[(glob, weight) or (glob, weight, name), ...]`` (or ``{glob: weight}``) -> sources,
+    named by :func:`source_name` unless named; names are made unique with ``_<index>``.
+
+    Raises:
+      ValueError: no source, a weight that is not a finite number > 0, or a bad item.
+    """
+    items = list(spec.items()) if hasattr(spec, "items") else [tuple(s) for s in spec]
+    if not items:
         raise ValueError("data.train_dir: empty mixture")
-    return sorted(out)
+    out = []
+    for item in items:
+        if len(item) not in (2, 3) or not isinstance(item[0], (str, os.PathLike)):
+            raise ValueError(
+                f"data.train_dir: a mixture item is (glob, weight) or (glob, weight, name), got {item!r}"
+            )
+        pattern, weight = os.fspath(item[0]), item[1]
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            raise ValueError(
+                f"data.train_dir: the weight of {pattern!r} must be a number > 0, got {weight!r}"
+            )
+        name = str(item[2]) if len(item) == 3 else source_name(pattern)
+        out.append(Source(pattern, float(weight), name))
+    names = [s.name for s in out]
+    return tuple(
+        Source(s.pattern, s.weight, s.name if names.count(s.name) == 1 else f"{s.name}_{i}")
+        for i, s in enumerate(out)
+    )
+
+
+# Slots whose source choices are drawn from one generator (the unit of the choice stream).
+CHOICE_BLOCK = 4096
+
+
+def _choice_block(cum: np.ndarray, seed: int, process_index: int, block: int) -> np.ndarray:
+    u = np.random.default_rng([seed, process_index, 3, block]).random(CHOICE_BLOCK)
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
+
+
+def _cumulative(weights) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    return np.cumsum(w) / w.sum()
+
+
+def mixture_choices(weights, seed: int, process_index: int, start: int, stop: int) -> np.ndarray:
+    """``(stop - start,)`` int64: the source of each slot in ``[start, stop)`` of a process's
+    stream. Slot ``t`` is source ``i`` with probability ``weights[i] / sum(weights)``,
+    drawn from ``(seed, process_index, t // CHOICE_BLOCK)`` alone."""
+    cum = _cumulative(weights)
+    if stop <= start:
+        return np.zeros(0, np.int64)
+    b0, b1 = start // CHOICE_BLOCK, (stop - 1) // CHOICE_BLOCK
+    blocks = np.concatenate([_choice_block(cum, seed, process_index, b) for b in range(b0, b1 + 1)])
+    return blocks[start - b0 * CHOICE_BLOCK : stop - b0 * CHOICE_BLOCK].astype(np.int64)
+
+
+def mixture_counts(weights, seed: int, process_index: int, num_slots: int) -> np.ndarray:
+    """``(len(weights),)`` int64: how many of a process's first ``num_slots`` slots each source
+    got (where each source's record stream stands at slot ``num_slots``)."""
+    cum = _cumulative(weights)
+    counts = np.zeros(len(cum), np.int64)
+    full = num_slots // CHOICE_BLOCK
+    for b in range(full):
+        counts += np.bincount(_choice_block(cum, seed, process_index, b), minlength=len(cum))
+    rest = num_slots - full * CHOICE_BLOCK
+    if rest:
+        counts += np.bincount(_choice_block(cum, seed, process_index, full)[:rest], minlength=len(cum))
+    return counts
 
 
 def synthetic_corpus_batches(

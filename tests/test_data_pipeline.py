@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -16,7 +17,7 @@ pytest.importorskip("tensorflow")
 from pycocotools import mask as mask_utils
 
 from data import sa1b
-from data.pipeline import Pipeline, record_stream
+from data.pipeline import Pipeline, mixture_stream, record_stream
 from data.status import Status
 from data.synthetic import encode_jpeg, generate_image, sample_json, write_shards
 from sam_jax.geometry import PIXEL_MEAN, PIXEL_STD
@@ -320,28 +321,75 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def test_same_seed_same_batches_and_resume(syn):
+@pytest.mark.parametrize("mixture", [False, True], ids=["single", "mixture"])
+def test_same_seed_same_batches_and_resume(syn, mixture):
     kw = dict(seed=3, shuffle_block=4, cycle_length=2, **_small(batch_size=3))
     tars = os.path.join(syn, "*.tar")
+    if mixture:  # the same shards as two weighted sources: images 1-6 and 7-10
+        tars = [
+            (os.path.join(syn, "sa_00000[01].tar"), 3, "first"),
+            (os.path.join(syn, "sa_00000[23].tar"), 1),
+        ]
+        assert Pipeline(tars, **kw).source_names == ("first", os.path.basename(syn))
     full = _take(Pipeline(tars, **kw), 8)  # 24 slots > 10 images: crosses 2 epochs
     again = _take(Pipeline(tars, **kw), 8)
     _assert_same(full, again)
     epochs = np.concatenate([b["epoch"] for b in full])
-    assert set(epochs.tolist()) == {0, 1, 2}
     ids = np.concatenate([b["image_id"] for b in full])
-    assert sorted(ids[epochs == 0].tolist()) == list(range(1, 11))
-    assert ids[epochs == 0].tolist() != ids[epochs == 1].tolist()  # reshuffled per epoch
-    assert ids[:10].tolist() != list(range(1, 11))
+    sources = np.concatenate([b["source"] for b in full])
+    if mixture:
+        # every sample comes from its own source, whose stream repeats its images per epoch
+        assert set(sources.tolist()) == {0, 1} and np.array_equal(sources, (ids > 6).astype(int))
+        first = ids[sources == 0]
+        assert (epochs[sources == 0] == np.arange(len(first)) // 6).all()
+        assert sorted(first[:6].tolist()) == list(range(1, 7)) and len(first) > 12
+    else:
+        assert set(epochs.tolist()) == {0, 1, 2} and not sources.any()
+        assert sorted(ids[epochs == 0].tolist()) == list(range(1, 11))
+        assert ids[epochs == 0].tolist() != ids[epochs == 1].tolist()  # reshuffled per epoch
+        assert ids[:10].tolist() != list(range(1, 11))
     other = _take(Pipeline(tars, **dict(kw, seed=4)), 2)
     assert np.concatenate([b["image_id"] for b in other]).tolist() != ids[:6].tolist()
     # Resume at step 3 (slot 9: inside epoch 0) and step 5 (epoch 1).
     for s in (3, 5):
         resumed = _take(Pipeline(tars, start_step=s, **kw), 8 - s)
         _assert_same(full[s:], resumed)
+        counts = Pipeline(tars, start_step=s, **kw).start_source_counts
+        assert counts.tolist() == np.bincount(sources[: 3 * s], minlength=len(counts)).tolist()
     # Skipping does not decode the skipped records.
     p = Pipeline(tars, start_step=6, prefetch=1, **dict(kw, num_parallel_calls=1))
     _take(p, 1)
     assert sum(p.stats().values()) < 6 * 3
+
+
+def test_mixture_weights_within_sampling_error(syn):
+    """4200 draws from three sources weighted 10:10:1: each source's count lies within
+    4 binomial standard deviations of ``N * w / sum(w)`` (sd 32, 32, 14), and each
+    source's records come in the order of that source read alone."""
+    tars = sorted(glob.glob(os.path.join(syn, "*.tar")))
+    sources = [[tars[0]], tars[1:3], [tars[3]]]
+    weights = (10, 10, 1)
+    n = 4200
+    got = list(itertools.islice(mixture_stream(sources, weights, seed=2, shuffle_block=4), n))
+    assert [s for s, _, _, _ in got] == list(range(n))
+    counts = np.bincount([src for _, _, src, _ in got], minlength=3)
+    p = np.array(weights) / sum(weights)
+    sd = np.sqrt(n * p * (1 - p))
+    assert (np.abs(counts - n * p) < 4 * sd).all(), (counts, n * p, sd)
+    for i, shards in enumerate(sources):
+        alone = record_stream(shards, seed=2, shuffle_block=4)
+        mine = [(e, r.key) for _, e, src, r in got if src == i]
+        assert mine == [(e, r.key) for _, e, r in itertools.islice(alone, len(mine))]
+        assert {r.shard for _, _, src, r in got if src == i} == set(shards)
+    # resuming the record order at any slot continues it exactly
+    assert (
+        list(itertools.islice(mixture_stream(sources, weights, seed=2, shuffle_block=4, start_slot=1234), 50))
+        == got[1234:1284]
+    )
+    with pytest.raises(ValueError, match="endless"):
+        Pipeline([(tars[0], 1), (tars[1], 1)], num_epochs=1, **_small())
+    with pytest.raises(ValueError, match="weight"):
+        Pipeline([(tars[0], 0), (tars[1], 1)], **_small())
 
 
 def test_resume_with_drop_bad(bad_shard):
@@ -447,3 +495,52 @@ def test_area_filter_drops_large_masks(tmp_path):
     full_h = (np.arange(R) + 0.5) * S / R < b["resized_hw"][0][0]
     # No target is the 96 % mask (which would fill almost all image rows).
     assert all(b["masks"][0, k][full_h].mean() < 0.9 for k in range(n - 1))
+
+
+def test_train_loop_logs_source_counts(syn, tmp_path):
+    """``data.train_dir`` as a list of (folder, weight) sources reaches the pipeline, and the
+    training metrics count the samples of each source from step 0 (a resumed run too)."""
+    from configs import load_config
+    from train.loop import Tracker, data_iterator
+
+    tars = sorted(glob.glob(os.path.join(syn, "*.tar")))
+    for name, mine in (("manual", tars[:2]), ("auto", tars[2:])):
+        os.makedirs(tmp_path / name)
+        for t in mine:
+            os.symlink(t, tmp_path / name / os.path.basename(t))
+    mix = [(str(tmp_path / "manual"), 10), (str(tmp_path / "auto"), 1)]
+    config = load_config(
+        "tiny",
+        [
+            f"data.train_dir={mix!r}",
+            f"data.masks_per_image={K}",
+            "data.global_batch_size=2",
+            "train.log_every=2",
+        ],
+    )
+
+    def logged(start, steps):
+        batches, pipe = data_iterator(config, start, S)
+        assert pipe.source_names == ("manual", "auto") and pipe.weights == (10.0, 1.0)
+        workdir = str(tmp_path / f"run{start}")
+        os.makedirs(workdir)
+        tracker = Tracker(config, workdir, pipe, start, start + steps, progress=False)
+        drawn = []
+        for step in range(start, start + steps):
+            host = next(batches)
+            drawn.append(host["source"])
+            tracker.after_step(step + 1, host, {"loss": np.float32(1.0)}, must_save=False)
+        tracker.close()
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            last = [json.loads(line) for line in f][-1]
+        return np.concatenate(drawn), last
+
+    drawn, last = logged(0, 6)
+    assert last["step"] == 6 and set(drawn.tolist()) == {0, 1}
+    assert [last["source_count/manual"], last["source_count/auto"]] == np.bincount(
+        drawn, minlength=2
+    ).tolist()
+    _, resumed = logged(2, 4)  # steps 3-6 after a restart at step 2: the same totals
+    assert resumed["step"] == 6
+    assert resumed["source_count/manual"] == last["source_count/manual"]
+    assert resumed["source_count/auto"] == last["source_count/auto"]

@@ -1,5 +1,6 @@
-"""Data fractions by image id (deterministic, nested, the right size), stage mixtures by
-shard weights, and the finite synthetic corpus (resumable, restricted to the fraction)."""
+"""Data fractions by image id (deterministic, nested, the right size), mixtures of
+sources (parsing, the seeded choice of each slot's source), and the finite synthetic
+corpus (resumable, restricted to the fraction)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import numpy as np
 import pytest
 
 from data.subsets import (
+    CHOICE_BLOCK,
+    Source,
     fraction_ids,
     image_unit,
     in_fraction,
     is_mixture,
+    mixture_choices,
+    mixture_counts,
+    mixture_sources,
     record_image_id,
+    source_name,
     synthetic_corpus_batches,
-    weighted_shards,
 )
 
 N = 20000
@@ -62,18 +68,42 @@ def test_record_image_id():
     assert record_image_id("/d/x.tfrecord:42") == "42"
 
 
-def test_weighted_shards_repeat_each_stage(tmp_path):
-    for stage, n in (("manual", 2), ("auto", 3)):
-        (tmp_path / stage).mkdir()
-        for i in range(n):
-            (tmp_path / stage / f"sa_{i}.tar").write_bytes(b"")
-    mix = ((str(tmp_path / "manual" / "*.tar"), 10), (str(tmp_path / "auto" / "*.tar"), 1))
-    assert is_mixture(mix) and not is_mixture(str(tmp_path)) and not is_mixture(["a.tar", "b.tar"])
-    shards = weighted_shards(mix)
-    assert len(shards) == 2 * 10 + 3
-    assert sum("manual" in s for s in shards) == 20
-    with pytest.raises(ValueError, match="integer"):
-        weighted_shards(((str(tmp_path / "auto" / "*.tar"), 0.5),))
+def test_mixture_sources_names_and_errors():
+    mix = [
+        ("/d/engine/manual/*.tar", 10),
+        ("/d/engine/semi_automatic", 10.0),
+        ("/d/sa1b/sa_*.tar", 1, "auto"),
+    ]
+    assert is_mixture(mix) and is_mixture({"/a/*.tar": 1}) and is_mixture([["/a", 2]])  # as read from JSON
+    assert not is_mixture("/d/sa1b") and not is_mixture(["a.tar", "b.tar"]) and not is_mixture([("a", "b")])
+    assert mixture_sources(mix) == (
+        Source("/d/engine/manual/*.tar", 10.0, "manual"),
+        Source("/d/engine/semi_automatic", 10.0, "semi_automatic"),
+        Source("/d/sa1b/sa_*.tar", 1.0, "auto"),
+    )
+    assert [s.name for s in mixture_sources([("/x/a/*.tar", 1), ("/y/a/*.tar", 2)])] == ["a_0", "a_1"]
+    assert source_name("/d/sa_000001.tar") == "sa_000001"
+    for bad, msg in (
+        ([], "empty"),
+        ([("/a", 0)], "weight"),
+        ([("/a", float("nan"))], "weight"),
+        ([("/a", True)], "weight"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            mixture_sources(bad)
+
+
+def test_mixture_choices_are_a_function_of_the_slot():
+    w = (3.0, 1.0)
+    a = mixture_choices(w, 5, 0, 0, 3 * CHOICE_BLOCK)
+    assert np.array_equal(a[1000:9000], mixture_choices(w, 5, 0, 1000, 9000))  # any window, same draws
+    assert not np.array_equal(a, mixture_choices(w, 6, 0, 0, 3 * CHOICE_BLOCK))  # seed
+    assert not np.array_equal(a, mixture_choices(w, 5, 1, 0, 3 * CHOICE_BLOCK))  # process
+    for n in (0, 1, 4095, 4096, 9000):
+        assert mixture_counts(w, 5, 0, n).tolist() == np.bincount(a[:n], minlength=2).tolist()
+    # 3 blocks of draws at p = 0.75: within 4 binomial standard deviations (sd 48)
+    n, p = len(a), 0.75
+    assert abs((a == 0).sum() - n * p) < 4 * math.sqrt(n * p * (1 - p))
 
 
 def test_synthetic_corpus_fraction_and_resume():

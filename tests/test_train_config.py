@@ -36,6 +36,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
         ),
         ("train.num_stpes=5", r"unknown config key 'train\.num_stpes'"),
         ("train.num_steps.x=5", r"'train\.num_steps' is a value, not a section"),
+        ("data.train_dir=[('/a', 10), ('/b', -1)]", r"weight of '/b' must be a number > 0"),
     ],
 )
 def test_bad_values_and_keys_name_the_key(override, match):

@@ -101,8 +101,8 @@ def test_paper_sweep_resolves_and_prints_cluster_commands(tmp_path, capsys):
     args = shlex.split(line.replace("$PROCESS_ID", "2"))
     got = load_config(os.path.join(REPO, args[4]), [a[len("--config.") :] for a in args[5:]])
     want = sw.resolve(sweep, cells[i], str(tmp_path))
-    assert got.data.mixture == want.data.mixture and len(got.data.mixture) == 3
-    assert got.data.mixture[0][1] == 10 and got.model.variant == "vit_h"
+    assert got.data.train_dir == want.data.train_dir and len(got.data.train_dir) == 3
+    assert got.data.train_dir[0][1] == 10 * 120_000 and got.model.variant == "vit_h"
     assert (got.mesh.coordinator_address, got.mesh.num_processes, got.mesh.process_id) == (
         "10.0.0.1:1234",
         4,

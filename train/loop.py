@@ -12,7 +12,9 @@ start the newest readable checkpoint under ``<workdir>/checkpoints`` is restored
 ``model.init_checkpoint`` (an official SAM ``.pth`` / our ``.npz``).
 
 Every ``train.log_every`` steps: each loss term, mIoU after the first and last
-pass, grad norm, lr, images/s and the data pipeline's skipped-sample counts go to
+pass, grad norm, lr, images/s, the data pipeline's skipped-sample counts and, when
+``data.train_dir`` is a mixture of sources, ``source_count/<name>`` (samples drawn from
+each source since step 0, all processes) go to
 stdout and, if tensorboardX is installed, to TensorBoard event files in
 ``<workdir>/tb``, and as JSON lines (full precision) to ``<workdir>/metrics.jsonl``.
 A NaN/inf loss stops the run with a ``FloatingPointError`` before any non-finite
@@ -88,12 +90,16 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
                 step += 1
 
         return gen(), None
-    mixture = tuple(config.data.get("mixture", ()))
-    if not config.data.train_dir and not mixture:
-        raise ValueError("set data.train_dir (SA-1B shards), data.mixture or data.synthetic=True")
+    if not config.data.train_dir:
+        raise ValueError("set data.train_dir (SA-1B shards or a mixture of sources) or data.synthetic=True")
     from data.pipeline import Pipeline  # tensorflow only here
+    from data.subsets import is_mixture, mixture_sources
 
-    shards = mixture or shard_pattern(config.data.train_dir)
+    shards = config.data.train_dir
+    if is_mixture(shards):
+        shards = [(shard_pattern(s.pattern), s.weight, s.name) for s in mixture_sources(shards)]
+    else:
+        shards = shard_pattern(shards)
     pipe = Pipeline(
         shards,
         batch_size=per_process,
@@ -160,6 +166,10 @@ class Tracker:
 
     def __init__(self, config, workdir: str, pipe, start: int, end: int, progress: bool):
         self.config, self.pipe, self.end = config, pipe, end
+        # Draws of each source of a mixture by this process (padding slots excluded).
+        self.source_counts = (
+            np.array(pipe.start_source_counts) if pipe is not None and pipe.is_mixture else None
+        )
         self.writer = MetricWriter(os.path.join(workdir, "tb"), os.path.join(workdir, "metrics.jsonl"))
         self.bar = None
         if progress and jax.process_index() == 0:
@@ -194,6 +204,9 @@ class Tracker:
         """Account step ``done`` (just dispatched); log it on log steps."""
         if "status" in host:
             self.skipped += int((np.asarray(host["status"]) != 0).sum())
+        if self.source_counts is not None:
+            src = np.asarray(host["source"])
+            self.source_counts += np.bincount(src[src >= 0], minlength=len(self.source_counts))
         self.images += self.config.data.global_batch_size
         self.flush()
         must_log = done % self.config.train.log_every == 0 or done == self.end
@@ -213,6 +226,13 @@ class Tracker:
         m["skipped_samples"] = float(self.skipped)
         if self.pipe is not None:
             m.update({f"data/{k}": float(v) for k, v in self.pipe.stats().items() if k != "ok"})
+        if self.source_counts is not None:
+            counts = self.source_counts
+            if jax.process_count() > 1:  # every process logs on the same steps
+                from jax.experimental import multihost_utils
+
+                counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+            m.update({f"source_count/{n}": float(c) for n, c in zip(self.pipe.source_names, counts)})
         self.writer.write(step, m, self.bar)
         self.t_log, self.images = time.perf_counter(), 0
 

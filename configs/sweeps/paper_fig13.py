@@ -1,10 +1,11 @@
 """The paper's scaling ablations at full scale (section 7.6, Figure 13): one axis at a
 time around the default cell (ViT-H, all 11M SA-1B images, automatic masks only).
 
-* ``stages``: the data engine's stages (section 4) as mixtures of shard sets with
-  integer weights (``data.mixture``; a weight repeats a stage's shards per epoch):
-  manual; + semi-automatic; + automatic; + automatic with the manual and
-  semi-automatic masks oversampled 10x (the paper's best); automatic only.
+* ``stages``: the data engine's stages (section 4) as mixtures of sources
+  (``data.train_dir = [(glob, weight), ...]``; a sample comes from a source with
+  probability ``weight / sum(weights)``, so a weight is the stage's image count times
+  its oversampling factor): manual; + semi-automatic; + automatic; + automatic with
+  the manual and semi-automatic masks oversampled 10x (the paper's best); automatic only.
 * ``images``: 0.1M, 1M and 11M images, as fractions of SA-1B chosen by image id
   (``data.fraction``; the 0.1M subset lies inside the 1M one).
 * ``size``: ViT-B, ViT-L and ViT-H, each with its paper recipe (``configs/vit_*.py``).
@@ -24,13 +25,20 @@ AUTO = os.path.join(DATA, "sa1b", "sa_*.tar")
 MANUAL = os.path.join(DATA, "engine", "manual", "*.tar")
 SEMI = os.path.join(DATA, "engine", "semi_automatic", "*.tar")
 SA1B_IMAGES = 11_000_000
+# Images of the first two stages (section 4): 4.3M masks on 120k images, +5.9M on 180k.
+MANUAL_IMAGES, SEMI_IMAGES = 120_000, 180_000
+OVERSAMPLE = 10
 
 STAGES = {
-    "manual": ((MANUAL, 1),),
-    "+semi": ((MANUAL, 1), (SEMI, 1)),
-    "+auto": ((MANUAL, 1), (SEMI, 1), (AUTO, 1)),
-    "+auto_oversampled": ((MANUAL, 10), (SEMI, 10), (AUTO, 1)),
-    "auto_only": (),  # data.train_dir alone: SA-1B as released
+    "manual": MANUAL,
+    "+semi": ((MANUAL, MANUAL_IMAGES), (SEMI, SEMI_IMAGES)),
+    "+auto": ((MANUAL, MANUAL_IMAGES), (SEMI, SEMI_IMAGES), (AUTO, SA1B_IMAGES)),
+    "+auto_oversampled": (
+        (MANUAL, OVERSAMPLE * MANUAL_IMAGES),
+        (SEMI, OVERSAMPLE * SEMI_IMAGES),
+        (AUTO, SA1B_IMAGES),
+    ),
+    "auto_only": AUTO,  # SA-1B as released
 }
 IMAGES = {"0.1M": 100_000, "1M": 1_000_000, "11M": SA1B_IMAGES}
 SIZES = ("vit_b", "vit_l", "vit_h")
@@ -39,7 +47,7 @@ DEFAULT = {"stages": "auto_only", "images": "11M", "size": "vit_h"}
 
 def _axes(**vary):
     levels = {
-        "stages": {k: {"data.mixture": v} for k, v in STAGES.items()},
+        "stages": {k: {"data.train_dir": v} for k, v in STAGES.items()},
         "images": {k: {"data.fraction": n / SA1B_IMAGES} for k, n in IMAGES.items()},
         "size": {s: recipe(f"configs/{s}.py", "configs/vit_h.py") for s in SIZES},
     }
