@@ -20,7 +20,15 @@ by torch, read by our loader; they need the ``test`` extras), run only when name
   plus the first (compiling) call.
 * ``inference-cpu``: ``set_image``, ``predict`` with one point (median of 20 warm
   calls, ours and theirs alternating) and ``generate`` at default settings on a
-  512x512 photo.
+  512x512 photo, each with a ratio line (wall and process CPU time).
+* ``load-cpu`` (vit_h by default): a released-format ``.pth`` (random weights) to
+  usable params, ours from the ``.pth`` and from the converted ``.npz`` against the
+  official builder, each in a fresh process: wall and CPU seconds, peak RSS.
+* ``pipeline-cpu``: the SA-1B input pipeline, images per CPU-second and a per-stage
+  profile (``benchmarks/pipeline_cpu.py``; no official counterpart).
+* ``generate-shards-cpu``: ``sam-jax generate-shards`` images/s with the default and
+  ``sa1b`` presets, and the projected H200 cost of 11M images
+  (``benchmarks/generate_shards.py``).
 
 When the official ``segment-anything`` package and torch are importable
 (``--official``, on by default where possible), the same encoder / decoder /
@@ -35,6 +43,8 @@ Usage::
     python -m benchmarks.run --tiny --iters 1      # CPU smoke run
     python -m benchmarks.run encoder-cpu           # vit_b, ours vs official (= --parts encoder-cpu)
     python -m benchmarks.run inference-cpu
+    python -m benchmarks.run load-cpu              # vit_h checkpoint load (writes 5 GB to the temp dir)
+    python -m benchmarks.run pipeline-cpu
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.pipeline_cpu import bench_pipeline_cpu  # noqa: E402
 from configs.tiny import TINY_TRAIN as TINY  # noqa: E402
 from sam_jax.modeling.sam import SamConfig  # noqa: E402
 from sam_jax.modeling.variants import VARIANTS  # noqa: E402
@@ -395,7 +406,16 @@ def bench_encoder_cpu(args, official, base: dict) -> None:
         emit(**common, figure="ratio_ours_over_official", ratio=round(sec / sec_ref, 3))
 
 
+def wall_and_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call (CPU time is steadier on a shared machine)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def bench_inference_cpu(args, official, base: dict) -> None:
+    """``set_image``, one-point ``predict`` and default ``generate``: ours, official and
+    the ratio ours / official (wall time; process CPU time beside it)."""
     import segment_anything
 
     from sam_jax import SamAutomaticMaskGenerator, SamPredictor
@@ -408,52 +428,147 @@ def bench_inference_cpu(args, official, base: dict) -> None:
     for name in args.variants:
         ref_model, ours = same_weights(TINY if args.tiny else VARIANTS[name], official)
         common = dict(**base, bench="inference_cpu", variant=name, dtype="float32")
+
+        def report(what, t_ours, t_ref, **extra_fields):
+            for impl, (sec, cpu) in (("sam-jax", t_ours), ("official", t_ref)):
+                emit(**common, impl=impl, what=what, seconds=round(sec, 4), cpu_seconds=round(cpu, 4))
+            emit(
+                **common,
+                figure="ratio_ours_over_official",
+                what=what,
+                ratio=round(t_ours[0] / t_ref[0], 3),
+                cpu_ratio=round(t_ours[1] / t_ref[1], 3),
+                **extra_fields,
+            )
+
         pred, ref = SamPredictor(ours), segment_anything.SamPredictor(ref_model)
-        for impl, fn in (
-            ("sam-jax", lambda: (pred.set_image(image), pred.features.block_until_ready())),
-            ("official", lambda: ref.set_image(image)),
-        ):
-            with torch.no_grad():
-                first, sec = (best_of(fn, 1) for _ in range(2))
-            emit(**common, impl=impl, what="set_image", seconds=round(sec, 4), first_call=round(first, 3))
-        times = {"sam-jax": [], "official": []}  # alternating call by call
+        with torch.no_grad():
+            first = wall_and_cpu(lambda: (pred.set_image(image), pred.features.block_until_ready()))
+            t_ours = wall_and_cpu(lambda: (pred.set_image(image), pred.features.block_until_ready()))
+            ref.set_image(image)
+            t_ref = wall_and_cpu(lambda: ref.set_image(image))
+        report("set_image", t_ours, t_ref, first_call_seconds=round(first[0], 3))
+        times = {"sam-jax": [], "official": []}  # alternating call by call; the first compiles
         with torch.no_grad():
             for _ in range(21):
-                times["sam-jax"].append(best_of(lambda: pred.predict(point, label), 1))
-                times["official"].append(best_of(lambda: ref.predict(point, label), 1))
-        for impl, t in times.items():
-            emit(
-                **common,
-                impl=impl,
-                what="predict_1_point",
-                seconds=round(float(np.median(t[1:])), 4),
-                first_call=round(t[0], 3),
-                calls=len(t) - 1,
-            )
+                times["sam-jax"].append(wall_and_cpu(lambda: pred.predict(point, label)))
+                times["official"].append(wall_and_cpu(lambda: ref.predict(point, label)))
+        med = {k: tuple(np.median(np.array(t[1:]), axis=0)) for k, t in times.items()}
+        report("predict_1_point", med["sam-jax"], med["official"], calls=20)
         gen = SamAutomaticMaskGenerator(ours, **extra)
-        first = best_of(lambda: gen.generate(image), 1)
-        emit(
-            **common,
-            impl="sam-jax",
-            what="generate_default",
-            first_call=round(first, 3),
-            seconds=round(best_of(lambda: gen.generate(image), 1), 4),
-            masks=len(gen.generate(image)),
-        )
+        first = wall_and_cpu(lambda: gen.generate(image))  # compiles
+        out: dict[str, Any] = {}
+        t_ours = wall_and_cpu(lambda: out.update(ours=gen.generate(image)))
         ref_gen = segment_anything.SamAutomaticMaskGenerator(ref_model, **extra)
         with torch.no_grad():
-            emit(
-                **common,
-                impl="official",
-                what="generate_default",
-                seconds=round(best_of(lambda: ref_gen.generate(image), 1), 4),
-                masks=len(ref_gen.generate(image)),
+            t_ref = wall_and_cpu(lambda: out.update(ref=ref_gen.generate(image)))
+        report(
+            "generate_default",
+            t_ours,
+            t_ref,
+            first_call_seconds=round(first[0], 3),
+            masks_ours=len(out["ours"]),
+            masks_official=len(out["ref"]),
+        )
+
+
+_LOAD = """
+import json, resource, sys, time
+impl, path, variant = sys.argv[1:]
+t0, c0 = time.perf_counter(), time.process_time()
+if impl == "official":
+    import torch, segment_anything
+    t1, c1 = time.perf_counter(), time.process_time()
+    if variant == "tiny":  # no registry entry: the official builder's two steps
+        from configs.tiny import TINY_TRAIN; from benchmarks.reference_sam import official_sam
+        official_sam(TINY_TRAIN).load_state_dict(torch.load(path))
+    else:
+        segment_anything.sam_model_registry[variant](checkpoint=path)
+else:
+    import jax; from configs.tiny import TINY_TRAIN; from sam_jax.sam_model import build_sam
+    t1, c1 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(build_sam(TINY_TRAIN if variant == "tiny" else variant, checkpoint=path).params)
+t2, c2 = time.perf_counter(), time.process_time()
+# VmHWM, not ru_maxrss: Linux carries the parent's RSS over the exec into ru_maxrss.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) * 1024 / 1e9 if hwm else float("nan")
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt  # pages read from disk
+out = dict(seconds=t2 - t1, cpu_seconds=c2 - c1, import_seconds=t1 - t0, peak_rss_gb=peak)
+print(json.dumps(dict(out, major_faults=faults)))
+"""
+
+
+def bench_load_cpu(args, official, base: dict) -> None:
+    """Checkpoint to usable params, each in a fresh process (peak RSS, VmHWM, is per
+    process): ours from the ``.pth`` and from the converted ``.npz``, and the official
+    builder. Seconds are from after the imports to params ready."""
+    import gc
+    import subprocess
+    import sys
+
+    from benchmarks.reference_sam import official_sam
+    from sam_jax.sam_model import convert_checkpoint
+
+    if official is None:
+        raise SystemExit("load-cpu compares with the official package: install the test extras")
+    torch = official.torch
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    for name in args.variants:
+        config, variant = (TINY, "tiny") if args.tiny else (VARIANTS[name], name)
+        with tempfile.TemporaryDirectory() as tmp:
+            pth, npz = os.path.join(tmp, f"{variant}.pth"), os.path.join(tmp, f"{variant}.npz")
+            torch.save(official_sam(config).state_dict(), pth)  # random weights, official keys
+            gc.collect()
+            convert_checkpoint(pth, npz, config)
+            gc.collect()
+            common = dict(
+                **base, bench="load_cpu", variant=variant, file_gb=round(os.path.getsize(pth) / 1e9, 3)
             )
+            got = {}
+            for impl, path in (("sam-jax", pth), ("sam-jax", npz), ("official", pth)):
+                with open(path, "rb") as f:  # the same warm page cache for everyone
+                    while f.read(1 << 24):
+                        pass
+                run = subprocess.run(
+                    [sys.executable, "-c", _LOAD, impl, path, variant],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if run.returncode:
+                    raise SystemExit(f"load-cpu: {impl} {path} failed:\n{run.stderr[-3000:]}")
+                res = json.loads(run.stdout.splitlines()[-1])
+                got[impl, path[-3:]] = res = {k: round(v, 3) for k, v in res.items()}
+                emit(**common, impl=impl, file=path[-3:], **res)
+            for fmt in ("pth", "npz"):
+                ours, ref = got["sam-jax", fmt], got["official", "pth"]
+                emit(
+                    **common,
+                    figure="ratio_ours_over_official",
+                    file=fmt,
+                    seconds=round(ours["seconds"] / ref["seconds"], 3),
+                    cpu_seconds=round(ours["cpu_seconds"] / ref["cpu_seconds"], 3),
+                    peak_rss=round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 3),
+                )
 
 
 DEFAULT_PARTS = {"encoder": bench_encoder, "decoder": bench_decoder, "amg": bench_amg, "train": bench_train}
+
+
+def bench_generate_shards_cpu(args, official, base: dict) -> None:
+    from benchmarks.generate_shards import bench
+
+    bench(args, official, base, emit)
+
+
 PARTS = dict(DEFAULT_PARTS, **{"encoder-cpu": bench_encoder_cpu, "inference-cpu": bench_inference_cpu})
 CPU_PARTS = ("encoder-cpu", "inference-cpu")
+PARTS["pipeline-cpu"] = bench_pipeline_cpu  # the SA-1B input pipeline (benchmarks/pipeline_cpu.py)
+CPU_PARTS += ("pipeline-cpu",)
+PARTS["load-cpu"] = bench_load_cpu  # checkpoint load, vit_h by default
+CPU_PARTS += ("load-cpu",)
+PARTS["generate-shards-cpu"] = bench_generate_shards_cpu  # benchmarks/generate_shards.py
+CPU_PARTS += ("generate-shards-cpu",)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -481,12 +596,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
+    parser.add_argument("--gen-size", type=int, default=512, help="generate-shards-cpu: image short side")
+    parser.add_argument("--gen-images", type=int, default=2, help="generate-shards-cpu: timed images")
+    parser.add_argument("--gen-gpu-figures", default=None, help="generate-shards-cpu: GPU figures JSONL")
+    parser.add_argument("--gen-presets", default="default,sa1b", help="generate-shards-cpu: presets")
+    parser.add_argument(
+        "--gen-no-warmup", action="store_true", help="generate-shards-cpu: time the compile too"
+    )
     args = parser.parse_args(argv)
     if args.mode:
         args.parts = args.mode
     if args.variants is None:
         cpu_only = all(p in CPU_PARTS for p in args.parts.split(","))
-        args.variants = "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
+        args.variants = "vit_h" if args.parts == "load-cpu" else "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
     for key in ("parts", "variants", "dtypes", "impls"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]

@@ -76,8 +76,10 @@ from it (``tf.config.set_visible_devices([], "GPU")``).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -495,4 +497,15 @@ class Pipeline:
         return ds
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        it = self._batches()
+        _OPEN_ITERATORS.add(it)
+        return it
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         yield from self.dataset().as_numpy_iterator()
+
+
+# Iterators still open at exit are closed while Python is fully alive: a tf.data
+# iterator destroyed during interpreter shutdown can wait forever for its map calls.
+_OPEN_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+atexit.register(lambda: [it.close() for it in list(_OPEN_ITERATORS)])

@@ -53,7 +53,7 @@ from data import rle
 from data.batch import empty_sample as empty_batch_sample
 from data.sa1b import Annotations, PayloadError, parse_payload
 from data.status import Status
-from sam_jax.geometry import apply_boxes, apply_coords, normalize, pad_to_square, resized_shape
+from sam_jax.geometry import apply_boxes, apply_coords, normalize, resized_shape
 
 __all__ = ["PreprocessConfig", "process_record", "empty_sample"]
 
@@ -141,10 +141,10 @@ def _process(
     # Runs of all masks (numpy, no pixel decode) for the area filter. Malformed
     # strings are caught here rather than handed to C code.
     try:
-        all_cnts = [rle.decode_counts(c, H, W) for c in ann.counts]
+        cnt, offsets = rle.decode_counts_many(ann.counts, H, W)
     except rle.RleError as e:
         raise _Skip(Status.BAD_RLE) from e
-    areas = np.array([rle.area(c) for c in all_cnts], np.int64)
+    areas = rle.areas(cnt, offsets)
     usable = np.flatnonzero((areas > 0) & (areas <= cfg.max_area_frac * H * W))
     if usable.size == 0:
         raise _Skip(Status.NO_USABLE_MASK)
@@ -152,24 +152,20 @@ def _process(
     K = cfg.max_masks
     chosen = rng.permutation(usable)[:K]
 
-    runs = [rle.fg_runs(all_cnts[i]) for i in chosen]
+    runs = [rle.fg_runs(cnt[offsets[i] : offsets[i + 1]]) for i in chosen]
 
     out = empty_sample(cfg)
     S, R = cfg.model_size, cfg.target
     n = len(runs)
-    boxes, points = np.zeros((n, 4)), np.zeros((n, 2))
-    for k, (a, b) in enumerate(runs):
-        boxes[k] = rle.bbox_xyxy(a, b, H)
-        py, px = rle.sample_point(a, b, H, rng)
-        points[k] = (px, py)
-    out["boxes"][:n] = apply_boxes(boxes, (H, W), S)
-    out["points"][:n] = apply_coords(points, (H, W), S)
+    out["boxes"][:n] = apply_boxes(rle.bboxes_xyxy(runs, H), (H, W), S)
+    rows_cols = rle.sample_points(runs, H, rng)
+    out["points"][:n] = apply_coords(rows_cols[:, ::-1], (H, W), S)  # (x, y) = (col, row)
     rows = _target_axis(R, S, nh, H)
     cols = _target_axis(R, S, nw, W)
-    out["masks"][:n, : len(rows), : len(cols)] = rle.sample_grid(runs, H, rows, cols)
+    rle.sample_grid(runs, H, rows, cols, out=out["masks"][:n, : len(rows), : len(cols)])
     out["mask_valid"][:n] = True
 
-    out["image"] = pad_to_square(normalize(img), S)
+    normalize(img, out=out["image"][:nh, :nw])  # zero padding bottom/right
     out["resized_hw"][:] = (nh, nw)
     out["original_hw"][:] = (H, W)
     out["image_id"] = np.array(ann.image_id, np.int64)

@@ -145,10 +145,16 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.return_logits = bool(return_logits)
 
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Masks of ``image`` ``(H, W, 3)`` uint8 RGB, as a list of records (module doc)."""
+    def generate(self, image: np.ndarray, embedded_at: int | None = None) -> list[dict[str, Any]]:
+        """Masks of ``image`` ``(H, W, 3)`` uint8 RGB, as a list of records (module doc).
+
+        ``embedded_at``: the crops of ``image`` (in ``generate_crop_boxes`` order) are
+        already embedded in ``self.predictor``, from index ``embedded_at`` of its last
+        ``set_images`` call (several images' crops embedded together, as
+        ``sam_jax.automatic_generation`` does); None embeds them here.
+        """
         image = as_rgb_uint8(image, "RGB")
-        data = self._generate_masks(image)
+        data = self._generate_masks(image, embedded_at)
         if self.min_mask_region_area > 0 and data["rles"]:
             data = self._postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
@@ -178,16 +184,19 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ internals
 
-    def _generate_masks(self, image: np.ndarray) -> dict[str, Any]:
+    def _generate_masks(self, image: np.ndarray, embedded_at: int | None = None) -> dict[str, Any]:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes]
-        self.predictor.set_images(crops)  # all crops embedded in batched calls
+        if embedded_at is None:
+            crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes]
+            self.predictor.set_images(crops)  # all crops embedded in batched calls
+        first = embedded_at or 0
         parts = [
-            self._process_crop(i, box, layer, orig_size)
+            self._process_crop(first + i, box, layer, orig_size)
             for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))
         ]
-        self.predictor.reset_image()
+        if embedded_at is None:
+            self.predictor.reset_image()
         data = _concat(parts)
         if len(crop_boxes) > 1 and data["rles"]:
             # Prefer masks from smaller crops.

@@ -4,6 +4,7 @@
 
     sam-jax segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] [--text PHRASE] --out DIR
     sam-jax generate IMAGE_OR_FOLDER --out DIR
+    sam-jax generate-shards INPUTS... --out DIR [--preset sa1b]   (see sam_jax.automatic_generation)
     sam-jax convert CHECKPOINT.pth OUT.npz
     sam-jax export --out DIR [--format stablehlo onnx]
     sam-jax annotate IMAGES_DIR --out ANNOTATIONS_DIR [--prefill]   (see sam_jax.annotate)
@@ -406,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_arguments(ann)
     _add_model_args(ann)
     ann.set_defaults(func=_annotate)
+
+    from sam_jax import automatic_generation
+
+    shards = sub.add_parser(
+        "generate-shards",
+        help="automatic masks for a whole corpus, written as SA-1B tar shards (data engine stage 3)",
+        description=automatic_generation.__doc__.splitlines()[0],
+    )
+    automatic_generation.add_arguments(shards)
+    _add_model_args(shards)
+    shards.set_defaults(func=lambda a: automatic_generation.main(a, _load_model))
 
     from sam_jax.evaluation.runner import add_parser as add_eval_parser
 

@@ -57,13 +57,29 @@ def apply_boxes(boxes: Any, original_size: tuple[int, int], long_side: int) -> n
     return apply_coords(corners, original_size, long_side).reshape(-1, 4)
 
 
-def normalize(pixels: Any) -> Any:
+def normalize(pixels: Any, out: np.ndarray | None = None) -> Any:
     """RGB pixels (0-255) -> float32 ``(pixels - PIXEL_MEAN) / PIXEL_STD``. ``(..., 3)``.
 
     Uses only ``astype`` and arithmetic, so a jax array (also inside ``jax.jit``)
-    gives a jax array and a numpy array a numpy array.
+    gives a jax array and a numpy array a numpy array. With ``out`` (a float32
+    numpy array or view of the same shape) the result is computed in place there,
+    with the same float32 operations, and ``out`` is returned.
     """
-    return (pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    if out is None:
+        return (pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    out[...] = pixels
+    # Broadcasting a (3,) operand runs numpy's inner loop 3 elements at a time: merge
+    # the last two axes (rows of W*3 values, no copy) and tile the mean and std.
+    rows, mean, std = out, PIXEL_MEAN, PIXEL_STD
+    if out.ndim >= 2:
+        try:
+            rows = np.reshape(out, out.shape[:-2] + (-1,), copy=False)
+            mean, std = np.tile(PIXEL_MEAN, out.shape[-2]), np.tile(PIXEL_STD, out.shape[-2])
+        except ValueError:  # axes that cannot be merged without a copy
+            rows = out
+    rows -= mean
+    rows /= std
+    return out
 
 
 def pad_to_square(x: np.ndarray, size: int) -> np.ndarray:

@@ -172,7 +172,8 @@ def build_sam(
       variant: a name of :data:`~sam_jax.modeling.variants.VARIANTS` (or ``"default"``),
         or a custom ``SamConfig``.
       checkpoint: an official ``.pth`` state_dict or our converted ``.npz``; None
-        for random weights (seeded by ``seed``).
+        for random weights (seeded by ``seed``). Loading a checkpoint never runs the
+        initialisers: the file is mapped onto :func:`param_template`.
       dtype: compute dtype; param_dtype: storage dtype of the parameters.
       module_kwargs: further :class:`Sam` attributes (``attention_impl``, ...).
     """
@@ -184,7 +185,10 @@ def build_sam(
         variables = jax.jit(init_variables, static_argnums=0)(module, jax.random.key(seed))
         params = nn.unbox(variables["params"])
     else:
-        params = load_checkpoint(checkpoint, param_template(module))
+        # No initialisation: the file is read onto the abstract (eval_shape) tree and its
+        # arrays become device arrays (on the CPU without a copy: they are aligned views
+        # of the mapped file or the one transposed copy of a kernel).
+        params = jax.device_put(load_checkpoint(checkpoint, param_template(module)))
     return SamModel(module=module, params=params, variant=name)
 
 

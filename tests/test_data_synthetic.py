@@ -179,7 +179,7 @@ def test_cli_writes_shards(tmp_path):
 
 
 def test_sa1b_size_generation_shape_and_mask_count():
-    # Its speed is a benchmark figure (benchmarks.data_throughput), not an assertion here.
+    # Its speed is a benchmark figure (`python -m benchmarks.run pipeline-cpu`), not an assertion here.
     s = generate_image(0, 0, 1500, aspect=1.5)
     assert s.image.shape == (1500, 2250, 3) or s.image.shape == (2250, 1500, 3)
     assert 70 <= s.num_masks <= 160

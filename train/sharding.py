@@ -1,7 +1,7 @@
 """Device mesh, logical-axis sharding, sharded state and global batches; multi-host init.
 
-* :func:`initialize_distributed`: ``jax.distributed.initialize`` - automatic on
-  TPU pods / SLURM; elsewhere from the config (``mesh.coordinator_address``,
+* :func:`initialize_distributed` (:mod:`sam_jax.distributed`): ``jax.distributed.initialize``
+  - automatic on TPU pods / SLURM; elsewhere from the config (``mesh.coordinator_address``,
   ``mesh.num_processes``, ``mesh.process_id``) or the env variables
   ``SAM_JAX_COORDINATOR``, ``SAM_JAX_NUM_PROCESSES``, ``SAM_JAX_PROCESS_ID``.
 * :func:`make_mesh`: a mesh with axes ``data``, ``fsdp`` (and optional ``tensor``)
@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -28,25 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-
-def initialize_distributed(mesh_cfg=None) -> None:
-    """Join a multi-process run if one is configured (no-op for a single process)."""
-    get = lambda k, env, default: (
-        mesh_cfg[k]
-        if mesh_cfg is not None and k in mesh_cfg and mesh_cfg[k] not in ("", -1, None)
-        else os.environ.get(env, default)
-    )
-    if jax.distributed.is_initialized():
-        return
-    addr = get("coordinator_address", "SAM_JAX_COORDINATOR", "")
-    nproc = int(get("num_processes", "SAM_JAX_NUM_PROCESSES", -1))
-    pid = int(get("process_id", "SAM_JAX_PROCESS_ID", -1))
-    if addr:
-        if nproc < 1 or pid < 0:
-            raise ValueError(f"a coordinator address needs num_processes and process_id (got {nproc}, {pid})")
-        jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID"):
-        jax.distributed.initialize()
+from sam_jax.distributed import initialize_distributed  # noqa: F401 - re-exported for train/
 
 
 def make_mesh(shape: dict, devices=None) -> Mesh:

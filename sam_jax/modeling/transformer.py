@@ -16,7 +16,40 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.modeling.common import Dtype, MLPBlock, dense, layer_norm
+from sam_jax.modeling.common import Dtype, MLPBlock, default_kernel_init, layer_norm, partitioned, zeros
+
+
+class Linear(nn.Module):
+    """The weights of one projection, ``kernel (in, out)`` and ``bias (out,)`` (the
+    parameters of an ``nn.Dense`` of the same name), for :class:`Attention` to apply
+    in whichever order of products is cheapest."""
+
+    in_features: int
+    features: int
+    axes: tuple[str | None, str | None]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        init = partitioned(default_kernel_init, self.axes)
+        kernel = self.param("kernel", init, (self.in_features, self.features), self.param_dtype)
+        bias = self.param("bias", partitioned(zeros, (self.axes[1],)), (self.features,), self.param_dtype)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
+def _cheapest(costs: dict[str, int]) -> str:
+    return min(costs, key=costs.get)
+
+
+def _einsum(spec: str, *xs: jax.Array, **kwargs) -> jax.Array:
+    """``jnp.einsum`` where a leading batch axis ``b`` of size 1 is broadcast (the
+    operand is contracted without it, not copied per row)."""
+    ins, out = spec.split("->")
+    ins = ins.split(",")
+    b = max(x.shape[0] for s, x in zip(ins, xs) if s.startswith("b"))
+    new = [(s[1:], x[0]) if s.startswith("b") and x.shape[0] < b else (s, x) for s, x in zip(ins, xs)]
+    return jnp.einsum(",".join(s for s, _ in new) + "->" + out, *(x for _, x in new), **kwargs)
 
 
 class Attention(nn.Module):
@@ -26,6 +59,21 @@ class Attention(nn.Module):
     ``E / downsample_rate`` split into ``num_heads``. ``key_valid (B, Tk)``
     excludes keys from attention. An input with batch 1 is projected once and
     broadcast to the batch of the others.
+
+    The decoder's attentions pair a handful of prompt tokens with 4096 image
+    tokens. Projecting the image tokens (``4096 x E x E/2`` per prompt) then costs
+    more than the attention itself, so the products are reassociated by the
+    static shapes (same result up to float rounding):
+
+    * scores ``(q Wq_h + bq_h)(k Wk_h + bk_h)^T`` with few keys: project the keys, then
+      fold ``Wq_h`` into them, ``q (Wq_h (k Wk_h + bk_h)^T) + ...``, so the many query
+      tokens enter raw (``Tk * heads`` columns instead of ``E / 2``);
+    * values and output: with few queries, average the raw values first
+      (``(P v) Wv_h + bv_h``; the weights ``P`` sum to one); with few keys, fold the
+      output projection into them (``P (v Wv_h + bv_h) Wo_h``).
+
+    Each association is chosen by its multiply count; with one image shared by many
+    prompts, projecting the image tokens once stays the cheapest and is kept.
     """
 
     embedding_dim: int
@@ -38,22 +86,69 @@ class Attention(nn.Module):
     def __call__(
         self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None
     ) -> jax.Array:
-        inner = self.embedding_dim // self.downsample_rate
+        e = self.embedding_dim
+        inner = e // self.downsample_rate
         if inner % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide {inner}")
-        head_dim = inner // self.num_heads
+        h, d = self.num_heads, inner // self.num_heads
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        wq, bq = Linear(q.shape[-1], inner, ("embed", "heads"), name="q_proj", **kw)()
+        wk, bk = Linear(k.shape[-1], inner, ("embed", "heads"), name="k_proj", **kw)()
+        wv, bv = Linear(v.shape[-1], inner, ("embed", "heads"), name="v_proj", **kw)()
+        wo, bo = Linear(inner, e, ("heads", "embed"), name="out_proj", **kw)()
+        wq, wk, wv = (w.reshape(w.shape[0], h, d) for w in (wq, wk, wv))
+        bq, bk, bv = (x.reshape(h, d) for x in (bq, bk, bv))
+        wo = wo.reshape(h, d, e)
+        q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+        (bq_, tq, eq), (bk_, tk, ek), bv_ = q.shape, k.shape, v.shape[0]
+        b = max(bq_, bk_, bv_)
 
-        def project(x, name):
-            y = dense(inner, ("embed", "heads"), self.dtype, self.param_dtype, name)(x)
-            return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+        def project(x, w, bias):  # (b, t, E) -> (b, t, h, d)
+            return _einsum("bte,ehd->bthd", x, w) + bias
 
-        q, k, v = project(q, "q_proj"), project(k, "k_proj"), project(v, "v_proj")
-        b = max(q.shape[0], k.shape[0], v.shape[0])
-        q, k, v = (jnp.broadcast_to(x, (b,) + x.shape[1:]) for x in (q, k, v))
-        mask = None if key_valid is None else key_valid[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5)
-        out = out.reshape(*out.shape[:-2], inner)
-        return dense(self.embedding_dim, ("heads", "embed"), self.dtype, self.param_dtype, "out_proj")(out)
+        # ---- scores (b, tq, h, tk): queries x heads as rows, so the folded product is a plain GEMM.
+        # (Folding Wk into a few queries also cuts multiplies but measured slower on
+        # XLA:CPU: the raw image tokens then need a transposed copy per call.)
+        way = _cheapest(
+            {
+                "direct": bq_ * tq * eq * inner + bk_ * tk * ek * inner + b * tq * tk * inner,
+                "fold_k": bk_ * tk * ek * inner + b * tk * h * d * eq + b * tk * h * tq * eq,
+            }
+        )
+        if way == "fold_k":  # few keys: Wq folded into them, queries enter raw
+            kh = project(k, wk, bk)
+            g = _einsum("bjhd,ehd->bhje", kh, wq)
+            logits = _einsum("bie,bhje->bihj", q, g, preferred_element_type=jnp.float32)
+            logits += _einsum("hd,bjhd->bhj", bq, kh, preferred_element_type=jnp.float32)[:, None]
+        else:
+            logits = _einsum(
+                "bihd,bjhd->bihj", project(q, wq, bq), project(k, wk, bk), preferred_element_type=jnp.float32
+            )
+        logits = logits * (d**-0.5)
+        if key_valid is not None:
+            logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        p = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+
+        # ---- values and output projection -> (b, tq, E)
+        ev = v.shape[-1]
+        way = _cheapest(
+            {
+                "direct": bv_ * tk * ev * inner + b * tq * tk * inner + b * tq * inner * e,
+                "average_raw": b * h * tq * tk * ev + b * tq * ev * inner + b * tq * inner * e,
+                "fold_out": bv_ * tk * ev * inner + b * tk * h * d * e + b * tq * h * tk * e,
+            }
+        )
+        if way == "average_raw":  # few queries: average raw values, then project
+            r = _einsum("bihj,bje->bihe", p, v)
+            o = _einsum("bihe,ehd->bihd", r, wv) + bv
+            out = _einsum("bihd,hde->bie", o, wo)
+        elif way == "fold_out":  # few keys: fold the output projection into them
+            u = _einsum("bjhd,hde->bhje", project(v, wv, bv), wo)
+            out = _einsum("bihj,bhje->bie", p, u)
+        else:
+            o = _einsum("bihj,bjhd->bihd", p, project(v, wv, bv))
+            out = _einsum("bihd,hde->bie", o, wo)
+        return jnp.broadcast_to(out + bo, (b, tq, e))
 
 
 class TwoWayAttentionBlock(nn.Module):

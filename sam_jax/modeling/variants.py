@@ -117,7 +117,16 @@ def init_variables(module: Sam, rng: jax.Array) -> dict[str, Any]:
 
 
 def param_template(module: Sam) -> Any:
-    """Abstract (shape/dtype only, boxed) params of ``module``; allocates nothing."""
+    """Abstract (shape/dtype only, boxed) params of ``module``; allocates nothing.
+
+    Tracing ViT-H's initialisation takes about a second, so the tree is kept per
+    module (modules are hashable; the caller gets its own copy of the containers).
+    """
+    return jax.tree.map(lambda x: x, _param_template(module))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_template(module: Sam) -> Any:
     return jax.eval_shape(functools.partial(init_variables, module), jax.random.key(0))["params"]
 
 
