@@ -408,6 +408,7 @@ def write_shards(
     num_objects: int | None = None,
     jpeg_quality: int = 90,
     extract: bool = False,
+    min_area: int | None = None,
     palette: np.ndarray | None = None,
 ) -> list[str]:
     """Write ``ceil(num_images / images_per_shard)`` SA-1B tar shards.
@@ -415,7 +416,9 @@ def write_shards(
     Shard ``k`` is ``out_dir/sa_{k:06d}.tar`` and holds images
     ``k*images_per_shard ...`` as ``sa_<id>.jpg`` then ``sa_<id>.json``.
     With ``extract=True`` the pairs are (also) written to ``out_dir/sa_{k:06d}/``
-    folders, the layout of extracted SA-1B archives. ``palette``: see :func:`generate_image`.
+    folders, the layout of extracted SA-1B archives. ``min_area``: visible masks
+    smaller than this (pixels) are painted but not annotated (:func:`generate_image`).
+    ``palette``: see :func:`generate_image`.
 
     Returns:
       The list of shard paths (tar files).
@@ -431,7 +434,7 @@ def write_shards(
             os.makedirs(folder, exist_ok=True)
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
             for index in range(shard * images_per_shard, min(num_images, (shard + 1) * images_per_shard)):
-                s = generate_image(seed, index, short_side, aspect, num_objects, palette=palette)
+                s = generate_image(seed, index, short_side, aspect, num_objects, min_area, palette)
                 jpg = encode_jpeg(s.image, jpeg_quality)
                 js = json.dumps(sample_json(s, seed)).encode("utf-8")
                 stem = f"sa_{s.image_id}"

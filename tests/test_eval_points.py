@@ -117,6 +117,11 @@ def test_gt_stub_scores_one_with_noc_one(batch):
     assert stub.calls[0]["mask_input"] is None and stub.calls[1]["mask_input"].shape[1] == 1
     # the centre click of the first mask (21x21 square at rows/cols 5..25) is (15, 15)
     assert tuple(res["clicks"][0, 0]) == (15, 15, 1)
+    # keep_masks (the demo's pictures): the prediction after every click, same scores
+    kept = evaluate_image(GTPredictor(masks), image, masks, settings, keep_masks=True)
+    assert kept["masks"].shape == (3, 9) + masks.shape[1:] and "masks" not in res
+    np.testing.assert_array_equal(kept["masks"], np.repeat(masks[:, None], 9, axis=1))
+    np.testing.assert_array_equal(kept["iou"], res["iou"])
 
 
 def test_shifted_stub_scores_hand_computed_iou():

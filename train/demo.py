@@ -1,85 +1,221 @@
 """End-to-end demo on this machine (``make demo`` = ``python -m train.demo``).
 
-1. writes synthetic SA-1B shards with ``data.synthetic`` (train and held-out sets);
-2. trains the tiny config on them through the real tf.data pipeline (progress bar,
-   metrics, TensorBoard events, checkpoints);
-3. evaluates single-point mIoU on the held-out images (``train.evaluate``), before
-   and after training, and writes overlay PNGs of the predictions;
-4. measures the trained model with the zero-shot evaluator (``sam_jax.evaluation``)
-   on the held-out shards: the click curve (1, 3, 5 clicks), oracle vs
-   ambiguity-aware mIoU at one click, and proposal AR@100 (AMG on a 16x16 grid to
-   keep the demo short, otherwise the paper's proposal settings);
+1. writes synthetic SA-1B shards with ``data.synthetic`` (train and held-out sets,
+   scenes of ``configs.demo.SCENE``);
+2. trains the demo config (``configs/demo.py``: the tiny SAM with the paper's
+   interactive training, section 3 and appendix A) on them through the real tf.data
+   pipeline (progress bar, metrics, TensorBoard events, checkpoints);
+3. measures the trained model with the point protocol of the zero-shot evaluator
+   (``sam_jax.evaluation``, paper section 7.1) on the held-out shards: mIoU after 1, 3
+   and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
+4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
+   (held-out images with their 1-, 3- and 5-click results side by side);
 5. prints where everything went. About 10 minutes on 2 CPU cores.
 
-Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``,
-``--train-images N``, ``--fresh`` (delete ``--out`` first; otherwise an existing
-run resumes from its checkpoint).
+Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``, ``--config FILE``
+(default ``configs/demo.py``) and ``--config.<key>=<value>`` overrides,
+``--train-images N``, ``--eval-images N``, ``--proposals`` (also proposal AR@100 with
+the automatic mask generator on a 16x16 grid), ``--fresh`` (delete ``--out`` first;
+otherwise an existing run resumes from its checkpoint).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import sys
-import time
 
-# Held-out masks smaller than this many pixels (about 1 % of a 192 px image) are not
-# scored, as training skips masks under 12 of the 32x32 target cells.
-DEMO_MIN_AREA = 400
+# Before tensorflow or jax is imported: no C++ start-up notices (oneDNN and the like)
+# on the console, only the demo's own progress. TensorFlow only decodes the shards here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# Panels of the click pictures are scaled so that their longest side is this.
+PANEL_SIZE = 384
+CLICKS = (1, 3, 5)
 
 
-def zero_shot_eval(module, params, eval_dir: str, out: str, proposal_grid: int = 16) -> dict:
-    """Click curve (1, 3, 5), oracle vs ambiguity-aware at one click and AR@100 of the
-    trained model on the held-out shards (``sam_jax.evaluation``)."""
-    from sam_jax import SamModel
+def _quiet_absl() -> None:
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # absl comes with jax/tensorflow; nothing to quieten without it
+        pass
+
+
+def points_eval(model, eval_dir: str, out: str, min_area: int) -> dict:
+    """Click curve (1, 3, 5) and the oracle at one click on the held-out shards."""
     from sam_jax.evaluation import evaluate, load_dataset
 
-    model = SamModel(module=module, params=params)
-    info = {
-        "checkpoint": "trained in this demo",
-        "variant": "tiny",
-        "step": None,
-        "image_size": module.config.image_size,
-    }
-    points = evaluate(
+    info = {"checkpoint": "trained in this demo", "variant": "tiny", "step": None}
+    info["image_size"] = model.module.config.image_size
+    res = evaluate(
         "points",
-        load_dataset(eval_dir, min_area=DEMO_MIN_AREA),
+        load_dataset(eval_dir, min_area=min_area),
         model,
         out=os.path.join(out, "eval_points"),
         model_info=info,
-        clicks=(1, 3, 5),
+        clicks=CLICKS,
     )
+    m = res["metrics"]
+    return dict(
+        click_miou={n: round(v, 4) for n, v in m["miou"].items()},
+        miou_1click_most_confident=round(m["miou"]["1"], 4),
+        miou_1click_oracle=round(m["miou_oracle_1"], 4),
+        miou_5click=round(m["miou"]["5"], 4),
+        noc90=round(m["noc"]["90"], 3),
+        eval_masks=int(m["num_masks"]),
+    )
+
+
+def proposals_eval(model, eval_dir: str, out: str, grid: int = 16) -> dict:
+    """Proposal AR@100 (automatic mask generator on a ``grid`` x ``grid`` point grid)."""
+    from sam_jax.evaluation import evaluate, load_dataset
+
+    info = {"checkpoint": "trained in this demo", "variant": "tiny", "step": None}
+    info["image_size"] = model.module.config.image_size
     props = evaluate(
         "proposals",
         load_dataset(eval_dir, keep_empty=True),
         model,
         out=os.path.join(out, "eval_proposals"),
         model_info=info,
-        points_per_side=proposal_grid,
+        points_per_side=grid,
     )
-    m = points["metrics"]
-    return dict(
-        click_miou={n: round(v, 4) for n, v in m["miou"].items()},
-        miou_1click_ambiguity_aware=round(m["miou"]["1"], 4),
-        miou_1click_oracle=round(m["miou_oracle_1"], 4),
-        noc90=round(m["noc"]["90"], 3),
-        proposal_ar100=round(props["metrics"]["AR@100"], 4),
-        points_images_per_s=round(points["timing"]["images_per_s"], 2),
-        proposals_images_per_s=round(props["timing"]["images_per_s"], 2),
-    )
+    return dict(proposal_ar100=round(props["metrics"]["AR@100"], 4))
+
+
+def _save_figure(fig, path: str) -> None:
+    from sam_jax.atomic_io import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes(path, buf.getvalue())
+
+
+def plot_curves(
+    metrics_jsonl: str, path: str, held_out: dict | None = None, focal_weight: float = 20.0
+) -> str:
+    """``path``: training loss (left) and first/last-pass mIoU (right) against steps, from
+    the run's ``metrics.jsonl``; ``held_out`` (``{"1 click": v, ...}``) adds the held-out
+    figures of the final model as markers at the last step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows: dict[int, dict] = {}
+    with open(metrics_jsonl) as f:
+        for line in f:
+            r = json.loads(line)
+            rows[int(r["step"])] = r  # a resumed run re-logs a step: the last one wins
+    steps = sorted(rows)
+    get = lambda k: [rows[s][k] for s in steps]
+    fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    ax_l.plot(steps, get("loss"), label="total")
+    ax_l.plot(steps, [focal_weight * v for v in get("focal")], label=f"{focal_weight:g} x focal", alpha=0.7)
+    ax_l.plot(steps, get("dice"), label="dice", alpha=0.7)
+    ax_l.set_yscale("log")
+    ax_l.set_xlabel("step")
+    ax_l.set_title("training loss")
+    ax_l.legend()
+    ax_m.plot(steps, get("miou_first"), label="first pass, most confident")
+    ax_m.plot(steps, get("miou_first_oracle"), label="first pass, oracle of 3", alpha=0.7)
+    ax_m.plot(steps, get("miou_last"), label="last pass (after corrections)")
+    for (label, v), marker in zip((held_out or {}).items(), "osD^"):
+        ax_m.plot([steps[-1]], [v], marker, label=f"held-out, {label}")
+    ax_m.set_ylim(0, 1)
+    ax_m.set_xlabel("step")
+    ax_m.set_title("mIoU on the training batches")
+    ax_m.legend(loc="lower right", fontsize=8)
+    ax_m.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _upsample(a: np.ndarray, f: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, f, axis=-2), f, axis=-1) if a.ndim == 3 else a
+
+
+def click_pictures(model, eval_dir: str, out_dir: str, min_area: int, num_images: int = 4) -> list[str]:
+    """One PNG per held-out image: ground truth, then the predictions after 1, 3 and 5
+    clicks of the point protocol (clicks: green foreground, red background), scaled up
+    to :data:`PANEL_SIZE` px."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from sam_jax.evaluation import load_dataset
+    from sam_jax.evaluation.points import PointSettings, evaluate_image
+    from sam_jax.predictor import SamPredictor
+    from sam_jax.visualize import overlay
+
+    os.makedirs(out_dir, exist_ok=True)
+    predictor = SamPredictor(model)
+    settings = PointSettings(clicks=CLICKS, masks_per_batch=16)
+    paths = []
+    for item in load_dataset(eval_dir, min_area=min_area):
+        if len(paths) == num_images:
+            break
+        image, gt = item.load()
+        if len(gt) < 2:
+            continue
+        res = evaluate_image(predictor, image, gt, settings, keep_masks=True)
+        f = max(1, PANEL_SIZE // max(image.shape[:2]))
+        size = (image.shape[1] * f, image.shape[0] * f)
+        big = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+        panels = [("ground truth", overlay(big, masks=_upsample(gt, f)))]
+        for n in CLICKS:
+            clicks = res["clicks"][:, :n].reshape(-1, 3)
+            pts = (clicks[:, :2] + 0.5) * f - 0.5
+            pic = overlay(big, masks=_upsample(res["masks"][:, n - 1], f), points=pts, labels=clicks[:, 2])
+            word = "click" if n == 1 else "clicks"
+            panels.append((f"{n} {word}: mIoU {res['iou'][:, n - 1].mean():.2f}", pic))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.5), dpi=100)
+        for ax, (title, pic) in zip(axes, panels):
+            ax.imshow(pic)
+            ax.set_title(title, fontsize=10)
+            ax.axis("off")
+        fig.suptitle(f"held-out image {item.image_id}: {len(gt)} masks, each prompted alone", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"clicks_{len(paths):02d}.png")
+        _save_figure(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def main(argv=None) -> int:
+    from configs import parse_config_args
+    from configs.demo import EVAL_MIN_AREA, SCENE
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(x == "--config" or x.startswith("--config=") or x == "-c" for x in argv):
+        argv = ["--config", "configs/demo.py"] + argv
     p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/sam_jax_demo")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=None, help="default: the config's train.num_steps")
     p.add_argument("--train-images", type=int, default=192)
     p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--proposals", action="store_true", help="also proposal AR@100 (AMG, 16x16 grid)")
     p.add_argument("--fresh", action="store_true")
-    a = p.parse_args(argv)
-    t0 = time.time()
+    a, c = parse_config_args(p, argv)
+    a.steps = c.train.num_steps if a.steps is None else a.steps
+    t0, cpu0 = time.time(), time.process_time()
+    if a.steps < 1 or a.train_images < 1 or a.eval_images < 1:
+        p.error("--steps, --train-images and --eval-images must be >= 1")
     if a.fresh and os.path.isdir(a.out):
         shutil.rmtree(a.out)
     os.makedirs(a.out, exist_ok=True)
@@ -89,7 +225,8 @@ def main(argv=None) -> int:
     train_dir, eval_dir = os.path.join(a.out, "shards_train"), os.path.join(a.out, "shards_eval")
     for d, n, seed in ((train_dir, a.train_images, 0), (eval_dir, a.eval_images, 12345)):
         if not os.path.isdir(d):
-            write_shards(d, n, images_per_shard=32, seed=seed, short_side=192, num_objects=5)
+            write_shards(d + ".tmp", n, images_per_shard=32, seed=seed, **SCENE)
+            os.replace(d + ".tmp", d)
     print(
         f"[demo] synthetic shards: {train_dir} ({a.train_images} images), {eval_dir} "
         f"({a.eval_images} held-out) [{time.time() - t0:.0f}s]",
@@ -98,70 +235,54 @@ def main(argv=None) -> int:
 
     import jax.numpy as jnp
 
-    from configs.tiny import get_config
-    from train.evaluate import eval_batches, single_point_miou
+    _quiet_absl()
+    from sam_jax import SamModel
     from train.loop import run
     from train.train_step import build_module
 
-    c = get_config()
     c.train.workdir = os.path.join(a.out, "run")
     c.train.num_steps = a.steps
-    c.train.log_every = 100
-    c.ckpt.every = 400
-    c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
-    c.data.global_batch_size, c.data.masks_per_image = 4, 16
-    # most synthetic masks are tiny at 128 px input (32x32 targets); train and evaluate
-    # on those with at least 12 target cells (about 1.2 % of the image)
-    c.loss.min_target_cells = 12
-    c.sim.num_passes, c.sim.num_correction_points, c.sim.unroll = 5, 3, 4
     c.optim.decay_steps = (int(a.steps * 0.8),)
-    module = build_module(c).clone(dtype=jnp.float32)
-    evaluate = lambda params, overlays=None: single_point_miou(
-        module,
-        params,
-        eval_batches(c, module.config.image_size, eval_dir, batch_size=4),
-        overlays,
-        min_cells=c.loss.min_target_cells,
-    )
-
+    c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
     summary = run(c)
     t_train = time.time() - t0
-    import jax
-
-    from train.sharding import make_mesh
-    from train.train_step import Trainer  # untrained reference: the initial state of the seed
-
-    init = Trainer(c, make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])).init_state(c.train.seed)
-    before = evaluate(init.params)
-    after = evaluate(summary["state"].params, os.path.join(a.out, "overlays"))
-    zero_shot = zero_shot_eval(module, summary["state"].params, eval_dir, a.out)
-    losses = summary["losses"]
+    model = SamModel(module=build_module(c).clone(dtype=jnp.float32), params=summary["state"].params)
+    print("[demo] evaluating on the held-out scenes (point protocol, 1/3/5 clicks)", flush=True)
+    held = points_eval(model, eval_dir, a.out, EVAL_MIN_AREA)
+    if a.proposals:
+        held.update(proposals_eval(model, eval_dir, a.out))
+    curves = plot_curves(
+        os.path.join(c.train.workdir, "metrics.jsonl"),
+        os.path.join(a.out, "curves.png"),
+        {"1 click": held["miou_1click_most_confident"], "5 clicks": held["miou_5click"]},
+        c.loss.focal_weight,
+    )
+    pictures = click_pictures(model, eval_dir, os.path.join(a.out, "clicks"), EVAL_MIN_AREA)
+    losses, last = summary["losses"], summary["last_metrics"]
     result = dict(
         steps=summary["end_step"],
         first_loss=losses.get(1),
         last_loss=losses.get(summary["end_step"]),
-        miou_untrained=before["miou"],
-        miou_single_point=after["miou"],
-        eval_masks=after["num_masks"],
-        **zero_shot,
+        train_miou_first_pass=round(last.get("miou_first", float("nan")), 4),
+        train_miou_last_pass=round(last.get("miou_last", float("nan")), 4),
+        **held,
         seconds=round(time.time() - t0, 1),
         train_seconds=round(t_train, 1),
+        cpu_seconds=round(time.process_time() - cpu0, 1),
     )
     print("[demo] result: " + json.dumps(result), flush=True)
     print(f"[demo] checkpoints:  {c.train.workdir}/checkpoints")
     print(f"[demo] metrics:      {c.train.workdir}/metrics.jsonl, TensorBoard: {c.train.workdir}/tb")
-    print(f"[demo] overlays:     {os.path.join(a.out, 'overlays')} ({len(after['overlays'])} PNGs)")
+    print(f"[demo] curves:       {curves}")
+    print(f"[demo] click pictures: {os.path.join(a.out, 'clicks')} ({len(pictures)} PNGs)")
+    print(f"[demo] point protocol: {os.path.join(a.out, 'eval_points')} (results.json, results.md, plots)")
     print(
-        f"[demo] zero-shot:    {os.path.join(a.out, 'eval_points')}, "
-        f"{os.path.join(a.out, 'eval_proposals')} (results.json, results.md, plots)"
+        f"[demo] evaluate any checkpoint: sam-jax eval points {eval_dir} --checkpoint {c.train.workdir} "
+        f"--train-config configs/demo.py --min-area {EVAL_MIN_AREA} --out DIR"
     )
-    print(
-        f"[demo] evaluate any checkpoint: python -m train.evaluate --config configs/tiny.py "
-        f"--workdir {c.train.workdir} --data {eval_dir} --overlays DIR "
-        f"--config.data.masks_per_image=16 --config.loss.min_target_cells=12"
-    )
-    with open(os.path.join(a.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    from sam_jax.atomic_io import write_json
+
+    write_json(os.path.join(a.out, "result.json"), result, indent=1)
     return 0
 
 

@@ -148,6 +148,7 @@ def evaluate_image(
     masks: np.ndarray,
     settings: PointSettings,
     rng: np.random.Generator | None = None,
+    keep_masks: bool = False,
 ) -> dict[str, np.ndarray]:
     """Simulate the clicks for every mask of one image.
 
@@ -158,7 +159,9 @@ def evaluate_image(
     Returns:
       ``iou (M, K)`` (IoU after each click, default selection at one click),
       ``iou_oracle (M,)`` (best of three at one click), ``area (M,)``,
-      ``clicks (M, K, 3)`` int (x, y, label) with ``K = settings.max_clicks``.
+      ``clicks (M, K, 3)`` int (x, y, label) with ``K = settings.max_clicks``;
+      with ``keep_masks`` also ``masks (M, K, H, W)`` bool, the prediction after each
+      click (for pictures).
     """
     masks = np.asarray(masks, bool)
     m, k = len(masks), settings.max_clicks
@@ -169,6 +172,8 @@ def evaluate_image(
         "area": masks.sum(axis=(1, 2)).astype(np.int64),
         "clicks": np.zeros((m, k, 3), np.int64),
     }
+    if keep_masks:
+        out["masks"] = np.zeros((m, k) + masks.shape[1:], bool)
     if m == 0:
         return out
     predictor.set_image(image)
@@ -176,14 +181,14 @@ def evaluate_image(
     for start in range(0, m, b):
         n = min(b, m - start)
         rows = np.concatenate([np.arange(start, start + n), np.full(b - n, start + n - 1)])
-        res = _clicks_for_rows(predictor, masks[rows], k, settings.first_click, rng)
-        for key in ("iou", "iou_oracle", "clicks"):
+        res = _clicks_for_rows(predictor, masks[rows], k, settings.first_click, rng, keep_masks)
+        for key in ("iou", "iou_oracle", "clicks") + (("masks",) if keep_masks else ()):
             out[key][start : start + n] = res[key][:n]
     return out
 
 
 def _clicks_for_rows(
-    predictor: Any, gt: np.ndarray, k: int, first: str, rng: np.random.Generator
+    predictor: Any, gt: np.ndarray, k: int, first: str, rng: np.random.Generator, keep_masks: bool = False
 ) -> dict[str, np.ndarray]:
     b = len(gt)
     coords = np.zeros((b, k, 2), np.float64)
@@ -191,6 +196,7 @@ def _clicks_for_rows(
     clicked: list[list[tuple[int, int]]] = [[] for _ in range(b)]
     iou = np.zeros((b, k))
     oracle = np.zeros((b,))
+    kept = np.zeros((b, k) + gt.shape[1:], bool) if keep_masks else None
     pred = prev = None
     rr = np.arange(b)
     for c in range(k):
@@ -213,8 +219,13 @@ def _clicks_for_rows(
         else:
             pred, prev = masks[:, 0], low[:, :1]
             iou[:, c] = mask_iou(pred, gt)
+        if keep_masks:
+            kept[:, c] = pred
     clicks = np.concatenate([coords.round().astype(np.int64), labels[..., None]], axis=-1)
-    return {"iou": iou, "iou_oracle": oracle, "clicks": clicks}
+    out = {"iou": iou, "iou_oracle": oracle, "clicks": clicks}
+    if keep_masks:
+        out["masks"] = kept
+    return out
 
 
 def noc(iou: np.ndarray, threshold: float) -> np.ndarray:
