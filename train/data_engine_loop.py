@@ -33,14 +33,14 @@ from sam_jax.atomic_io import write_json
 
 def points_miou(module, params, eval_dir: str, out: str) -> dict:
     """The point protocol (1, 3, 5 clicks and the 1-click oracle) on ``eval_dir``."""
+    from configs.demo import EVAL_MIN_AREA
     from sam_jax import SamModel
     from sam_jax.evaluation import evaluate, load_dataset
-    from train.demo import DEMO_MIN_AREA
 
     info = {"checkpoint": out, "variant": "tiny", "step": None, "image_size": module.config.image_size}
     res = evaluate(
         "points",
-        load_dataset(eval_dir, min_area=DEMO_MIN_AREA),
+        load_dataset(eval_dir, min_area=EVAL_MIN_AREA),
         SamModel(module=module, params=params),
         out=out,
         model_info=info,
@@ -53,15 +53,13 @@ def points_miou(module, params, eval_dir: str, out: str) -> dict:
     }
 
 
-def _config(a, workdir: str, steps: int):
-    from configs.tiny import get_config
+def _config(workdir: str, steps: int):
+    """The demo's config (``configs.demo``: the tiny SAM on scenes it learns) for ``steps`` steps."""
+    from configs.demo import get_config
 
     c = get_config()
     c.train.workdir, c.train.num_steps, c.train.log_every = workdir, steps, 100
     c.ckpt.every = 200
-    c.data.global_batch_size, c.data.masks_per_image = 4, 16
-    c.loss.min_target_cells = 12  # as train.demo: masks of >= 12 target cells
-    c.sim.num_passes, c.sim.num_correction_points, c.sim.unroll = 5, 3, 4
     c.optim.decay_steps = (int(steps * 0.8),)
     return c
 
@@ -69,10 +67,10 @@ def _config(a, workdir: str, steps: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.data_engine_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/sam_jax_data_engine")
-    p.add_argument("--manual-images", type=int, default=64)
+    p.add_argument("--manual-images", type=int, default=192, help="as train.demo's training set")
     p.add_argument("--unlabeled-images", type=int, default=128)
     p.add_argument("--eval-images", type=int, default=16)
-    p.add_argument("--steps", type=int, default=500, help="stage-1 training steps")
+    p.add_argument("--steps", type=int, default=1200, help="stage-1 training steps (configs.demo's)")
     p.add_argument("--retrain-steps", type=int, default=250)
     p.add_argument("--manual-weight", type=int, default=10, help="oversampling of the manual shards")
     p.add_argument("--grid", type=int, default=16, help="points per side of the automatic stage")
@@ -94,19 +92,20 @@ def main(argv=None) -> int:
         return time.time()
 
     # 0. data: manual shards, held-out shards, unlabeled images
+    from configs.demo import SCENE
     from data.synthetic import encode_jpeg, generate_image, write_shards
 
     manual, held_out = os.path.join(a.out, "manual"), os.path.join(a.out, "held_out")
     unlabeled, auto = os.path.join(a.out, "unlabeled"), os.path.join(a.out, "automatic")
     for d, n, seed in ((manual, a.manual_images, 0), (held_out, a.eval_images, 12345)):
         if not os.path.isdir(d):
-            write_shards(d, n, images_per_shard=32, seed=seed, short_side=192, num_objects=5)
+            write_shards(d, n, images_per_shard=32, seed=seed, **SCENE)
     os.makedirs(unlabeled, exist_ok=True)
     for i in range(a.unlabeled_images):
         path = os.path.join(unlabeled, f"img_{i:05d}.jpg")
         if not os.path.exists(path):
             with open(path, "wb") as f:
-                f.write(encode_jpeg(generate_image(777, i, short_side=192, num_objects=5).image))
+                f.write(encode_jpeg(generate_image(777, i, **SCENE).image))
     t = lap("data", t0)
 
     import jax
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     from train.train_step import Trainer, build_module
 
     # 1. manual stage
-    c1 = _config(a, os.path.join(a.out, "run_manual"), a.steps)
+    c1 = _config(os.path.join(a.out, "run_manual"), a.steps)
     c1.data.train_dir = manual
     module = build_module(c1).clone(dtype=jnp.float32)
     init = Trainer(c1, make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])).init_state(c1.train.seed)
@@ -178,7 +177,7 @@ def main(argv=None) -> int:
         print("[loop] the automatic stage kept no mask: no mixture to retrain on", flush=True)
         runs.pop("mixture")
     for name, data in runs.items():
-        c2 = _config(a, os.path.join(a.out, f"run_{name}"), a.retrain_steps)
+        c2 = _config(os.path.join(a.out, f"run_{name}"), a.retrain_steps)
         c2.model.init_checkpoint = stage1_file
         c2.optim.warmup_steps = 0
         for k, v in data.items():
