@@ -39,6 +39,10 @@ class Linear(nn.Module):
 
 
 def _cheapest(costs: dict[str, int]) -> str:
+    """The way with the fewest multiplies; ``"direct"`` when a shape is symbolic (an
+    export with a polymorphic batch), where the counts cannot be compared."""
+    if not all(isinstance(c, int) for c in costs.values()):
+        return "direct"
     return min(costs, key=costs.get)
 
 
