@@ -124,9 +124,8 @@ def bench(args, official, base: dict, emit) -> None:
             w = preset_work(ag.settings_for(preset))
             ms = w["crops"] * fig["encoder_ms"] + w["decoder_calls_64"] * fig["decoder_ms_64"]
             emit(
-                **base,
+                **{**base, "device": "one H200"},
                 bench="generate_shards_projection",
-                device="one H200",
                 figures=str(path),
                 variant=model_name,
                 preset=preset,
