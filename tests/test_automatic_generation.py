@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -162,16 +161,29 @@ def test_shards_are_sa1b_for_the_pipeline(corpus, reference):
         w.run(progress=False)
 
 
+# Runs the CLI with one change: the process SIGKILLs itself right after the first image
+# JSON of unit 1 is on disk (unit 0 finished, unit 1 half done), so the kill lands at the
+# same point on any machine instead of racing a poll loop.
+_KILL_IN_UNIT_1 = """
+import os, runpy, signal, sys
+import sam_jax.automatic_generation as ag
+_write = ag.write_json
+def write_json(path, *a, **k):
+    _write(path, *a, **k)
+    if path.parent.name == "sa_000001":
+        os.kill(os.getpid(), signal.SIGKILL)
+ag.write_json = write_json
+sys.argv = ["sam_jax.cli", *sys.argv[1:]]
+runpy.run_module("sam_jax.cli", run_name="__main__")
+"""
+
+
 def test_sigkill_and_restart_write_each_image_once(corpus, reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(corpus, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Kill once the first unit is done and the second begun (an image JSON of unit 1).
-    deadline = time.time() + 300
-    while not list(out.glob(".work/sa_000001/sa_*.json")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    cmd = [sys.executable, "-c", _KILL_IN_UNIT_1, *_cli(corpus, out)[3:]]
+    proc = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(list(out.glob(".work/sa_000001/sa_*.json"))) == 1  # unit 1 half done
     done = sorted(p.name for p in out.glob("manifest/*.json"))
     assert 1 <= len(done) < N_IMAGES // PER_SHARD, done  # killed mid-way
     stats = _writer(corpus, out).run(progress=False)
