@@ -5,9 +5,11 @@ automatic stage of the data engine, paper section 4 and Appendix B). For each
 crop (the image, then optional layers of overlapping crops; all crops are
 embedded in batched calls), the crop's point grid is decoded
 ``points_per_batch`` points at a time through the predictor's batched API
-(:meth:`SamPredictor.predict_torch`, logits upsampled to the crop and left on
-the device); one jitted function then computes stability scores, thresholds
-and boxes, so only small per-mask numbers and the binary masks leave the device.
+(:meth:`SamPredictor.predict_torch`, low-res logits left on the device). Only
+the masks whose predicted IoU passes its threshold are upsampled to the crop
+(:meth:`SamPredictor.postprocess`); one jitted function then computes their
+stability scores, thresholds and boxes, so only small per-mask numbers and the
+binary masks that pass every filter leave the device.
 Masks are filtered by predicted IoU, stability and crop-edge contact, stored as
 RLE, de-duplicated by greedy box NMS (on the device) within each crop and across
 crops, optionally cleaned of small holes and islands, and returned as records::
@@ -58,10 +60,8 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 @jax.jit
 def _mask_stats(logits: jax.Array, offset: jax.Array):
-    """Logits ``(P, 3, h, w)`` at the crop's size -> per-mask results for the ``3P`` masks
-    (point-major): stability ``(3P,)``, boxes ``(3P, 4)`` int32 in the crop frame and
-    binary masks ``(3P, h, w)``."""
-    logits = logits.reshape((-1,) + logits.shape[2:])
+    """Logits ``(M, h, w)`` at the crop's size -> per-mask stability ``(M,)``, boxes
+    ``(M, 4)`` int32 in the crop frame and binary masks ``(M, h, w)``."""
     stability = calculate_stability_score(logits, MASK_THRESHOLD, offset)
     masks = logits > MASK_THRESHOLD
     return stability, batched_mask_to_box(masks), masks
@@ -219,21 +219,14 @@ class SamAutomaticMaskGenerator:
             n = sl.stop - sl.start
             batch = np.zeros((p, 1, 2), np.float32)
             batch[:n, 0] = model_points[sl]
-            logits, iou, _ = self.predictor.predict_torch(
-                batch, labels, multimask_output=True, return_logits=True
-            )
-            stab, boxes, masks = _mask_stats(logits, np.float32(self.stability_score_offset))
-            iou = iou.reshape(-1)
+            _, iou, low = self.predictor.predict_torch(batch, labels, multimask_output=True, upsample=False)
             parts.append(
                 self._filter_batch(
-                    np.asarray(iou)[: 3 * n],
-                    np.asarray(stab)[: 3 * n],
-                    np.asarray(boxes)[: 3 * n],
-                    masks[: 3 * n],
+                    np.asarray(iou).reshape(-1)[: 3 * n],
+                    low.reshape((-1,) + low.shape[2:]),
                     np.repeat(points[sl], 3, axis=0),
                     crop_box,
                     orig_size,
-                    logits.reshape((-1,) + logits.shape[2:])[: 3 * n] if self.return_logits else None,
                 )
             )
         data = _concat(parts)
@@ -251,30 +244,55 @@ class SamAutomaticMaskGenerator:
             )
         return data
 
-    def _filter_batch(self, iou, stab, boxes, masks, points, crop_box, orig_size, logits=None):
+    def _filter_batch(self, iou, low_res, points, crop_box, orig_size):
+        """Filter one batch's ``M`` masks (point-major): ``iou (M,)`` on the host, their
+        low-res logits ``(>= M, r, r)`` on the device.
+
+        The predicted-IoU filter runs first, so only the masks passing it are upsampled
+        to the crop's size (the stability score, thresholds and boxes are computed on
+        those logits, as the reference computes them); only the masks passing every
+        filter leave the device.
+        """
         orig_h, orig_w = orig_size
-        keep = np.ones(len(iou), bool)
+        idx = np.arange(len(iou))
         # Thresholds compared in float32, as the reference's tensors do.
         if self.pred_iou_thresh > 0.0:
-            keep &= iou > np.float32(self.pred_iou_thresh)
+            idx = idx[iou > np.float32(self.pred_iou_thresh)]
+        out = {
+            "rles": [],
+            "iou_preds": iou[:0],
+            "stability_score": np.zeros((0,), np.float32),
+            "boxes": np.zeros((0, 4), np.int64),
+            "points": points[:0],
+        }
+        if self.return_logits:
+            out["logits"] = np.zeros((0, *self.predictor.original_size), np.float16)
+        if len(idx) == 0:
+            return out
+        # A power-of-two number of rows (the padding repeats a kept row): few compiled shapes.
+        rows = np.full(bucket_size(len(idx)), idx[0])
+        rows[: len(idx)] = idx
+        logits = self.predictor.postprocess(low_res[rows], return_logits=True)
+        stab, boxes, masks = _mask_stats(logits, np.float32(self.stability_score_offset))
+        stab, boxes = np.asarray(stab)[: len(idx)], np.asarray(boxes)[: len(idx)]
+        keep = np.ones(len(idx), bool)
         if self.stability_score_thresh > 0.0:
             keep &= stab >= np.float32(self.stability_score_thresh)
         keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-        idx = np.flatnonzero(keep)
-        kept = np.asarray(masks[idx]) if len(idx) else np.zeros((0,) + masks.shape[1:], bool)
+        sel = np.flatnonzero(keep)
+        if len(sel) == 0:
+            return out
+        kept = np.asarray(masks[sel])
+        idx = idx[sel]
         out = {
             "rles": mask_to_rle(uncrop_masks(kept, crop_box, orig_h, orig_w)),
             "iou_preds": iou[idx],
-            "stability_score": stab[idx],
-            "boxes": boxes[idx].astype(np.int64),
+            "stability_score": stab[sel],
+            "boxes": boxes[sel].astype(np.int64),
             "points": points[idx],
         }
-        if logits is not None:
-            out["logits"] = (
-                np.asarray(logits[idx]).astype(np.float16)
-                if len(idx)
-                else np.zeros((0,) + logits.shape[1:], np.float16)
-            )
+        if self.return_logits:
+            out["logits"] = np.asarray(logits[sel]).astype(np.float16)
         return out
 
     @staticmethod

@@ -322,17 +322,30 @@ class SamPredictor:
         mask_input: Any | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        *,
+        upsample: bool = True,
+    ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
         """:meth:`predict_batch` returning jax arrays left on the device (as the official
         ``predict_torch`` returns torch tensors); the automatic mask generator decodes
-        through it."""
+        through it. ``upsample=False`` skips the masks at the original size (returned
+        as None): :meth:`postprocess` then upsamples only the low-res rows wanted."""
         self._require_image()
         coords, labels, boxes, masks = check_prompts(
             point_coords, point_labels, boxes, mask_input, self.model.config.low_res_size, True
         )
-        return self._predict(coords, labels, boxes, masks, multimask_output, return_logits)
+        return self._predict(coords, labels, boxes, masks, multimask_output, return_logits, upsample=upsample)
 
-    def _predict(self, coords, labels, boxes, masks, multimask_output, return_logits, text=None):
+    def postprocess(self, low_res: jax.Array, return_logits: bool = False) -> jax.Array:
+        """Low-res logits ``(..., r, r)`` of the current image -> masks ``(..., H, W)`` at its
+        original size (bool, or float32 logits with ``return_logits``), left on the device."""
+        self._require_image()
+        return _postprocess(
+            low_res, self.input_size, self.original_size, self.model.config.image_size, bool(return_logits)
+        )
+
+    def _predict(
+        self, coords, labels, boxes, masks, multimask_output, return_logits, text=None, upsample=True
+    ):
         """Pad the (validated, input-frame) prompts to buckets, decode, postprocess."""
         dtype = self.model.module.dtype
         for name, x in (("point_coords", coords), ("box", boxes), ("mask_input", masks)):
@@ -368,10 +381,7 @@ class SamPredictor:
             self.features, coords, labels, boxes, masks, bool(multimask_output), text_embeddings=text
         )
         low, iou = low[:b].astype(jnp.float32), iou[:b].astype(jnp.float32)
-        out = _postprocess(
-            low, self.input_size, self.original_size, self.model.config.image_size, bool(return_logits)
-        )
-        return out, iou, low
+        return (self.postprocess(low, return_logits) if upsample else None), iou, low
 
 
 __all__ = ["SamPredictor", "ResizeLongestSide", "as_rgb_uint8", "check_prompts", "compile_counts"]

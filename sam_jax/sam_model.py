@@ -64,19 +64,36 @@ def _decode(
     multimask_output: bool,
     text: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    return module.apply(
-        {"params": params},
-        emb,
-        coords,
-        labels,
-        boxes,
-        masks,
-        multimask_output,
-        box_valid,
-        mask_valid,
-        text,
-        method=Sam.decode,
-    )
+    def run(emb, coords, labels, boxes, masks, box_valid, mask_valid, text):
+        return module.apply(
+            {"params": params},
+            emb,
+            coords,
+            labels,
+            boxes,
+            masks,
+            multimask_output,
+            box_valid,
+            mask_valid,
+            text,
+            method=Sam.decode,
+        )
+
+    args = (emb, coords, labels, boxes, masks, box_valid, mask_valid, text)
+    b = max(x.shape[0] for x in args if x is not None)
+    if not (isinstance(b, int) and b > 1 and jax.default_backend() == "cpu"):
+        return run(*args)
+    # On the CPU, one prompt row at a time: every row's image-sized intermediates
+    # (4096 image tokens, the 4x upscaled features) then stay in the cache, which
+    # halves the time of a 64-row decode; the rows share one compiled body.
+    per_row = tuple(x is not None and x.shape[0] == b for x in args)
+    rows = tuple(x[:, None] if r else None for x, r in zip(args, per_row))
+
+    def row(xs):
+        return run(*(x if r else a for x, r, a in zip(xs, per_row, args)))
+
+    low_res, iou = jax.lax.map(row, rows)
+    return low_res[:, 0], iou[:, 0]
 
 
 def compile_counts() -> dict[str, int]:
