@@ -188,7 +188,8 @@ class SamPredictor:
         self.features: jax.Array | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        self._images: list[tuple[jax.Array, tuple[int, int], tuple[int, int]]] = []
+        self._image_cache: dict[str, jax.Array] | None = None
+        self._images: list[tuple[jax.Array, tuple[int, int], tuple[int, int], dict[str, jax.Array]]] = []
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed ``image`` ``(H, W, 3)`` uint8 (grayscale and RGBA are converted)."""
@@ -204,17 +205,20 @@ class SamPredictor:
         resized = [self.transform.apply_image(im) for im in rgb]
         batch = np.stack([pad_to_square(r, s) for r in resized])
         sizes = np.array([r.shape[:2] for r in resized], np.int32)
-        embeddings = []
+        embeddings, caches = [], []
         start = 0
         while start < len(batch):  # chunks of powers of two: no padding, few shapes
             n = 1 << ((len(batch) - start).bit_length() - 1)
             n = min(n, 8)
             emb = self.model.embed_images(batch[start : start + n], sizes[start : start + n])
+            cache = self.model.image_cache(emb)  # each decode of these images starts from it
             embeddings.extend(emb[i : i + 1] for i in range(n))
+            caches.extend(jax.tree.map(lambda x, i=i: x[i : i + 1], cache) for i in range(n))
             start += n
         self.reset_image()
         self._images = [
-            (e, tuple(int(v) for v in sz), im.shape[:2]) for e, sz, im in zip(embeddings, sizes, rgb)
+            (e, tuple(int(v) for v in sz), im.shape[:2], c)
+            for e, sz, im, c in zip(embeddings, sizes, rgb, caches)
         ]
         self.use_image(0)
 
@@ -222,7 +226,7 @@ class SamPredictor:
         """Make image ``index`` of the last :meth:`set_images` call the current one."""
         if not 0 <= index < len(self._images):
             raise ValueError(f"image index {index} out of range: {len(self._images)} images set")
-        self.features, self.input_size, self.original_size = self._images[index]
+        self.features, self.input_size, self.original_size, self._image_cache = self._images[index]
         self.is_image_set = True
 
     @property
@@ -270,7 +274,7 @@ class SamPredictor:
             boxes = self.transform.apply_boxes(boxes, self.original_size)
         text_emb = None if text is None else self.text_embedding(text)
         out = self._predict(coords, labels, boxes, masks, multimask_output, return_logits, text_emb)
-        return tuple(np.asarray(x[0]) for x in out)
+        return tuple(np.asarray(x)[0] for x in out)  # index on the host: no device op
 
     def text_embedding(self, text: str) -> np.ndarray:
         """``(1, D)`` CLIP text embedding of ``text`` for a text prompt."""
@@ -378,9 +382,19 @@ class SamPredictor:
         if text is not None:
             text = np.broadcast_to(np.asarray(text, np.float32), (rows, text.shape[-1]))
         low, iou = self.model.decode(
-            self.features, coords, labels, boxes, masks, bool(multimask_output), text_embeddings=text
+            self.features,
+            coords,
+            labels,
+            boxes,
+            masks,
+            bool(multimask_output),
+            text_embeddings=text,
+            image_cache=self._image_cache if masks is None else None,
         )
-        low, iou = low[:b].astype(jnp.float32), iou[:b].astype(jnp.float32)
+        if b < rows:  # (each device op costs a dispatch: none when nothing is padded)
+            low, iou = low[:b], iou[:b]
+        if low.dtype != jnp.float32:
+            low, iou = low.astype(jnp.float32), iou.astype(jnp.float32)
         return (self.postprocess(low, return_logits) if upsample else None), iou, low
 
 

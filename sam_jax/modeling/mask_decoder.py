@@ -40,6 +40,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: jax.Array,
         multimask_output: bool,
         token_valid: jax.Array | None = None,
+        image_cache: dict[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode masks.
 
@@ -52,6 +53,8 @@ class MaskDecoder(nn.Module):
             transformer block are then projected once, not once per prompt).
           multimask_output: return the 3 multimask outputs (else the single one).
           token_valid: optional ``(B, T)`` validity of the sparse tokens.
+          image_cache: optional first-block image projections of ``image_embeddings +
+            dense_prompt_embeddings`` (:func:`~sam_jax.modeling.transformer.first_layer_image_projections`).
         Returns:
           masks ``(B, K, 256, 256)`` low-res logits and iou ``(B, K)``, K = 3 or 1.
         """
@@ -85,7 +88,7 @@ class MaskDecoder(nn.Module):
             self.transformer_mlp_dim,
             name="transformer",
             **kw,
-        )(src, image_pe, tokens, token_valid)
+        )(src, image_pe, tokens, token_valid, image_cache)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + n_masks, :]
 

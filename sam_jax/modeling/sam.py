@@ -27,6 +27,7 @@ from sam_jax.modeling.common import Dtype
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder
 from sam_jax.modeling.prompt_encoder import PromptEncoder
+from sam_jax.modeling.transformer import first_layer_image_projections
 
 MASK_THRESHOLD = 0.0
 
@@ -128,6 +129,7 @@ class Sam(nn.Module):
         mask_valid: jax.Array | None = None,
         text_embeddings: jax.Array | None = None,
         text_valid: jax.Array | None = None,
+        image_cache: dict[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Encode prompts and decode masks (coordinates in the ``S x S`` input frame).
 
@@ -138,6 +140,8 @@ class Sam(nn.Module):
           box_valid, mask_valid: optional ``(B,)`` per-row presence flags.
           text_embeddings: optional ``(B, D)`` CLIP embeddings (``config.text_embed_dim``);
           text_valid: optional ``(B,)`` presence flags for them.
+          image_cache: optional :meth:`image_cache` of ``image_embeddings`` (unused with
+            ``mask_inputs``, which change the image side).
         Returns:
           low-res mask logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
         """
@@ -148,9 +152,28 @@ class Sam(nn.Module):
             # Every row has the same image and dense embedding: the decoder then computes
             # the image side of its first block once for all prompts.
             dense = dense[:1]
+        if mask_inputs is not None:
+            image_cache = None
         return self.mask_decoder(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, token_valid
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+            token_valid,
+            image_cache,
         )
+
+    def image_cache(self, image_embeddings: jax.Array) -> dict[str, jax.Array]:
+        """The prompt-independent projections of the decoder's first block for
+        ``(B, 64, 64, 256)`` embeddings (no mask prompt): ``{name: (B, 4096, heads, d)}``,
+        computed once per image and passed to every :meth:`decode` of it."""
+        _, _, dense = self.prompt_encoder(None, None, None, None)
+        b, h, w, e = image_embeddings.shape
+        keys = (image_embeddings.astype(self.dtype) + dense.astype(self.dtype)).reshape(b, h * w, e)
+        key_pe = self.prompt_encoder.get_dense_pe().reshape(1, h * w, e).astype(self.dtype)
+        layer = self.variables["params"]["mask_decoder"]["transformer"]["layers_0"]
+        return first_layer_image_projections(layer, keys, key_pe, self.config.decoder_heads, self.dtype)
 
     def __call__(
         self,

@@ -56,6 +56,37 @@ def _einsum(spec: str, *xs: jax.Array, **kwargs) -> jax.Array:
     return jnp.einsum(",".join(s for s, _ in new) + "->" + out, *(x for _, x in new), **kwargs)
 
 
+def project(x: jax.Array, w: jax.Array, bias: jax.Array) -> jax.Array:
+    """``(B, T, E)`` tokens -> ``(B, T, heads, d)`` through ``w (E, heads, d)``, ``bias (heads, d)``."""
+    return _einsum("bte,ehd->bthd", x, w) + bias
+
+
+def first_layer_image_projections(
+    layer_params: dict, keys: jax.Array, key_pe: jax.Array, num_heads: int, dtype: Dtype = jnp.float32
+) -> dict[str, jax.Array]:
+    """The projections of the first block that see only the image: token->image
+    attention's keys ``(keys + key_pe) Wk`` and values ``keys Wv``, image->token
+    attention's queries ``(keys + key_pe) Wq``, each ``(B, HW, heads, d)``.
+
+    They do not depend on the prompts, so an image's are computed once and passed to
+    every decode of it (``image_cache`` of :class:`TwoWayTransformer`).
+    ``layer_params``: the parameters of ``layers_0``; keys ``(B, HW, E)`` (the image
+    embedding plus the dense no-mask embedding), key_pe ``(1, HW, E)``.
+    """
+
+    def proj(p, x):
+        w, b = p["kernel"].astype(dtype), p["bias"].astype(dtype)
+        d = w.shape[1] // num_heads
+        return project(x.astype(dtype), w.reshape(w.shape[0], num_heads, d), b.reshape(num_heads, d))
+
+    t2i, i2t = layer_params["cross_attn_token_to_image"], layer_params["cross_attn_image_to_token"]
+    return {
+        "t2i_k": proj(t2i["k_proj"], keys + key_pe),
+        "t2i_v": proj(t2i["v_proj"], keys),
+        "i2t_q": proj(i2t["q_proj"], keys + key_pe),
+    }
+
+
 class Attention(nn.Module):
     """Attention with separate q/k/v/out projections and a downscaled inner width.
 
@@ -78,6 +109,8 @@ class Attention(nn.Module):
 
     Each association is chosen by its multiply count; with one image shared by many
     prompts, projecting the image tokens once stays the cheapest and is kept.
+    ``cached``: projections already computed (``{"q"|"k"|"v": (1|B, T, heads, d)}``,
+    see :func:`first_layer_image_projections`); the products then start from them.
     """
 
     embedding_dim: int
@@ -88,7 +121,12 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array | None = None
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        key_valid: jax.Array | None = None,
+        cached: dict[str, jax.Array] | None = None,
     ) -> jax.Array:
         e = self.embedding_dim
         inner = e // self.downsample_rate
@@ -106,9 +144,7 @@ class Attention(nn.Module):
         q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
         (bq_, tq, eq), (bk_, tk, ek), bv_ = q.shape, k.shape, v.shape[0]
         b = max(bq_, bk_, bv_)
-
-        def project(x, w, bias):  # (b, t, E) -> (b, t, h, d)
-            return _einsum("bte,ehd->bthd", x, w) + bias
+        cached = cached or {}
 
         # ---- scores (b, tq, h, tk): queries x heads as rows, so the folded product is a plain GEMM.
         # (Folding Wk into a few queries also cuts multiplies but measured slower on
@@ -119,7 +155,11 @@ class Attention(nn.Module):
                 "fold_k": bk_ * tk * ek * inner + b * tk * h * d * eq + b * tk * h * tq * eq,
             }
         )
-        if way == "fold_k":  # few keys: Wq folded into them, queries enter raw
+        if "q" in cached or "k" in cached:  # a side is projected already: the direct way
+            qh = cached["q"] if "q" in cached else project(q, wq, bq)
+            kh = cached["k"] if "k" in cached else project(k, wk, bk)
+            logits = _einsum("bihd,bjhd->bihj", qh, kh, preferred_element_type=jnp.float32)
+        elif way == "fold_k":  # few keys: Wq folded into them, queries enter raw
             kh = project(k, wk, bk)
             g = _einsum("bjhd,ehd->bhje", kh, wq)
             logits = _einsum("bie,bhje->bihj", q, g, preferred_element_type=jnp.float32)
@@ -142,6 +182,8 @@ class Attention(nn.Module):
                 "fold_out": bv_ * tk * ev * inner + b * tk * h * d * e + b * tq * h * tk * e,
             }
         )
+        if "v" in cached:
+            way = "direct"
         if way == "average_raw":  # few queries: average raw values, then project
             r = _einsum("bihj,bje->bihe", p, v)
             o = _einsum("bihe,ehd->bihd", r, wv) + bv
@@ -150,7 +192,7 @@ class Attention(nn.Module):
             u = _einsum("bjhd,hde->bhje", project(v, wv, bv), wo)
             out = _einsum("bihj,bhje->bie", p, u)
         else:
-            o = _einsum("bihj,bjhd->bihd", p, project(v, wv, bv))
+            o = _einsum("bihj,bjhd->bihd", p, cached["v"] if "v" in cached else project(v, wv, bv))
             out = _einsum("bihd,hde->bie", o, wo)
         return jnp.broadcast_to(out + bo, (b, tq, e))
 
@@ -171,10 +213,14 @@ class TwoWayAttentionBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, queries, keys, query_pe, key_pe, token_valid=None):
-        """``queries (B, T, E), keys (1|B, HW, E), query_pe (B, T, E), key_pe (1|B, HW, E)``.
+    def __call__(self, queries, keys, query_pe, key_pe, token_valid=None, image_cache=None):
+        """``queries (B, T, E), keys (1|B, HW, E), query_pe (B, T, E), key_pe (1|B, HW, E)``;
+        ``image_cache``: :func:`first_layer_image_projections` of these keys (first block).
 
         Returns ``(B, T, E)`` queries and ``(B, HW, E)`` keys."""
+        cache = image_cache or {}
+        t2i_cache = {n: cache[f"t2i_{n}"] for n in ("k", "v") if f"t2i_{n}" in cache}
+        i2t_cache = {"q": cache["i2t_q"]} if "i2t_q" in cache else None
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         e, heads, rate = self.embedding_dim, self.num_heads, self.attention_downsample_rate
 
@@ -187,7 +233,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm1")(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        queries = queries + Attention(e, heads, rate, name="cross_attn_token_to_image", **kw)(q, k, keys)
+        queries = queries + Attention(e, heads, rate, name="cross_attn_token_to_image", **kw)(
+            q, k, keys, cached=t2i_cache
+        )
         queries = layer_norm(1e-5, self.dtype, self.param_dtype, "norm2")(queries)
 
         queries = queries + MLPBlock(self.mlp_dim, jax.nn.relu, name="mlp", **kw)(queries)
@@ -195,7 +243,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q, k = queries + query_pe, keys + key_pe
         keys = keys + Attention(e, heads, rate, name="cross_attn_image_to_token", **kw)(
-            k, q, queries, token_valid
+            k, q, queries, token_valid, cached=i2t_cache
         )
         keys = layer_norm(1e-5, self.dtype, self.param_dtype, "norm4")(keys)
         return queries, keys
@@ -209,6 +257,8 @@ class TwoWayTransformer(nn.Module):
       image_pe: ``(H, W, E)`` positional encoding of the image grid.
       point_embedding: ``(B, T, E)`` tokens.
       token_valid: optional ``(B, T)`` bool.
+      image_cache: optional :func:`first_layer_image_projections` of ``image_embedding``
+        (with ``image_pe``) for the first block.
     Returns:
       ``(B, T, E)`` tokens and ``(B, H*W, E)`` image tokens.
     """
@@ -222,7 +272,7 @@ class TwoWayTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image_embedding, image_pe, point_embedding, token_valid=None):
+    def __call__(self, image_embedding, image_pe, point_embedding, token_valid=None, image_cache=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, h, w, e = image_embedding.shape
         keys = image_embedding.reshape(b, h * w, e)
@@ -237,7 +287,7 @@ class TwoWayTransformer(nn.Module):
                 skip_first_layer_pe=(i == 0),
                 name=f"layers_{i}",
                 **kw,
-            )(queries, keys, point_embedding, key_pe, token_valid)
+            )(queries, keys, point_embedding, key_pe, token_valid, image_cache if i == 0 else None)
         q, k = queries + point_embedding, keys + key_pe
         queries = queries + Attention(
             e, self.num_heads, self.attention_downsample_rate, name="final_attn_token_to_image", **kw
