@@ -65,9 +65,11 @@ def _config(workdir: str, steps: int):
 
 
 def main(argv=None) -> int:
+    from configs.demo import TRAIN_IMAGES
+
     p = argparse.ArgumentParser(prog="python -m train.data_engine_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/sam_jax_data_engine")
-    p.add_argument("--manual-images", type=int, default=192, help="as train.demo's training set")
+    p.add_argument("--manual-images", type=int, default=TRAIN_IMAGES, help="as train.demo's training set")
     p.add_argument("--unlabeled-images", type=int, default=128)
     p.add_argument("--eval-images", type=int, default=16)
     p.add_argument("--steps", type=int, default=1200, help="stage-1 training steps (configs.demo's)")
