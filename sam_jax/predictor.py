@@ -389,7 +389,7 @@ class SamPredictor:
             masks,
             bool(multimask_output),
             text_embeddings=text,
-            image_cache=self._image_cache if masks is None else None,
+            image_cache=self._image_cache,  # Sam.decode drops it when a mask prompt is given
         )
         if b < rows:  # (each device op costs a dispatch: none when nothing is padded)
             low, iou = low[:b], iou[:b]
