@@ -200,3 +200,22 @@ def test_finite_but_huge_prompts_are_refused(predictor, kwargs, name):
     predictor.set_image(np.zeros((60, 90, 3), np.uint8))
     with pytest.raises(ValueError, match=f"{name} has values too large for the model's float32"):
         predictor.predict(**kwargs)
+
+
+def test_image_cache_gives_the_uncached_decode(predictor):
+    """``image_cache`` (first-block projections and the dense positional encoding, made
+    once per image) changes no result: one row, a batch decoded row by row on the CPU
+    with one shared embedding, and a batch with an embedding (and cache) per row."""
+    model, emb = predictor.model, predictor.features
+    cache = model.image_cache(emb)
+    assert cache["image_pe"].shape == emb.shape
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(0, model.image_size, (4, 2, 2)).astype(np.float32)
+    labels = np.array([[1, 0], [1, -2], [0, 1], [1, 1]], np.int32)
+    emb4 = np.concatenate([np.asarray(emb), np.asarray(emb)[:, ::-1], np.asarray(emb) * 0.5, np.asarray(emb)])
+    for e, c, lab in ((emb, coords[:1], labels[:1]), (emb, coords, labels), (emb4, coords, labels)):
+        for multimask in (True, False):
+            plain = model.decode(e, c, lab, multimask_output=multimask)
+            cached = model.decode(e, c, lab, multimask_output=multimask, image_cache=model.image_cache(e))
+            np.testing.assert_allclose(np.asarray(cached[0]), np.asarray(plain[0]), atol=2e-5, rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(cached[1]), np.asarray(plain[1]), atol=2e-6)

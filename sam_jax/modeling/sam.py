@@ -154,9 +154,10 @@ class Sam(nn.Module):
             dense = dense[:1]
         if mask_inputs is not None:
             image_cache = None
+        image_pe = image_cache.get("image_pe") if image_cache else None
         return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            self.prompt_encoder.get_dense_pe() if image_pe is None else image_pe[0],
             sparse,
             dense,
             multimask_output,
@@ -165,15 +166,19 @@ class Sam(nn.Module):
         )
 
     def image_cache(self, image_embeddings: jax.Array) -> dict[str, jax.Array]:
-        """The prompt-independent projections of the decoder's first block for
-        ``(B, 64, 64, 256)`` embeddings (no mask prompt): ``{name: (B, 4096, heads, d)}``,
-        computed once per image and passed to every :meth:`decode` of it."""
+        """What every :meth:`decode` of ``(B, 64, 64, 256)`` embeddings without a mask
+        prompt shares, computed once per image: the prompt-independent projections of
+        the decoder's first block (``{name: (B, 4096, heads, d)}``) and ``"image_pe"``,
+        the dense positional encoding ``(B, 64, 64, 256)``, the same for every image
+        (its sines and cosines were a fifth of a one-point decode on the CPU)."""
         _, _, dense = self.prompt_encoder(None, None, None, None)
         b, h, w, e = image_embeddings.shape
         keys = (image_embeddings.astype(self.dtype) + dense.astype(self.dtype)).reshape(b, h * w, e)
-        key_pe = self.prompt_encoder.get_dense_pe().reshape(1, h * w, e).astype(self.dtype)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        key_pe = image_pe.reshape(1, h * w, e).astype(self.dtype)
         layer = self.variables["params"]["mask_decoder"]["transformer"]["layers_0"]
-        return first_layer_image_projections(layer, keys, key_pe, self.config.decoder_heads, self.dtype)
+        cache = first_layer_image_projections(layer, keys, key_pe, self.config.decoder_heads, self.dtype)
+        return dict(cache, image_pe=jnp.broadcast_to(image_pe, (b, *image_pe.shape)))
 
     def __call__(
         self,
