@@ -31,16 +31,18 @@ Conversion of a ``.pth`` into an ``.npz`` (which needs the model's template) is
 from __future__ import annotations
 
 import collections
+import ctypes
 import io
 import mmap
 import os
 import pickle
 import re
 import struct
+import threading
 import weakref
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -384,10 +386,10 @@ _ALIGN = 64  # byte alignment of array data we write or allocate (zero-copy into
 _TILE = 128  # 128x128 float32 tiles: 64 KiB each side, cache-resident while transposed
 
 
-def _contiguous(value: np.ndarray, dtype: Any) -> np.ndarray:
+def _contiguous(value: np.ndarray, dtype: Any, empty: Callable[..., np.ndarray] | None = None) -> np.ndarray:
     """``value`` as a C-contiguous array of ``dtype``: itself when it already is one (a
-    memory-mapped view stays one), else one copy; the pages of a memory-mapped source
-    are released once copied.
+    memory-mapped view stays one), else one copy into ``empty(shape, dtype)`` (default
+    :func:`_aligned_empty`); the pages of a memory-mapped source are released once copied.
 
     Transposed 2-D views are copied tile by tile: numpy's element-wise strided copy
     over a whole ViT-H kernel misses the cache on every read (~6x slower).
@@ -395,7 +397,7 @@ def _contiguous(value: np.ndarray, dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     if value.dtype == dtype and value.flags.c_contiguous:
         return value
-    out = _aligned_empty(value.shape, dtype)
+    out = (empty or _aligned_empty)(value.shape, dtype)
     if value.ndim == 2 and not value.flags.c_contiguous:
         rows, cols = value.shape
         for i in range(0, rows, _TILE):
@@ -416,24 +418,73 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[skip : skip + size].view(dtype).reshape(shape)
 
 
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14: fault a whole range in with one call
+
+
+class _Arena:
+    """Fresh memory for the kernels a ``.pth`` load copies, faulted in ahead of time.
+
+    First-touch page faults on 2.5 GB of new memory were most of a ViT-H load's
+    copying time. The arena maps all of it at once and a background thread has the
+    kernel fault it in with one ``madvise(MADV_POPULATE_WRITE)`` (through ctypes, so
+    the GIL is free meanwhile and the caller traces the model's template on the other
+    core). :meth:`empty` hands out 64-byte aligned slices; past the end (or if the
+    kernel refuses the advice) it falls back to :func:`_aligned_empty`. The mapping
+    is freed with the last array viewing it.
+    """
+
+    def __init__(self, nbytes: int):
+        self._map = mmap.mmap(-1, max(int(nbytes), 1))
+        self._buf = np.frombuffer(self._map, np.uint8)
+        self._used = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._populate, daemon=True)
+        self._thread.start()
+
+    def _populate(self) -> None:
+        try:
+            madvise = ctypes.CDLL(None, use_errno=True).madvise
+        except (OSError, AttributeError):  # no libc symbol here: pages fault in on first write
+            return
+        madvise(ctypes.c_void_p(self._buf.ctypes.data), ctypes.c_size_t(self._buf.size), _MADV_POPULATE_WRITE)
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        self._thread.join()
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with self._lock:
+            start = -(-self._used // _ALIGN) * _ALIGN
+            if start + size > self._buf.size:
+                return _aligned_empty(shape, dtype)
+            self._used = start + size
+        return self._buf[start : start + size].view(dtype).reshape(shape)
+
+
 def _workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) -> dict:
+def state_dict_to_params(
+    state_dict: Mapping[str, np.ndarray], template: Any, *, _arena: _Arena | None = None
+) -> dict:
     """Map an official state_dict onto a parameter tree shaped like ``template``.
 
     ``template`` is a (possibly boxed, possibly abstract) params tree, e.g. from
-    ``jax.eval_shape``; every shape is checked against it before anything is copied.
-    Each parameter becomes a C-contiguous array of its template dtype: a memory-mapped
-    view of the file is kept as it is when its layout and dtype already fit, the
-    rest (transposed kernels) is copied once, on a few threads.
+    ``jax.eval_shape``, or a function returning one (it is then called while the
+    memory for the copies is prepared, see :class:`_Arena`); every shape is checked
+    against it before anything is copied. Each parameter becomes a C-contiguous
+    array of its template dtype: a memory-mapped view of the file is kept as it is
+    when its layout and dtype already fit, the rest (transposed kernels) is copied
+    once, on a few threads.
 
     Raises:
       CheckpointMismatchError: listing missing keys, unexpected keys and shape
         mismatches (torch key, expected and found shapes).
     """
-    flat = traverse_util.flatten_dict(nn.unbox(template))
+    # Room for the copies: every tensor of 2 or more axes (the kernels, and a few
+    # tables that need no copy).
+    arena = _arena or _Arena(sum(v.nbytes for v in state_dict.values() if np.ndim(v) >= 2))
+    flat = traverse_util.flatten_dict(nn.unbox(template() if callable(template) else template))
     wanted = {torch_key(p): p for p in flat}
     missing = sorted(set(wanted) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(wanted))
@@ -457,7 +508,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], template: Any) ->
     # Largest first, so the threads finish together.
     order = sorted(views, key=lambda p: -views[p].size)
     with ThreadPoolExecutor(_workers()) as pool:
-        arrays = pool.map(lambda p: _contiguous(views[p], flat[p].dtype), order)
+        arrays = pool.map(lambda p: _contiguous(views[p], flat[p].dtype, arena.empty), order)
         out = dict(zip(order, arrays))
     return traverse_util.unflatten_dict(out)
 
@@ -541,8 +592,18 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> dict:
     """Params shaped like ``template`` from an official ``.pth`` or our ``.npz``.
 
     ``template``: a (possibly boxed, possibly abstract) params tree, e.g.
-    :func:`sam_jax.modeling.variants.param_template` of the module.
+    :func:`sam_jax.modeling.variants.param_template` of the module, or a function
+    returning one (called once the file is open: a ``.pth`` load traces it while the
+    memory for its copies is faulted in).
     """
     if os.fspath(path).endswith(".npz"):
-        return load_params(path, template)
-    return state_dict_to_params(read_pth(path), template)
+        return load_params(path, template() if callable(template) else template)
+    # A .pth: while the file is read and checked, the memory for the kernel copies is
+    # faulted in (:class:`_Arena`) and a template given as a function is traced.
+    path = os.fspath(path)
+    _check_archive(path, ".pth")
+    arena = _Arena(os.path.getsize(path))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(template) if callable(template) else None
+        state_dict = read_pth(path)
+        return state_dict_to_params(state_dict, pending.result() if pending else template, _arena=arena)

@@ -231,7 +231,7 @@ def build_sam(
         # No initialisation: the file is read onto the abstract (eval_shape) tree and its
         # arrays become device arrays (on the CPU without a copy: they are aligned views
         # of the mapped file or the one transposed copy of a kernel).
-        params = jax.device_put(load_checkpoint(checkpoint, param_template(module)))
+        params = jax.device_put(load_checkpoint(checkpoint, functools.partial(param_template, module)))
     return SamModel(module=module, params=params, variant=name)
 
 

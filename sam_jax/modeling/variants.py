@@ -127,7 +127,9 @@ def param_template(module: Sam) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _param_template(module: Sam) -> Any:
-    return jax.eval_shape(functools.partial(init_variables, module), jax.random.key(0))["params"]
+    # The key is made inside the trace: a concrete one would dispatch (and compile) a
+    # computation, 0.1 s of a checkpoint load.
+    return jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))["params"]
 
 
 def guess_variant(state_dict: Mapping[str, np.ndarray]) -> str:
