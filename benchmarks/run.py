@@ -559,7 +559,7 @@ def bench_load_cpu(args, official, base: dict) -> None:
         raise SystemExit("load-cpu compares with the official package: install the test extras")
     torch = official.torch
     env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    for name in args.variants:
+    for name in args.load_variants[:1] if args.tiny else args.load_variants:
         config, variant = (TINY, "tiny") if args.tiny else (VARIANTS[name], name)
         with tempfile.TemporaryDirectory() as tmp:
             pth, npz = os.path.join(tmp, f"{variant}.pth"), os.path.join(tmp, f"{variant}.npz")
@@ -654,9 +654,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode:
         args.parts = args.mode
+    # load-cpu measures vit_h unless --variants says otherwise, also beside other parts.
+    args.load_variants = (args.variants or "vit_h").split(",")
     if args.variants is None:
         cpu_only = all(p in CPU_PARTS for p in args.parts.split(","))
-        args.variants = "vit_h" if args.parts == "load-cpu" else "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
+        args.variants = "vit_b" if cpu_only else "vit_b,vit_l,vit_h"
     for key in ("parts", "variants", "dtypes", "impls"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]

@@ -383,7 +383,7 @@ def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 
 _ALIGN = 64  # byte alignment of array data we write or allocate (zero-copy into jax on the host)
-_TILE = 128  # 128x128 float32 tiles: 64 KiB each side, cache-resident while transposed
+_TILE = 256  # 256x256 float32 tiles: 256 KiB each side, cache-resident while transposed
 
 
 def _contiguous(value: np.ndarray, dtype: Any, empty: Callable[..., np.ndarray] | None = None) -> np.ndarray:
