@@ -444,7 +444,7 @@ class _Arena:
     def _populate(self) -> None:
         try:
             madvise = ctypes.CDLL(None, use_errno=True).madvise
-        except (OSError, AttributeError):  # no libc symbol here: pages fault in on first write
+        except (OSError, AttributeError, TypeError):  # no libc madvise here: pages fault in on first write
             return
         madvise(ctypes.c_void_p(self._buf.ctypes.data), ctypes.c_size_t(self._buf.size), _MADV_POPULATE_WRITE)
 
