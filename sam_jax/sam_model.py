@@ -10,8 +10,9 @@ the demo)::
     low_res, iou = model.decode(emb, coords, labels)  # (B, K, S/4, S/4), (B, K)
 
 Decoding the same image many times, ``model.image_cache(emb)`` computes the
-decoder's prompt-independent first-block projections once; passed as
-``decode(..., image_cache=...)`` they are not recomputed per call.
+decoder's prompt-independent first-block projections and the grid's positional
+encoding once; passed as ``decode(..., image_cache=...)`` they are not recomputed
+per call.
 
 Both jits take the module as a static argument, so every :class:`SamModel` of
 the same module shares their compilations (:func:`compile_counts`).
@@ -161,8 +162,8 @@ class SamModel:
 
     def image_cache(self, image_embeddings: Any) -> dict[str, jax.Array]:
         """Jitted :meth:`Sam.image_cache`: the first decoder block's prompt-independent
-        projections of ``(B, S/16, S/16, 256)`` embeddings, for :meth:`decode`'s
-        ``image_cache`` (each decode then skips them)."""
+        projections of ``(B, S/16, S/16, 256)`` embeddings and the dense positional
+        encoding, for :meth:`decode`'s ``image_cache`` (each decode then skips them)."""
         return _image_cache(self.module, self.decoder_params, image_embeddings)
 
     def decode(
