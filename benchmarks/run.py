@@ -559,7 +559,7 @@ def bench_load_cpu(args, official, base: dict) -> None:
         raise SystemExit("load-cpu compares with the official package: install the test extras")
     torch = official.torch
     env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    for name in args.load_variants[:1] if args.tiny else args.load_variants:
+    for name in args.load_variants:
         config, variant = (TINY, "tiny") if args.tiny else (VARIANTS[name], name)
         with tempfile.TemporaryDirectory() as tmp:
             pth, npz = os.path.join(tmp, f"{variant}.pth"), os.path.join(tmp, f"{variant}.npz")
@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     args.batches = [int(b) for b in args.batches.split(",")]
     if args.tiny:  # every variant is the same tiny model: measure it once
-        args.variants = args.variants[:1]
+        args.variants, args.load_variants = args.variants[:1], args.load_variants[:1]
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
