@@ -55,12 +55,12 @@ def points_miou(module, params, eval_dir: str, out: str) -> dict:
 
 def _config(workdir: str, steps: int):
     """The demo's config (``configs.demo``: the tiny SAM on scenes it learns) for ``steps`` steps."""
-    from configs.demo import get_config
+    from configs.demo import get_config, set_steps
 
     c = get_config()
-    c.train.workdir, c.train.num_steps, c.train.log_every = workdir, steps, 100
+    set_steps(c, steps)
+    c.train.workdir, c.train.log_every = workdir, 100
     c.ckpt.every = 200
-    c.optim.decay_steps = (int(steps * 0.8),)
     return c
 
 

@@ -199,7 +199,7 @@ def click_pictures(model, eval_dir: str, out_dir: str, min_area: int, num_images
 
 def main(argv=None) -> int:
     from configs import parse_config_args
-    from configs.demo import EVAL_MIN_AREA, SCENE, TRAIN_IMAGES
+    from configs.demo import EVAL_MIN_AREA, SCENE, TRAIN_IMAGES, set_steps
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(x == "--config" or x.startswith("--config=") or x == "-c" for x in argv):
@@ -242,8 +242,7 @@ def main(argv=None) -> int:
     from train.train_step import build_module
 
     c.train.workdir = os.path.join(a.out, "run")
-    c.train.num_steps = a.steps
-    c.optim.decay_steps = (int(a.steps * 0.8),)
+    set_steps(c, a.steps)
     c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
     summary = run(c)
     t_train = time.time() - t0
