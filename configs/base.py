@@ -32,7 +32,9 @@ Config keys (``ml_collections.ConfigDict``):
   ``global_batch_size``, ``seed``, ``max_mask_area_frac``, ``synthetic`` (train on
   in-memory synthetic batches, no tensorflow), ``synthetic_images`` (> 0: a finite
   synthetic corpus of that many images instead of an endless stream), ``fraction``
-  (train on this fraction of the images, chosen by image id: ``data.subsets``).
+  (train on this fraction of the images, chosen by image id: ``data.subsets``),
+  ``target_size`` (side of the GT mask targets: 0 = the low-res logits' ``S/4``; a
+  multiple of it, up to ``S``, trains on finer targets: ``train.losses``).
 * ``text``: CLIP prompts (``train.text_prompt``, paper section 7.5): ``enabled``,
   ``clip`` (``ViT-L/14@336px``/``ViT-B/16``/``custom`` with ``clip_custom`` fields),
   ``clip_checkpoint`` (OpenAI ``.pt``; ``""`` = random CLIP, for tests), ``clip_seed``,
@@ -117,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic=False,
         synthetic_images=0,
         fraction=1.0,
+        target_size=0,
     )
     c.text = dict(
         enabled=False,
@@ -164,6 +167,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.global_batch_size": (1, None),
     "data.masks_per_image": (1, None),
     "data.max_mask_area_frac": (0, 1),
+    "data.target_size": (0, None),
     "sim.num_passes": (1, None),
     "sim.num_correction_points": (0, None),
     "sim.box_prob": (0, 1),

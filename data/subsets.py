@@ -219,6 +219,7 @@ def synthetic_corpus_batches(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    target_size: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of this process from a corpus of ``num_images`` synthetic images, restricted
     to ``fraction`` (by id, :func:`in_fraction`), from ``start_step`` on.
@@ -242,7 +243,7 @@ def synthetic_corpus_batches(
             perms.clear()
             perms[epoch] = np.random.default_rng([seed, epoch]).permutation(kept)
         image_id = int(perms[epoch][pos])
-        one = make_batch(CORPUS_SEED_BASE + image_id, 1, masks_per_image, image_size)
+        one = make_batch(CORPUS_SEED_BASE + image_id, 1, masks_per_image, image_size, target_size=target_size)
         one["image_id"][:] = image_id
         return one
 

@@ -3,7 +3,7 @@
 ``make_batch(seed, batch_size, masks_per_image, image_size)`` returns the numpy dict
 of :mod:`data.batch`: images of a few random
 ellipses/rectangles on a noisy background, the GT masks of those shapes at
-``R = S/4``, their boxes and one uniform foreground point per mask. Deterministic
+``R = S/4`` (or ``target_size``), their boxes and one uniform foreground point per mask. Deterministic
 in ``seed``. Used by tests, ``benchmarks.gpu_check`` and ``data.synthetic=True`` training.
 """
 
@@ -41,11 +41,21 @@ def make_image(rng: np.random.Generator, image_size: int, num_masks: int):
 
 
 def make_batch(
-    seed: int, batch_size: int, masks_per_image: int, image_size: int, num_valid: int | None = None
+    seed: int,
+    batch_size: int,
+    masks_per_image: int,
+    image_size: int,
+    num_valid: int | None = None,
+    target_size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """A batch of the data pipeline's format; masks beyond ``num_valid`` are padding."""
+    """A batch of the data pipeline's format; masks beyond ``num_valid`` are padding.
+    Targets are ``target_size`` (default ``S/4``, a divisor of ``S``) square: a target
+    pixel is foreground where most of the ``S/R`` x ``S/R`` pixels it covers are."""
     rng = np.random.default_rng(seed)
-    s, r, k = image_size, image_size // 4, masks_per_image
+    s, r, k = image_size, target_size or image_size // 4, masks_per_image
+    if s % r:
+        raise ValueError(f"target_size ({r}) must divide image_size ({s})")
+    f = s // r
     out = empty_batch(batch_size, s, r, k)
     out["resized_hw"][:] = out["original_hw"][:] = s
     out["image_id"][:] = [(seed * batch_size + i) % 2**63 for i in range(batch_size)]
@@ -58,7 +68,7 @@ def make_batch(
             if m.sum() < 16:
                 continue
             ys, xs = np.nonzero(m)
-            out["masks"][i, j] = m.reshape(r, 4, r, 4).mean(axis=(1, 3)) >= 0.5
+            out["masks"][i, j] = m.reshape(r, f, r, f).mean(axis=(1, 3)) >= 0.5
             if not out["masks"][i, j].any():
                 continue
             out["mask_valid"][i, j] = True

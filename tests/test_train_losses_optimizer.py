@@ -7,12 +7,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from configs.tiny import get_config
+from data.synthetic_batch import make_batch
+from sam_jax.modeling.sam import resize_bilinear
 from sam_jax.modeling.variants import init_variables
 from train.losses import LossConfig, dice_loss, focal_loss, mask_iou, sam_loss
 from train.optimizer import build_optimizer, decay_mask, layer_id, make_schedule
-from train.train_step import build_module
+from train.train_step import build_module, low_res_target
 
 
 def test_focal_dice_iou_match_numpy():
@@ -92,6 +95,50 @@ def test_loss_upsampled_resolution():
     a, _ = sam_loss(out, target, jnp.ones((2,), bool), LossConfig())
     b, _ = sam_loss(out, target, jnp.ones((2,), bool), LossConfig(resolution=32))
     assert np.isfinite(float(b)) and abs(float(a) - float(b)) > 1e-4
+
+
+def test_finer_targets_compare_upsampled_logits():
+    out, valid = _sim_out(2, 8, 3), jnp.ones((2,), bool)
+    fine = jnp.asarray(np.random.default_rng(4).random((2, 32, 32)) < 0.5)
+    up = dict(out)
+    for k in ("first_logits", "logits"):
+        up[k] = resize_bilinear(out[k], (32, 32))
+    got, got_m = sam_loss(out, fine, valid, LossConfig())
+    want, want_m = sam_loss(up, fine, valid, LossConfig())
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    np.testing.assert_allclose(float(got_m["miou_last"]), float(want_m["miou_last"]), rtol=1e-6)
+    # a loss resolution above the targets' repeats them, as for targets at R
+    twice = jnp.repeat(jnp.repeat(fine, 2, axis=-2), 2, axis=-1)
+    a, _ = sam_loss(out, fine, valid, LossConfig(resolution=64))
+    b, _ = sam_loss(out, twice, valid, LossConfig())
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+
+
+def test_low_res_target_majority():
+    t = np.zeros((2, 8, 8), bool)
+    t[0, 0:2, 0:2] = [[1, 1], [1, 0]]  # 3 of 4 -> cell (0, 0) foreground
+    t[0, 2:4, 0:2] = [[1, 0], [0, 0]]  # 1 of 4 -> background
+    t[0, 0:2, 2:4] = [[1, 0], [1, 0]]  # a tie counts as foreground
+    t[1] = True
+    low = np.asarray(low_res_target(jnp.asarray(t), 4))
+    want = np.zeros((2, 4, 4), bool)
+    want[0, 0, 0] = want[0, 0, 1] = True
+    want[1] = True
+    np.testing.assert_array_equal(low, want)
+    np.testing.assert_array_equal(np.asarray(low_res_target(jnp.asarray(t), 8)), t)
+    with pytest.raises(ValueError, match="multiple of the low-res mask size"):
+        low_res_target(jnp.asarray(t), 3)
+
+
+def test_synthetic_batch_finer_targets_reduce_to_the_default():
+    coarse, fine = make_batch(3, 2, 2, 64), make_batch(3, 2, 2, 64, target_size=64)
+    assert coarse["masks"].shape == (2, 2, 16, 16) and fine["masks"].shape == (2, 2, 64, 64)
+    # a mask too small for 16 x 16 cells is invalid there only
+    assert (fine["mask_valid"] >= coarse["mask_valid"]).all() and coarse["mask_valid"].sum() >= 3
+    reduced = low_res_target(jnp.asarray(fine["masks"].reshape(4, 64, 64)), 16)
+    np.testing.assert_array_equal(np.asarray(reduced).reshape(2, 2, 16, 16), coarse["masks"])
+    with pytest.raises(ValueError, match="must divide image_size"):
+        make_batch(3, 1, 1, 64, target_size=24)
 
 
 def _abstract_params():

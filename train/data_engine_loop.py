@@ -65,13 +65,13 @@ def _config(workdir: str, steps: int):
 
 
 def main(argv=None) -> int:
-    from configs.demo import TRAIN_IMAGES, get_config
+    from configs.demo import EVAL_IMAGES, TRAIN_IMAGES, get_config
 
     p = argparse.ArgumentParser(prog="python -m train.data_engine_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/sam_jax_data_engine")
     p.add_argument("--manual-images", type=int, default=TRAIN_IMAGES, help="as train.demo's training set")
     p.add_argument("--unlabeled-images", type=int, default=128)
-    p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--eval-images", type=int, default=EVAL_IMAGES, help="as train.demo's held-out set")
     demo_steps = get_config().train.num_steps
     p.add_argument("--steps", type=int, default=demo_steps, help="stage-1 training steps (configs.demo's)")
     p.add_argument("--retrain-steps", type=int, default=250)

@@ -52,8 +52,13 @@ def synthetic_seed(seed: int, step: int, process_index: int) -> int:
     return (hi << 32) | lo
 
 
-def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[dict], Any]:
-    """Per-process host batches from ``start_step`` on, and a ``stats()`` source (or None)."""
+def data_iterator(
+    config, start_step: int, image_size: int, target_size: int | None = None
+) -> tuple[Iterator[dict], Any]:
+    """Per-process host batches from ``start_step`` on, and a ``stats()`` source (or None).
+    Mask targets are ``data.target_size`` square, else ``target_size`` (the model's low-res
+    mask size), else ``image_size / 4``."""
+    target_size = config.data.get("target_size", 0) or target_size
     per_process = config.data.global_batch_size // jax.process_count()
     if per_process * jax.process_count() != config.data.global_batch_size:
         raise ValueError(
@@ -74,6 +79,7 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
             start_step,
             jax.process_index(),
             jax.process_count(),
+            target_size,
         ), None
     if config.data.synthetic:
         if fraction < 1.0:
@@ -86,7 +92,13 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
             step = start_step
             while True:
                 seed = synthetic_seed(config.data.seed, step, jax.process_index())
-                yield make_batch(seed, per_process, config.data.masks_per_image, image_size)
+                yield make_batch(
+                    seed,
+                    per_process,
+                    config.data.masks_per_image,
+                    image_size,
+                    target_size=target_size,
+                )
                 step += 1
 
         return gen(), None
@@ -107,6 +119,7 @@ def data_iterator(config, start_step: int, image_size: int) -> tuple[Iterator[di
         seed=config.data.seed,
         model_size=image_size,
         max_masks=config.data.masks_per_image,
+        target_size=target_size,
         max_area_frac=config.data.max_mask_area_frac,
         start_step=start_step,
         process_index=jax.process_index(),
@@ -273,7 +286,8 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     start = int(jax.device_get(state.step))
     end = config.train.num_steps
     end = end if max_steps is None else min(end, start + max_steps)
-    batches, pipe = data_iterator(config, start, trainer.module.config.image_size)
+    sam = trainer.module.config
+    batches, pipe = data_iterator(config, start, sam.image_size, sam.low_res_size)
     tracker = Tracker(config, workdir, pipe, start, end, progress)
     flag = checkpointing.PreemptionFlag()
     try:

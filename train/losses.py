@@ -13,11 +13,13 @@ The loss of a mask is the mean over its passes; the batch loss is the mean over
 valid masks (``mask_valid``; padded masks contribute nothing, also when all are
 padded: the loss is then 0).
 
-Resolution: losses are computed at the GT targets' resolution - the model's
-low-res ``R x R`` logits (256 for 1024 input) against ``R x R`` targets from the
-data pipeline. ``loss.resolution > R`` upsamples the logits bilinearly and the
-targets by pixel repetition to that size (more memory, closer to the paper's
-full-resolution loss).
+Resolution: losses are computed at the GT targets' resolution ``T``. By default
+``T = R``: the model's low-res ``R x R`` logits (256 for 1024 input) against
+``R x R`` targets from the data pipeline. Finer targets (``data.target_size`` = a
+multiple of ``R``) have the logits upsampled bilinearly to ``T`` first, as
+``postprocess_masks`` upsamples them at inference, so the loss sees where the
+upsampled mask's boundary falls inside a low-res cell. ``loss.resolution > T``
+upsamples the logits bilinearly and the targets by pixel repetition to that size.
 """
 
 from __future__ import annotations
@@ -72,14 +74,18 @@ def mask_iou(logits: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def _at_loss_resolution(logits: jax.Array, target: jax.Array, res: int):
-    r = target.shape[-1]
-    if not res or res == r:
-        return logits, target
-    if res % r:
-        raise ValueError(f"loss.resolution ({res}) must be a multiple of the target size ({r})")
-    f = res // r
-    logits = resize_bilinear(logits.astype(jnp.float32), (res, res))
-    target = jnp.repeat(jnp.repeat(target, f, axis=-2), f, axis=-1)
+    """Logits and targets at the loss resolution: at least the targets' side ``T``
+    (logits of side ``R < T`` are upsampled bilinearly, as ``postprocess_masks`` does),
+    ``res`` if larger (targets then repeated)."""
+    r, t = logits.shape[-1], target.shape[-1]
+    res = max(res or t, t)
+    if res % t:
+        raise ValueError(f"loss.resolution ({res}) must be a multiple of the target size ({t})")
+    if r != res:
+        logits = resize_bilinear(logits.astype(jnp.float32), (res, res))
+    if t != res:
+        f = res // t
+        target = jnp.repeat(jnp.repeat(target, f, axis=-2), f, axis=-1)
     return logits, target
 
 
@@ -99,7 +105,7 @@ def sam_loss(sim_out: dict, target: jax.Array, valid: jax.Array, cfg: LossConfig
       sim_out: :func:`train.prompt_simulation.simulate` output (``first_logits``
         ``(n, 3, R, R)``, ``first_iou`` ``(n, 3)``, ``logits`` ``(P-1, n, R, R)``,
         ``iou`` ``(P-1, n)``).
-      target: ``(n, R, R)`` GT; valid: ``(n,)`` bool.
+      target: ``(n, T, T)`` GT (``T`` a multiple of the logits' ``R``); valid: ``(n,)`` bool.
     Returns:
       scalar loss, dict of scalar metrics (``focal``, ``dice``, ``iou_mse``,
       ``miou_first`` - IoU of the highest-predicted-IoU mask of pass 0 -,

@@ -5,7 +5,10 @@ sharded over ``batch``); only its ``DEVICE_KEYS`` go to the devices, the other
 keys (ids, original sizes) stay on the host.
 
 Masks with ``mask_valid`` False or fewer than ``loss.min_target_cells`` (>= 1) target
-cells at ``R`` are ignored.
+cells at ``R`` are ignored. Targets may be finer than the low-res logits
+(``data.target_size`` ``T``, a multiple of ``R``): the losses then compare the logits
+upsampled to ``T`` (:mod:`train.losses`), and the simulation samples its correction
+clicks on the targets reduced to ``R`` (:func:`low_res_target`).
 
 One step: embed the ``B`` images once (drop path active), broadcast each embedding
 to its ``K`` masks (decoder batch ``n = B*K``), run the simulated interactive
@@ -92,6 +95,20 @@ def build_module(config) -> Sam:
     )
 
 
+def low_res_target(target: jax.Array, r: int) -> jax.Array:
+    """``(n, T, T)`` bool GT -> ``(n, R, R)``: a cell is foreground where most of its
+    ``(T/R)^2`` target pixels are (ties count as foreground); identity when ``T == R``.
+    The simulation's error regions and ``loss.min_target_cells`` use this frame."""
+    t = target.shape[-1]
+    if t == r:
+        return target
+    if t % r:
+        raise ValueError(f"data.target_size ({t}) must be a multiple of the low-res mask size ({r})")
+    f = t // r
+    frac = target.reshape(target.shape[0], r, f, r, f).astype(jnp.float32).mean(axis=(2, 4))
+    return frac >= 0.5
+
+
 def compute_loss(
     module: Sam, sim: SimConfig, loss_cfg: LossConfig, params, batch, key, text: tuple | None = None
 ):
@@ -101,7 +118,7 @@ def compute_loss(
     passes (:mod:`train.text_prompt`), or None.
     """
     c = module.config
-    b, k, r = batch["masks"].shape[:3]
+    b, k = batch["masks"].shape[:2]
     k_drop, k_sim = jax.random.split(key)
     text_emb = text_first = None
     if text is not None:
@@ -146,11 +163,12 @@ def compute_loss(
 
     flat = lambda x: x.reshape((b * k,) + x.shape[2:])
     target = flat(batch["masks"]).astype(bool)
-    region = region_valid_from_hw(jnp.repeat(batch["resized_hw"], k, axis=0), r, c.image_size)
+    low = low_res_target(target, c.low_res_size)
+    region = region_valid_from_hw(jnp.repeat(batch["resized_hw"], k, axis=0), c.low_res_size, c.image_size)
     out = simulate(
         decode,
         k_sim,
-        target,
+        low,
         flat(batch["points"]),
         flat(batch["boxes"]),
         sim,
@@ -160,7 +178,7 @@ def compute_loss(
     )
     # Masks whose target has fewer than loss.min_target_cells cells at R (e.g. a tiny
     # object that vanished at the low resolution) are not trained.
-    cells = target.sum(axis=(1, 2))
+    cells = low.sum(axis=(1, 2))
     valid = flat(batch["mask_valid"]) & (cells >= max(loss_cfg.min_target_cells, 1))
     loss, metrics = sam_loss(out, target, valid, loss_cfg)
     if text is not None:
