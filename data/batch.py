@@ -2,8 +2,9 @@
 one image, K ground-truth masks with one foreground point and one box each).
 
 Every field's dtype and per-sample shape, in the symbols ``S`` (model input side),
-``R`` (low-res target side, ``S/4``) and ``K`` (masks per image); a batch adds the
-leading ``B``. The SA-1B pipeline (:mod:`data.pipeline`), the in-memory synthetic
+``R`` (target side: the model's low-res mask side ``S/4``, or a multiple of it set by
+``data.target_size``; :func:`majority_cells` reduces finer targets) and ``K`` (masks
+per image); a batch adds the leading ``B``. The SA-1B pipeline (:mod:`data.pipeline`), the in-memory synthetic
 batches (:mod:`data.synthetic_batch`) and the train step's shardings all read
 this table::
 
@@ -23,7 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FIELDS", "DEVICE_KEYS", "sample_shape", "batch_rank", "empty_sample", "empty_batch"]
+__all__ = [
+    "FIELDS",
+    "DEVICE_KEYS",
+    "sample_shape",
+    "batch_rank",
+    "empty_sample",
+    "empty_batch",
+    "majority_cells",
+]
 
 FIELDS: dict[str, tuple[type, tuple]] = {
     "image": (np.float32, ("S", "S", 3)),
@@ -65,3 +74,12 @@ def empty_batch(batch_size: int, model_size: int, target_size: int, max_masks: i
         k: np.repeat(v[None], batch_size, axis=0)
         for k, v in empty_sample(model_size, target_size, max_masks).items()
     }
+
+
+def majority_cells(masks, r: int):
+    """``(..., T, T)`` 0/1 masks -> ``(..., R, R)`` bool: a cell is foreground where at
+    least half of the ``(T/R)^2`` pixels it covers are. ``T`` is a multiple of ``R``;
+    numpy or jax arrays (the synthetic batches and the train step share it)."""
+    f = masks.shape[-1] // r
+    cells = masks.reshape(masks.shape[:-2] + (r, f, r, f)).astype("float32").mean(axis=(-3, -1))
+    return cells >= 0.5

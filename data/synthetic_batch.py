@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.batch import empty_batch
+from data.batch import empty_batch, majority_cells
 from sam_jax.geometry import normalize
 
 
@@ -55,7 +55,6 @@ def make_batch(
     s, r, k = image_size, target_size or image_size // 4, masks_per_image
     if s % r:
         raise ValueError(f"target_size ({r}) must divide image_size ({s})")
-    f = s // r
     out = empty_batch(batch_size, s, r, k)
     out["resized_hw"][:] = out["original_hw"][:] = s
     out["image_id"][:] = [(seed * batch_size + i) % 2**63 for i in range(batch_size)]
@@ -68,7 +67,7 @@ def make_batch(
             if m.sum() < 16:
                 continue
             ys, xs = np.nonzero(m)
-            out["masks"][i, j] = m.reshape(r, f, r, f).mean(axis=(1, 3)) >= 0.5
+            out["masks"][i, j] = majority_cells(m, r)
             if not out["masks"][i, j].any():
                 continue
             out["mask_valid"][i, j] = True

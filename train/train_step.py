@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data.batch import DEVICE_KEYS, batch_rank
+from data.batch import DEVICE_KEYS, batch_rank, majority_cells
 from sam_jax.modeling.sam import Sam, SamConfig
 from sam_jax.modeling.variants import get_config as get_sam_config
 from sam_jax.modeling.variants import init_variables
@@ -104,9 +104,7 @@ def low_res_target(target: jax.Array, r: int) -> jax.Array:
         return target
     if t % r:
         raise ValueError(f"data.target_size ({t}) must be a multiple of the low-res mask size ({r})")
-    f = t // r
-    frac = target.reshape(target.shape[0], r, f, r, f).astype(jnp.float32).mean(axis=(2, 4))
-    return frac >= 0.5
+    return majority_cells(target, r)
 
 
 def compute_loss(
