@@ -46,6 +46,7 @@ returns the image and the ground-truth masks (for tests), and
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -398,6 +399,41 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
+def _write_shard(
+    out_dir: str,
+    num_images: int,
+    images_per_shard: int,
+    seed: int,
+    short_side: int,
+    aspect: float | None,
+    num_objects: int | None,
+    jpeg_quality: int,
+    extract: bool,
+    min_area: int | None,
+    palette: np.ndarray | None,
+    shard: int,
+) -> str:
+    """Shard ``shard`` of :func:`write_shards` -> its tar path."""
+    path = os.path.join(out_dir, f"sa_{shard:06d}.tar")
+    folder = os.path.join(out_dir, f"sa_{shard:06d}")
+    if extract:
+        os.makedirs(folder, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index in range(shard * images_per_shard, min(num_images, (shard + 1) * images_per_shard)):
+            s = generate_image(seed, index, short_side, aspect, num_objects, min_area, palette)
+            jpg = encode_jpeg(s.image, jpeg_quality)
+            js = json.dumps(sample_json(s, seed)).encode("utf-8")
+            stem = f"sa_{s.image_id}"
+            _add_member(tar, stem + ".jpg", jpg)
+            _add_member(tar, stem + ".json", js)
+            if extract:
+                with open(os.path.join(folder, stem + ".jpg"), "wb") as f:
+                    f.write(jpg)
+                with open(os.path.join(folder, stem + ".json"), "wb") as f:
+                    f.write(js)
+    return path
+
+
 def write_shards(
     out_dir: str,
     num_images: int,
@@ -410,6 +446,7 @@ def write_shards(
     extract: bool = False,
     min_area: int | None = None,
     palette: np.ndarray | None = None,
+    workers: int = 1,
 ) -> list[str]:
     """Write ``ceil(num_images / images_per_shard)`` SA-1B tar shards.
 
@@ -418,35 +455,40 @@ def write_shards(
     With ``extract=True`` the pairs are (also) written to ``out_dir/sa_{k:06d}/``
     folders, the layout of extracted SA-1B archives. ``min_area``: visible masks
     smaller than this (pixels) are painted but not annotated (:func:`generate_image`).
-    ``palette``: see :func:`generate_image`.
+    ``palette``: see :func:`generate_image`. ``workers`` > 1 writes shards in that many
+    spawned processes (each image depends only on ``seed`` and its index: the same
+    bytes); the calling script needs the ``if __name__ == "__main__":`` guard.
 
     Returns:
       The list of shard paths (tar files).
     """
-    if num_images < 1 or images_per_shard < 1:
-        raise ValueError("num_images and images_per_shard must be >= 1")
+    if num_images < 1 or images_per_shard < 1 or workers < 1:
+        raise ValueError("num_images, images_per_shard and workers must be >= 1")
     os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for shard in range(math.ceil(num_images / images_per_shard)):
-        path = os.path.join(out_dir, f"sa_{shard:06d}.tar")
-        folder = os.path.join(out_dir, f"sa_{shard:06d}")
-        if extract:
-            os.makedirs(folder, exist_ok=True)
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for index in range(shard * images_per_shard, min(num_images, (shard + 1) * images_per_shard)):
-                s = generate_image(seed, index, short_side, aspect, num_objects, min_area, palette)
-                jpg = encode_jpeg(s.image, jpeg_quality)
-                js = json.dumps(sample_json(s, seed)).encode("utf-8")
-                stem = f"sa_{s.image_id}"
-                _add_member(tar, stem + ".jpg", jpg)
-                _add_member(tar, stem + ".json", js)
-                if extract:
-                    with open(os.path.join(folder, stem + ".jpg"), "wb") as f:
-                        f.write(jpg)
-                    with open(os.path.join(folder, stem + ".json"), "wb") as f:
-                        f.write(js)
-        paths.append(path)
-    return paths
+    job = functools.partial(
+        _write_shard,
+        out_dir,
+        num_images,
+        images_per_shard,
+        seed,
+        short_side,
+        aspect,
+        num_objects,
+        jpeg_quality,
+        extract,
+        min_area,
+        palette,
+    )
+    shards = range(math.ceil(num_images / images_per_shard))
+    if workers == 1 or len(shards) == 1:
+        return [job(k) for k in shards]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the caller may have started JAX or TensorFlow threads, which fork would copy
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=spawn) as pool:
+        return list(pool.map(job, shards))
 
 
 def write_eval_set(
@@ -513,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--num-objects", type=int, default=None)
     p.add_argument("--extract", action="store_true", help="also write extracted folders")
+    p.add_argument("--workers", type=int, default=1, help="processes writing shards")
     p.add_argument(
         "--eval-set",
         action="store_true",
@@ -533,6 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         a.aspect,
         a.num_objects,
         extract=a.extract,
+        workers=a.workers,
     )
     print(
         json.dumps(

@@ -158,24 +158,16 @@ def test_rle_rejects_malformed(bad):
         rle.decode_counts(bad, 4, 4)
 
 
-def test_cli_writes_shards(tmp_path):
-    main(
-        [
-            "--out",
-            str(tmp_path),
-            "--num-images",
-            "3",
-            "--images-per-shard",
-            "2",
-            "--seed",
-            "3",
-            "--short-side",
-            "64",
-        ]
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sa_000000.tar", "sa_000001.tar"]
-    js = json.loads(dict(_members(str(tmp_path / "sa_000001.tar")))["sa_3.json"])
+def test_cli_writes_shards_in_parallel_byte_identical(tmp_path):
+    args = ["--num-images", "3", "--images-per-shard", "2", "--seed", "3", "--short-side", "64"]
+    main(["--out", str(tmp_path / "two"), "--workers", "2"] + args)
+    names = ["sa_000000.tar", "sa_000001.tar"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    js = json.loads(dict(_members(str(tmp_path / "two" / "sa_000001.tar")))["sa_3.json"])
     assert js == sample_json(generate_image(3, 2, 64), 3)
+    write_shards(str(tmp_path / "one"), 3, 2, seed=3, short_side=64)
+    for n in names:  # the shards of two processes are those of one
+        assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes()
 
 
 def test_sa1b_size_generation_shape_and_mask_count():

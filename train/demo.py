@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     train_dir, eval_dir = os.path.join(a.out, "shards_train"), os.path.join(a.out, "shards_eval")
     for d, n, seed in ((train_dir, a.train_images, 0), (eval_dir, a.eval_images, 12345)):
         if not os.path.isdir(d):
-            write_shards(d + ".tmp", n, images_per_shard=32, seed=seed, **SCENE)
+            write_shards(d + ".tmp", n, images_per_shard=32, seed=seed, workers=os.cpu_count() or 1, **SCENE)
             os.replace(d + ".tmp", d)
     print(
         f"[demo] synthetic shards: {train_dir} ({a.train_images} images), {eval_dir} "

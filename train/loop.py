@@ -37,6 +37,7 @@ import numpy as np
 
 from configs import parse_config_args, validate_config
 from sam_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
+from sam_jax.host_memory import keep_freed_memory
 from train import checkpointing, sharding
 from train.train_step import Trainer, host_metrics
 
@@ -275,6 +276,7 @@ def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
     steps run here), ``last_metrics``, ``preempted``, ``workdir``, ``state``.
     """
     validate_config(config)
+    keep_freed_memory()  # XLA:CPU steps would otherwise fault their buffers in anew
     sharding.initialize_distributed(config.mesh)
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
     workdir = os.path.abspath(config.train.workdir)
