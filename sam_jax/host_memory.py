@@ -24,8 +24,8 @@ def keep_freed_memory(
     """Tell glibc malloc to serve blocks up to ``mmap_threshold`` bytes from its heaps
     and to keep up to ``trim_threshold`` freed bytes at their top (``top_pad``: extra
     bytes per heap growth). Returns False where that is not possible (not Linux with
-    glibc), True when all three settings took. The process's peak memory does not grow:
-    freed blocks are reused, not added to."""
+    glibc), True when all three settings took. Freed blocks are reused, so the peak
+    grows little: ``make demo`` peaked at 2.85 GB against 2.77 GB without."""
     if not sys.platform.startswith("linux"):
         return False
     try:
