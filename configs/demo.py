@@ -27,8 +27,8 @@ of issue 13) showed where its steps went:
 * **Scenes, fourth round** (closing note of issue 13, 2026-12-01). With 768 training
   scenes a run twice as long learned the training scenes (last pass 0.86) but not the
   held-out ones (0.738 at 5 clicks, as at half the steps). 6144 scenes
-  (:data:`TRAIN_IMAGES`; about 27 s to write) are seen 5 times in a run, and the
-  training and held-out figures stay together.
+  (:data:`TRAIN_IMAGES`; 24 s to write in one process, 18 s in the demo's two) are
+  seen 5 times in a run, and the training and held-out figures stay together.
 * **Targets at 64 x 64** (``data.target_size``; the low-res logits are 32 x 32): the
   losses compare the logits upsampled bilinearly, as ``postprocess_masks`` upsamples
   them, with targets twice as fine, so the model learns where its boundary falls

@@ -401,6 +401,8 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 def _write_shard(
     out_dir: str,
+    shard: int,
+    *,
     num_images: int,
     images_per_shard: int,
     seed: int,
@@ -411,7 +413,6 @@ def _write_shard(
     extract: bool,
     min_area: int | None,
     palette: np.ndarray | None,
-    shard: int,
 ) -> str:
     """Shard ``shard`` of :func:`write_shards` -> its tar path."""
     path = os.path.join(out_dir, f"sa_{shard:06d}.tar")
@@ -468,16 +469,16 @@ def write_shards(
     job = functools.partial(
         _write_shard,
         out_dir,
-        num_images,
-        images_per_shard,
-        seed,
-        short_side,
-        aspect,
-        num_objects,
-        jpeg_quality,
-        extract,
-        min_area,
-        palette,
+        num_images=num_images,
+        images_per_shard=images_per_shard,
+        seed=seed,
+        short_side=short_side,
+        aspect=aspect,
+        num_objects=num_objects,
+        jpeg_quality=jpeg_quality,
+        extract=extract,
+        min_area=min_area,
+        palette=palette,
     )
     shards = range(math.ceil(num_images / images_per_shard))
     if workers == 1 or len(shards) == 1:
