@@ -10,7 +10,7 @@
    and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
 4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
    (held-out images with their 1-, 3- and 5-click results side by side);
-5. prints where everything went. About 1000 CPU-seconds (610 s wall) on 2 cores.
+5. prints where everything went. About 800-1000 CPU-seconds (485-610 s wall) on 2 cores.
 
 Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``, ``--config FILE``
 (default ``configs/demo.py``) and ``--config.<key>=<value>`` overrides,
