@@ -48,10 +48,10 @@ of issue 13) showed where its steps went:
   0.42 / 0.50 at 1 / 5 clicks after 400 steps against 0.37 / 0.43.
 * **2000 steps** fit about 10 minutes; they are what limits the result (closing note of
   issue 13, fifth round; 192 held-out scenes): 0.62 / 0.76 at 1 / 5 clicks, 0.63 / 0.77
-  with 2400 steps, 0.67 / 0.80 with 5000. At the same time, 96 px input (3000 steps),
-  two decoder heads (vit_b's head widths), another lr schedule, a single-pass warm-up
-  and repeating masks to fill the batch scored 0.74-0.77 at 5 clicks, against 0.75 and
-  0.76 for two seeds of this config; a 128-wide encoder 0.72.
+  with 2400 steps, 0.67 / 0.80 with 5000. At about the same wall time, 96 px input
+  (3000 steps), two decoder heads (vit_b's head widths), another lr schedule, a
+  single-pass warm-up and repeating masks to fill the batch scored 0.74-0.77 at 5
+  clicks, against 0.75 and 0.76 for two seeds of this config; a 128-wide encoder 0.72.
 
 The real configs (``vit_b``/``vit_l``/``vit_h``) keep the paper's values.
 """
