@@ -13,8 +13,10 @@ Config keys (``ml_collections.ConfigDict``):
 * ``sim``: interactive prompt simulation (``train.prompt_simulation``):
   ``num_passes`` (11), ``num_correction_points`` (8), ``box_prob`` (0.5),
   ``box_noise_frac`` (0.1), ``box_noise_max`` (20 px), ``point_in_cell``
-  (``uniform``/``centre``), ``unroll`` (of the pass loop), ``remat`` (recompute each
-  decoder pass in the backward pass: less memory for more masks or images).
+  (``uniform``/``centre``), ``farthest_prob`` (0: the probability that a point is the
+  evaluation protocol's click, farthest from its region's boundary), ``unroll`` (of
+  the pass loop), ``remat`` (recompute each decoder pass in the backward pass: less
+  memory for more masks or images).
 * ``loss``: ``focal_weight`` (20), ``dice_weight`` (1), ``iou_weight`` (1),
   ``focal_alpha`` (0.25), ``focal_gamma`` (2), ``resolution`` (0 = the GT targets'
   resolution; larger = upsample logits bilinearly and targets by repetition),
@@ -77,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
         box_noise_frac=0.1,
         box_noise_max=20.0,
         point_in_cell="uniform",
+        farthest_prob=0.0,
         unroll=1,
         remat=False,
     )

@@ -8,6 +8,9 @@ import pytest
 from sam_jax.modeling.prompt_encoder import INVALID_LABEL
 from train.prompt_simulation import (
     SimConfig,
+    boundary_sq_distance,
+    clicked_cells,
+    farthest_error_points,
     initial_prompts,
     noisy_boxes,
     pass_schedule,
@@ -66,6 +69,82 @@ def test_error_points_uniform_over_region_and_empty_region():
         jax.random.key(2), jnp.asarray(np.where(target, 1.0, -1.0)), jnp.asarray(target), None, S
     )
     assert not np.asarray(found).any()
+
+
+def _blobs(n, seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    return np.stack([ndimage.gaussian_filter(rng.normal(size=(R, R)), 3) > 0.05 for _ in range(n)])
+
+
+def test_farthest_error_points_are_the_protocol_clicks():
+    """``sim.farthest_prob``'s clicker at the low-res grid is the evaluation's
+    ``next_click`` (exact distance transform, clicked cells excluded, FN wins only if
+    strictly farther), on random blobs touching the border."""
+    from scipy import ndimage
+
+    from sam_jax.evaluation.points import next_click
+
+    n = 40
+    target, pred = _blobs(n, 0), _blobs(n, 1)
+    d = np.asarray(boundary_sq_distance(jnp.asarray(target)))
+    ref = np.stack([ndimage.distance_transform_edt(np.pad(t, 1))[1:-1, 1:-1] ** 2 for t in target])
+    np.testing.assert_allclose(d, ref, atol=1e-5)
+    # two earlier clicks per row, one of them on the previous winner where possible
+    rng = np.random.default_rng(2)
+    coords = rng.uniform(0, S, (n, 3, 2)).astype(np.float32)
+    for k in range(n):
+        (y, x), _ = next_click(target[k], pred[k])
+        if k % 2:
+            coords[k, 0] = (x * 4 + 1, y * 4 + 2)
+    labels = np.array([[1, 0, INVALID_LABEL]] * n)
+    clicked = np.asarray(clicked_cells(jnp.asarray(coords), jnp.asarray(labels), R, S))
+    logits = jnp.asarray(np.where(pred, 3.0, -3.0).astype(np.float32))
+    xy, lab, found = map(
+        np.asarray,
+        farthest_error_points(
+            jax.random.key(0), logits, jnp.asarray(target), None, jnp.asarray(clicked), S, "centre"
+        ),
+    )
+    assert found.all() and set(lab) == {0, 1}
+    for k in range(n):
+        cells = [tuple(int(v) for v in np.floor((c[::-1] + 0.5) / 4)) for c in coords[k, :2]]
+        assert clicked[k].sum() == len(set(cells))
+        (y, x), want = next_click(target[k], pred[k], cells)
+        assert (lab[k], tuple(xy[k])) == (want, (x * 4 + 1.5, y * 4 + 1.5)), k
+
+
+def test_simulate_farthest_first_point():
+    """``farthest_prob=1``: point rows start at the GT cell farthest from the mask boundary
+    (the protocol's first click); 0 keeps the data pipeline's point."""
+    n = 64
+    target = jnp.asarray(_disc(n, seed=4))
+    pts = jnp.full((n, 2), 7.0)
+
+    def decode(coords, labels, boxes, box_valid, mask_inputs, mask_valid, multimask):
+        k = 3 if multimask else 1
+        return jnp.zeros((coords.shape[0], k, R, R)), jnp.zeros((coords.shape[0], k))
+
+    boxes = jnp.tile(jnp.asarray([[0.0, 0.0, 50.0, 50.0]]), (n, 1))
+    for prob in (0.0, 1.0):
+        sim = SimConfig(
+            num_passes=2, num_correction_points=1, box_prob=0.0, farthest_prob=prob, point_in_cell="centre"
+        )
+        out = simulate(decode, jax.random.key(0), target, pts, boxes, sim, S)
+        first = np.asarray(out["coords"])[:, 0]
+        if prob == 0:
+            np.testing.assert_array_equal(first, 7.0)
+            continue
+        d = np.asarray(boundary_sq_distance(target)).reshape(n, -1).argmax(1)
+        np.testing.assert_array_equal(first, np.stack([d % R, d // R], 1) * 4 + 1.5)
+        # the all-background prediction: the correction is a FN click on the GT centre's cell
+        # (excluded once clicked): the next-farthest cell, label 1
+        lab = np.asarray(out["labels"])
+        assert (lab[:, 1] == 1).all()
+        second = np.floor((np.asarray(out["coords"])[:, 1] + 0.5) / 4).astype(int)
+        assert (np.asarray(target)[np.arange(n), second[:, 1], second[:, 0]]).all()
+        assert (np.abs(np.asarray(out["coords"])[:, 1] - first).sum(1) > 0).all()
 
 
 def test_region_valid_excludes_padding():

@@ -10,7 +10,8 @@
    and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
 4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
    (held-out images with their 1-, 3- and 5-click results side by side);
-5. prints where everything went. About 800-1000 CPU-seconds (485-610 s wall) on 2 cores.
+5. prints where everything went. About 800-1500 CPU-seconds on 2 cores (485-915 s wall:
+   the machine's speed varies by that much).
 
 Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``, ``--config FILE``
 (default ``configs/demo.py``) and ``--config.<key>=<value>`` overrides,
@@ -277,8 +278,8 @@ def main(argv=None) -> int:
     print(f"[demo] click pictures: {os.path.join(a.out, 'clicks')} ({len(pictures)} PNGs)")
     print(f"[demo] point protocol: {os.path.join(a.out, 'eval_points')} (results.json, results.md, plots)")
     print(
-        f"[demo] evaluate any checkpoint: sam-jax eval points {eval_dir} --checkpoint {c.train.workdir} "
-        f"--train-config configs/demo.py --min-area {EVAL_MIN_AREA} --out DIR"
+        f"[demo] evaluate any checkpoint: python -m sam_jax.cli eval points {eval_dir} "
+        f"--checkpoint {c.train.workdir} --train-config configs/demo.py --min-area {EVAL_MIN_AREA} --out DIR"
     )
     from sam_jax.atomic_io import write_json
 

@@ -15,6 +15,12 @@ its image's embedding) the model is run ``P = num_passes`` times (11):
   (:func:`pass_schedule`). With the defaults: 8 point passes, one no-point pass
   at a random position among them and one at the end.
 
+``farthest_prob`` (0 in the paper's recipe) makes a point, with that probability per row
+and pass, the click of the evaluation protocol (``sam_jax.evaluation.points``, RITM's
+clicker) instead: the first point the GT cell farthest from the mask's boundary, a
+correction the error cell farthest from its region's boundary
+(:func:`farthest_error_points`, exact distance transforms at ``R``).
+
 Static shapes: the point array has one slot per pass, ``(n, P, 2)`` / ``(n, P)``;
 a slot not (yet) filled carries ``INVALID_LABEL`` and is excluded from attention.
 A box stays in the prompt for all passes once drawn. If the error region is empty
@@ -54,6 +60,11 @@ class SimConfig:
     box_noise_frac: float = 0.1
     box_noise_max: float = 20.0
     point_in_cell: str = "uniform"
+    # Probability (per row and point) that a point prompt is the evaluation protocol's
+    # click instead of a uniform one: the first point the GT cell farthest from the
+    # mask boundary, a correction the error cell farthest from its region's boundary
+    # (:func:`farthest_error_points`). 0 = the paper.
+    farthest_prob: float = 0.0
     unroll: int = 1  # lax.scan unroll of passes 1..P-1 (faster on CPU, longer compile)
     # Recompute each decoder pass in the backward pass instead of keeping its
     # activations (for 64 masks x 11 passes these outweigh the image encoder's).
@@ -69,6 +80,8 @@ class SimConfig:
             )
         if self.point_in_cell not in ("uniform", "centre"):
             raise ValueError(f"point_in_cell must be 'uniform' or 'centre', got {self.point_in_cell!r}")
+        if not 0.0 <= self.farthest_prob <= 1.0:
+            raise ValueError(f"farthest_prob must be in [0, 1], got {self.farthest_prob}")
 
 
 # decode_fn(coords (n,P,2), labels (n,P), boxes (n,4), box_valid (n,), mask_inputs (n,R,R),
@@ -163,13 +176,81 @@ def sample_error_points(
     found = jnp.take_along_axis(score, idx[:, None], 1)[:, 0] >= 0
     i, j = idx // r, idx % r
     label = jnp.take_along_axis(target.reshape(n, r * r), idx[:, None], 1)[:, 0].astype(jnp.int32)
+    return _cell_points(k_in, i, j, r, image_size, point_in_cell), label, found
+
+
+def _cell_points(key: jax.Array, i: jax.Array, j: jax.Array, r: int, image_size: int, point_in_cell: str):
+    """Cells ``(i, j)`` ``(n,)`` of the ``R x R`` grid -> points ``(n, 2)`` XY in the
+    ``S x S`` frame: the cell centre or (``"uniform"``) uniform in the cell."""
     s = image_size / r
     if point_in_cell == "centre":
-        off = jnp.full((n, 2), (s - 1) / 2)
+        off = jnp.full((i.shape[0], 2), (s - 1) / 2)
     else:
-        off = jax.random.uniform(k_in, (n, 2)) * s - 0.5
-    xy = jnp.stack([j, i], axis=1).astype(jnp.float32) * s + off
-    return xy, label, found
+        off = jax.random.uniform(key, (i.shape[0], 2)) * s - 0.5
+    return jnp.stack([j, i], axis=1).astype(jnp.float32) * s + off
+
+
+def _sq_distance_pass(g2: jax.Array) -> jax.Array:
+    """``(n, L+2, M)`` squared distances with the two end rows outside (0) -> ``(n, L, M)``:
+    ``min_l' (l - l')^2 + g2[l']``, one exact 1-D pass of the distance transform."""
+    size = g2.shape[1] - 2
+    dl2 = (jnp.arange(size, dtype=jnp.float32)[None, :, None] + 1.0) ** 2  # l' = -1
+    out = dl2 + g2[:, :1]
+    for k in range(1, size + 2):  # unrolled: XLA fuses the chain into one elementwise loop
+        dl2 = (jnp.arange(size, dtype=jnp.float32)[None, :, None] - (k - 1.0)) ** 2
+        out = jnp.minimum(out, dl2 + g2[:, k : k + 1])
+    return out
+
+
+def boundary_sq_distance(region: jax.Array) -> jax.Array:
+    """``(n, H, W)`` bool -> ``(n, H, W)`` float32: the squared Euclidean distance of each
+    region cell to the nearest cell outside the region, the grid's border counting as
+    outside (0 outside the region). Exact, by two 1-D passes: ``scipy.ndimage.
+    distance_transform_edt`` of the region padded by one background cell, squared."""
+    h, w = region.shape[-2:]
+    pad = ((0, 0), (1, 1), (0, 0))
+    # Along y: inside cells start "infinitely" far, outside ones at 0.
+    col = _sq_distance_pass(jnp.pad(jnp.where(region, float((h + w + 2) ** 2), 0.0), pad))
+    # Along x, on the transposed grid.
+    d2 = jnp.swapaxes(_sq_distance_pass(jnp.pad(jnp.swapaxes(col, 1, 2), pad)), 1, 2)
+    return jnp.where(region, d2, 0.0)
+
+
+def farthest_error_points(
+    key: jax.Array,
+    logits: jax.Array,
+    target: jax.Array,
+    region_valid: jax.Array | None,
+    clicked: jax.Array,
+    image_size: int,
+    point_in_cell: str = "uniform",
+):
+    """The evaluation protocol's corrective click (:func:`sam_jax.evaluation.points.
+    next_click`, the RITM clicker) at the low-res grid: the cell of the false-negative or
+    false-positive region farthest from that region's boundary (false negatives win only
+    if strictly farther), cells already ``clicked`` ``(n, R, R)`` excluded; the first
+    maximum in row-major order. Arguments and returns as :func:`sample_error_points`."""
+    n, r = target.shape[0], target.shape[-1]
+    pred = logits > 0
+    valid = jnp.ones_like(target) if region_valid is None else region_valid
+    fn = boundary_sq_distance(target & ~pred & valid) * ~clicked
+    fp = boundary_sq_distance(~target & pred & valid) * ~clicked
+    fn, fp = fn.reshape(n, r * r), fp.reshape(n, r * r)
+    fn_max, fp_max = fn.max(axis=1), fp.max(axis=1)
+    use_fn = fn_max > fp_max
+    idx = jnp.where(use_fn, jnp.argmax(fn, axis=1), jnp.argmax(fp, axis=1))
+    found = jnp.maximum(fn_max, fp_max) > 0
+    xy = _cell_points(key, idx // r, idx % r, r, image_size, point_in_cell)
+    return xy, use_fn.astype(jnp.int32), found
+
+
+def clicked_cells(coords: jax.Array, labels: jax.Array, r: int, image_size: int) -> jax.Array:
+    """Point prompts ``(n, P, 2)`` / ``(n, P)`` -> ``(n, R, R)`` bool: the cells holding a
+    valid point."""
+    s = image_size / r
+    cell = jnp.clip(jnp.floor((coords + 0.5) / s).astype(jnp.int32), 0, r - 1)  # (n, P, 2) XY
+    flat = jnp.where(labels != INVALID_LABEL, cell[..., 1] * r + cell[..., 0], -1)
+    return (flat[:, :, None] == jnp.arange(r * r)).any(axis=1).reshape(-1, r, r)
 
 
 def region_valid_from_hw(resized_hw: jax.Array, low_res: int, image_size: int) -> jax.Array:
@@ -213,6 +294,13 @@ def simulate(
         labels = labels.at[:, 0].set(jnp.where(text_first, INVALID_LABEL, labels[:, 0]))
         box_valid = box_valid & ~text_first
     add_point = pass_schedule(k_sched, n, sim)
+    if sim.farthest_prob > 0:  # the protocol's first click: the GT cell farthest from the boundary
+        k_pick, k_in = jax.random.split(jax.random.fold_in(k_init, 1))
+        d = boundary_sq_distance(target if region_valid is None else target & region_valid).reshape(n, r * r)
+        idx = jnp.argmax(d, axis=1)
+        centre = _cell_points(k_in, idx // r, idx % r, r, image_size, sim.point_in_cell)
+        pick = jax.random.bernoulli(k_pick, sim.farthest_prob, (n,)) & (d.max(axis=1) > 0)
+        coords = coords.at[:, 0].set(jnp.where(pick[:, None], centre, coords[:, 0]))
 
     no_mask = jnp.zeros((n, r, r), jnp.float32)
     first_logits, first_iou = decode_fn(
@@ -242,7 +330,20 @@ def simulate(
         coords, labels, prev = carry
         t, k, add = xs
         prev = jax.lax.stop_gradient(prev).astype(jnp.float32)
-        xy, lab, found = sample_error_points(k, prev, target, region_valid, image_size, sim.point_in_cell)
+        if sim.farthest_prob < 1:
+            xy, lab, found = sample_error_points(k, prev, target, region_valid, image_size, sim.point_in_cell)
+        if sim.farthest_prob > 0:
+            k_pick, k_far = jax.random.split(jax.random.fold_in(k, 1))
+            clicked = clicked_cells(coords, labels, r, image_size)
+            far = farthest_error_points(
+                k_far, prev, target, region_valid, clicked, image_size, sim.point_in_cell
+            )
+            if sim.farthest_prob == 1:
+                xy, lab, found = far
+            else:
+                pick = jax.random.bernoulli(k_pick, sim.farthest_prob, (n,))
+                xy = jnp.where(pick[:, None], far[0], xy)
+                lab, found = jnp.where(pick, far[1], lab), jnp.where(pick, far[2], found)
         lab = jnp.where(add & found, lab, INVALID_LABEL)
         here = slots[None, :] == t
         coords = jnp.where(here[..., None], xy[:, None, :], coords)

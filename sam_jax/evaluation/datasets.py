@@ -318,7 +318,13 @@ def _read_coco(path: str, image_dir: str | None) -> tuple[list[EvalImage], dict]
 
 
 def _read_sa1b(path: str) -> list[EvalImage]:
-    from data.sa1b import Loader, iter_refs, resolve_shards, shard_kind
+    try:
+        from data.sa1b import Loader, iter_refs, resolve_shards, shard_kind
+    except ImportError as e:
+        raise ValueError(
+            f"reading SA-1B shards ({path}) needs the repository's data/ package: run from the "
+            f"root of a checkout as `python -m sam_jax.cli ...` ({e})"
+        ) from None
 
     if os.path.isdir(path):
         if glob.glob(os.path.join(path, "*.json")):

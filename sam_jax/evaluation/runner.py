@@ -116,7 +116,8 @@ def _load_workdir(workdir: str, train_config: str | None, overrides: tuple[str, 
         from train.evaluate import restore_params
     except ImportError as e:
         raise ValueError(
-            f"loading a training workdir needs the repository's train/ package (run from a checkout): {e}"
+            "loading a training workdir needs the repository's train/ and configs/ packages: run "
+            f"from the root of a checkout as `python -m sam_jax.cli ...` ({e})"
         ) from None
     from sam_jax import SamModel
 
