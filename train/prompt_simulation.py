@@ -44,6 +44,7 @@ against the GT target at that resolution, restricted to the un-padded image
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -194,12 +195,10 @@ def _sq_distance_pass(g2: jax.Array) -> jax.Array:
     """``(n, L+2, M)`` squared distances with the two end rows outside (0) -> ``(n, L, M)``:
     ``min_l' (l - l')^2 + g2[l']``, one exact 1-D pass of the distance transform."""
     size = g2.shape[1] - 2
-    dl2 = (jnp.arange(size, dtype=jnp.float32)[None, :, None] + 1.0) ** 2  # l' = -1
-    out = dl2 + g2[:, :1]
-    for k in range(1, size + 2):  # unrolled: XLA fuses the chain into one elementwise loop
-        dl2 = (jnp.arange(size, dtype=jnp.float32)[None, :, None] - (k - 1.0)) ** 2
-        out = jnp.minimum(out, dl2 + g2[:, k : k + 1])
-    return out
+    pos = jnp.arange(size, dtype=jnp.float32)[None, :, None]
+    # Unrolled over l' = k - 1: XLA fuses the chain of minima into one elementwise loop.
+    terms = [(pos - (k - 1.0)) ** 2 + g2[:, k : k + 1] for k in range(size + 2)]
+    return functools.reduce(jnp.minimum, terms)
 
 
 def boundary_sq_distance(region: jax.Array) -> jax.Array:
