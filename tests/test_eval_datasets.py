@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -148,7 +149,7 @@ def test_label_maps_png_and_16bit_tiff(tmp_path):
         load_dataset(tmp_path / "img", labels=str(tmp_path / "lab"))
 
 
-def test_sa1b_folder_and_tar(tmp_path):
+def test_sa1b_folder_and_tar(tmp_path, monkeypatch):
     from data.synthetic import generate_image, write_shards
 
     write_shards(
@@ -162,6 +163,13 @@ def test_sa1b_folder_and_tar(tmp_path):
     assert image.shape == truth.image.shape
     np.testing.assert_array_equal(masks, truth.masks)
     np.testing.assert_array_equal(from_tar.images[0].load()[1], truth.masks)
+    # without the checkout's data/ package (the `sam-jax` script outside the repository
+    # root): an error that names the command that works
+    monkeypatch.setitem(sys.modules, "data.sa1b", None)
+    with pytest.raises(
+        DatasetError, match=r"data/ package: run from the root of a checkout as `python -m sam_jax.cli"
+    ):
+        load_dataset(tmp_path / "shards")
 
 
 def test_masks_to_coco_round_trip(tmp_path):

@@ -321,7 +321,7 @@ def _read_sa1b(path: str) -> list[EvalImage]:
     try:
         from data.sa1b import Loader, iter_refs, resolve_shards, shard_kind
     except ImportError as e:
-        raise ValueError(
+        raise DatasetError(
             f"reading SA-1B shards ({path}) needs the repository's data/ package: run from the "
             f"root of a checkout as `python -m sam_jax.cli ...` ({e})"
         ) from None
