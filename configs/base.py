@@ -36,7 +36,11 @@ Config keys (``ml_collections.ConfigDict``):
   synthetic corpus of that many images instead of an endless stream), ``fraction``
   (train on this fraction of the images, chosen by image id: ``data.subsets``),
   ``target_size`` (side of the GT mask targets: 0 = the low-res logits' ``S/4``; a
-  multiple of it, up to ``S``, trains on finer targets: ``train.losses``).
+  multiple of it, up to ``S``, trains on finer targets: ``train.losses``), ``drop_bad``
+  (SA-1B shards: leave out images without a usable mask, or unreadable ones, instead of
+  keeping their batch slots empty; resuming then re-reads the records before the
+  checkpoint: ``data.pipeline``), ``cache_mb`` (keep up to that many MiB of decoded
+  records for the next epochs: ``data.pipeline``; 0 = off).
 * ``text``: CLIP prompts (``train.text_prompt``, paper section 7.5): ``enabled``,
   ``clip`` (``ViT-L/14@336px``/``ViT-B/16``/``custom`` with ``clip_custom`` fields),
   ``clip_checkpoint`` (OpenAI ``.pt``; ``""`` = random CLIP, for tests), ``clip_seed``,
@@ -123,6 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic_images=0,
         fraction=1.0,
         target_size=0,
+        drop_bad=False,
+        cache_mb=0,
     )
     c.text = dict(
         enabled=False,
@@ -171,6 +177,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.masks_per_image": (1, None),
     "data.max_mask_area_frac": (0, 1),
     "data.target_size": (0, None),
+    "data.cache_mb": (0, None),
     "sim.num_passes": (1, None),
     "sim.num_correction_points": (0, None),
     "sim.box_prob": (0, 1),

@@ -55,7 +55,7 @@ from data.sa1b import Annotations, PayloadError, parse_payload
 from data.status import Status
 from sam_jax.geometry import apply_boxes, apply_coords, normalize, resized_shape
 
-__all__ = ["PreprocessConfig", "process_record", "empty_sample"]
+__all__ = ["PreprocessConfig", "Decoded", "process_record", "decode_record", "draw_sample", "empty_sample"]
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ class _Skip(Exception):
         self.status = status
 
 
-def _decode_image(jpeg: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, int, int, int, int]:
-    """-> (resized uint8 (h', w', 3), H, W, h', w')."""
+def _decode_image(jpeg: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, int, int]:
+    """-> (resized uint8 (h', w', 3), H, W)."""
     from PIL import Image
 
     try:
@@ -109,7 +109,7 @@ def _decode_image(jpeg: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, int, 
         arr = np.asarray(im)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise _Skip(Status.CORRUPT_JPEG) from e
-    return arr, H, W, nh, nw
+    return arr, H, W
 
 
 def _target_axis(n_target: int, model_size: int, resized: int, original: int) -> np.ndarray:
@@ -121,16 +121,33 @@ def _target_axis(n_target: int, model_size: int, resized: int, original: int) ->
     return np.minimum(src, original - 1)
 
 
-def _process(
-    jpeg: bytes, payload: bytes, payload_kind: int, epoch: int, cfg: PreprocessConfig
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Decoded:
+    """What a record gives before any random draw (:func:`decode_record`): the image
+    resized to the model's longest side, uint8 ``(h', w', 3)``; the original size
+    ``(H, W)``; every mask's runs (``counts``, split at ``offsets``) and the indices of
+    the masks kept by the area filter (``usable``)."""
+
+    image_id: int
+    image: np.ndarray
+    hw: tuple[int, int]
+    counts: np.ndarray
+    offsets: np.ndarray
+    usable: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + self.counts.nbytes + self.offsets.nbytes + self.usable.nbytes
+
+
+def _decode(jpeg: bytes, payload: bytes, payload_kind: int, cfg: PreprocessConfig) -> Decoded:
     try:
         ann: Annotations = parse_payload(payload, payload_kind)
     except PayloadError as e:
         raise _Skip(Status.BAD_JSON) from e
     if ann.jpeg is not None:
         jpeg = ann.jpeg
-    img, H, W, nh, nw = _decode_image(jpeg, cfg)
+    img, H, W = _decode_image(jpeg, cfg)
     if (ann.height, ann.width) != (H, W) or (
         len(ann.sizes) and ((ann.sizes[:, 0] != H) | (ann.sizes[:, 1] != W)).any()
     ):
@@ -148,10 +165,31 @@ def _process(
     usable = np.flatnonzero((areas > 0) & (areas <= cfg.max_area_frac * H * W))
     if usable.size == 0:
         raise _Skip(Status.NO_USABLE_MASK)
-    rng = np.random.default_rng([cfg.seed, epoch, ann.image_id & 0xFFFFFFFFFFFF, 0xDA7A])
-    K = cfg.max_masks
-    chosen = rng.permutation(usable)[:K]
+    return Decoded(ann.image_id, img, (H, W), cnt, offsets, usable)
 
+
+def decode_record(
+    jpeg: bytes, payload: bytes, payload_kind: int, status: int, cfg: PreprocessConfig
+) -> tuple[Decoded | None, Status]:
+    """The deterministic part of :func:`process_record` (the same for every epoch, so a
+    pipeline may keep it): ``(decoded, OK)``, or ``(None, why)`` for a bad record."""
+    if status != Status.OK:
+        return None, Status(status)
+    try:
+        return _decode(jpeg, payload, payload_kind, cfg), Status.OK
+    except _Skip as s:
+        return None, s.status
+
+
+def draw_sample(dec: Decoded, epoch: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """The random part of :func:`process_record`: the masks, points and targets of
+    ``epoch``'s draw (seeded by ``(cfg.seed, epoch, image_id)``) from a decoded record."""
+    (H, W), (nh, nw) = dec.hw, dec.image.shape[:2]
+    rng = np.random.default_rng([cfg.seed, epoch, dec.image_id & 0xFFFFFFFFFFFF, 0xDA7A])
+    K = cfg.max_masks
+    chosen = rng.permutation(dec.usable)[:K]
+
+    cnt, offsets = dec.counts, dec.offsets
     runs = [rle.fg_runs(cnt[offsets[i] : offsets[i + 1]]) for i in chosen]
 
     out = empty_sample(cfg)
@@ -165,10 +203,10 @@ def _process(
     rle.sample_grid(runs, H, rows, cols, out=out["masks"][:n, : len(rows), : len(cols)])
     out["mask_valid"][:n] = True
 
-    normalize(img, out=out["image"][:nh, :nw])  # zero padding bottom/right
+    normalize(dec.image, out=out["image"][:nh, :nw])  # zero padding bottom/right
     out["resized_hw"][:] = (nh, nw)
     out["original_hw"][:] = (H, W)
-    out["image_id"] = np.array(ann.image_id, np.int64)
+    out["image_id"] = np.array(dec.image_id, np.int64)
     return out
 
 
@@ -192,9 +230,5 @@ def process_record(
       image_id () i64. For a non-OK status it is all zeros (image_id -1).
       Never raises on bad data.
     """
-    if status != Status.OK:
-        return empty_sample(cfg), Status(status)
-    try:
-        return _process(jpeg, payload, payload_kind, epoch, cfg), Status.OK
-    except _Skip as s:
-        return empty_sample(cfg), s.status
+    dec, st = decode_record(jpeg, payload, payload_kind, status, cfg)
+    return (empty_sample(cfg) if dec is None else draw_sample(dec, epoch, cfg)), st

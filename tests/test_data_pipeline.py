@@ -399,6 +399,56 @@ def test_resume_with_drop_bad(bad_shard):
     _assert_same(full[2:], _take(Pipeline(path, start_step=2, **kw), 2))
 
 
+def test_decoded_cache_gives_the_same_batches(syn, bad_shard):
+    """``cache_mb``: later epochs draw from the kept decode (no record decoded twice), the
+    batches and counters are those without it; a budget too small for a record keeps none."""
+    for path, epochs in ((os.path.join(syn, "*.tar"), 3), (bad_shard[0], 2)):
+        kw = dict(seed=4, num_epochs=epochs, **_small(batch_size=2))
+        plain = Pipeline(path, **kw)
+        want = _take(plain)
+        records = len({(int(e), int(s)) for b in want for e, s in zip(b["epoch"], b["slot"]) if s >= 0})
+        st = plain.stats()
+        # Records read whole (bad JSON, JPEG or RLE included: their verdict is kept too).
+        read = (records - st["unpaired_member"] - st["truncated_member"]) // epochs
+        cached = Pipeline(path, cache_mb=1, **kw)
+        _assert_same(want, _take(cached))
+        assert cached.stats() == st
+        info = cached.cache_info()
+        assert info["records"] == read and info["hits"] == read * (epochs - 1), info
+        assert 0 < info["bytes"] <= 2**20
+        tiny = Pipeline(path, cache_mb=1e-5, **kw)
+        _assert_same(want, _take(tiny))
+        assert tiny.cache_info() == {"records": 0, "bytes": 0, "hits": 0}
+    with pytest.raises(ValueError, match="cache_mb"):
+        Pipeline(path, cache_mb=-1, **kw)
+
+
+def test_train_config_drop_bad_reaches_the_pipeline(bad_shard):
+    """``data.drop_bad`` of a training config: the loop's batches hold only good records
+    (the shard's 3 of 10 come round again, each epoch), without it bad slots stay empty."""
+    from configs import load_config
+    from train.loop import data_iterator
+
+    path, expected = bad_shard
+    good_ids = {i for st, i in expected if st == "ok"}
+    for drop in (True, False):
+        config = load_config(
+            "tiny",
+            [f"data.train_dir={path!r}", f"data.masks_per_image={K}", "data.global_batch_size=2"]
+            + [f"data.drop_bad={drop}"],
+        )
+        batches, pipe = data_iterator(config, 0, S)
+        assert pipe.drop_bad is drop
+        got = [next(batches) for _ in range(3)]
+        ok = np.concatenate([b["status"] for b in got]) == 0
+        ids = {int(i) for b in got for i in b["image_id"]}
+        if drop:
+            assert ok.all() and ids == good_ids
+            assert all(b["mask_valid"].any(axis=1).all() for b in got)
+        else:
+            assert not ok.all() and -1 in ids
+
+
 def test_processes_get_disjoint_shards_covering_all(syn):
     tars = sorted(glob.glob(os.path.join(syn, "*.tar")))
     assert len(tars) == 4

@@ -123,6 +123,8 @@ def data_iterator(
         target_size=target_size,
         max_area_frac=config.data.max_mask_area_frac,
         start_step=start_step,
+        drop_bad=config.data.get("drop_bad", False),
+        cache_mb=config.data.get("cache_mb", 0),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
