@@ -82,7 +82,6 @@ steps went:
   Batch 4 (7000 steps, lr 1.4e-3): 0.64 / 0.75 / 0.77. The third batch-8 run also left
   the 9 % of scenes without a usable mask out of the batches (``data.drop_bad``): 0.65 /
   0.76 / 0.78.
-
 * **Point prompts only, and every slot a scene with a mask** (eighth round, closing
   note of issue 13, 2026-12-01). ``sim.box_prob=0`` (the paper starts half the rows
   with a noisy box): the held-out protocol clicks points only, and with boxes half of

@@ -471,14 +471,14 @@ class Pipeline:
             with self._lock:
                 self._cache_info["hits"] += 1
             return hit
-        hit = decode_record(jpeg, payload, payload_kind, status, self.cfg)
-        size = len(key) + (hit[0].nbytes if hit[0] is not None else 0)
+        entry = decode_record(jpeg, payload, payload_kind, status, self.cfg)
+        size = len(key) + (entry[0].nbytes if entry[0] is not None else 0)
         with self._lock:
             if key not in self._cache and self._cache_info["bytes"] + size <= self._cache_budget:
-                self._cache[key] = hit
+                self._cache[key] = entry
                 self._cache_info["records"] += 1
                 self._cache_info["bytes"] += size
-        return hit
+        return entry
 
     def _process(self, epoch, status, jpeg, payload, payload_kind):
         dec, st = self._decode(int(status), bytes(jpeg), bytes(payload), int(payload_kind))
