@@ -21,7 +21,7 @@ demo: $(VENV)/.installed-data+train
 	$(PY) -m train.demo --out out/demo
 
 test: lint browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # ruff is in the test extras; the configuration is in pyproject.toml.
 lint: $(VENV)/.installed-data+train+test

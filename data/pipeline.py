@@ -64,7 +64,9 @@ so the wasted slots are negligible; the loss must ignore invalid masks anyway.
 
 With ``drop_bad=True`` bad records are filtered out before batching (all
 slots valid); ``start_step`` then still resumes exactly, but by running the
-skipped steps through the decoder (slow for large steps).
+skipped steps through the decoder (slow for large steps). An endless stream of one
+source none of whose records is usable would never fill a batch: after one pass
+over it iterating raises a ``ValueError`` with the counts of what was wrong.
 
 Decoded cache. With ``cache_mb`` > 0 the deterministic part of each record's
 preprocessing (``data.preprocess.decode_record``: JSON, JPEG decode and resize, RLE
@@ -269,6 +271,28 @@ _PAD_VALUES = {
 }
 
 
+# Columns of the record stream (:meth:`Pipeline._records`): slot, epoch, source, status,
+# jpeg, payload, payload_kind (bytes as numpy objects).
+_RECORD_COLUMNS = (np.int64, np.int64, np.int32, np.int32, object, object, np.int32)
+
+
+def _columns(records: list[tuple]) -> tuple[np.ndarray, ...]:
+    """Records as :data:`_RECORD_COLUMNS`, one array per column."""
+    return tuple(np.array(c, d) for c, d in zip(zip(*records), _RECORD_COLUMNS))
+
+
+def _chunk_signature(tf) -> tuple:
+    """``from_generator``'s signature of :func:`_columns`' chunks."""
+    return tuple(
+        tf.TensorSpec((None,), tf.string if d is object else tf.as_dtype(d)) for d in _RECORD_COLUMNS
+    )
+
+
+def _full_batch(tf, batch_size: int, batch: dict) -> dict:
+    """A batch of an endless stream, its size made static."""
+    return {k: tf.ensure_shape(t, [batch_size] + t.shape[1:].as_list()) for k, t in batch.items()}
+
+
 def _pad_batch(tf, batch_size: int, batch: dict) -> dict:
     """Fill a (last, short) batch up to ``batch_size`` slots with padding (see the module doc)."""
     out = {}
@@ -394,6 +418,7 @@ class Pipeline:
         self._cache_budget = int(cache_mb * 2**20)
         self._cache: dict[bytes, tuple] = {}
         self._cache_info = {"records": 0, "bytes": 0, "hits": 0}
+        self._fatal: Exception | None = None
         # Draws of each source before ``start_step`` (this process); with drop_bad the skipped
         # steps are decoded again, so they are not known in advance and count from the restart.
         skipped = 0 if drop_bad else start_step * batch_size
@@ -442,11 +467,35 @@ class Pipeline:
         ):
             yield slot, epoch, 0, ref
 
+    def _check_some_usable(self, first_pass: int) -> bool:
+        """With ``drop_bad`` on one endless source: once the map has processed as many
+        records as one pass over the corpus holds (``first_pass``), at least one must
+        have been usable, or the filter would wait forever for a batch. True when settled."""
+        with self._lock:
+            counts = dict(self._counts)
+        if sum(counts.values()) < first_pass:
+            return False
+        if counts["ok"] == 0:
+            self._fatal = ValueError(
+                f"drop_bad=True, but none of the {first_pass} records of one pass over "
+                f"{self.shards[:3]}{'...' if len(self.shards) > 3 else ''} gives a usable "
+                f"sample ({ {k: v for k, v in counts.items() if v} }): no batch can ever be filled"
+            )
+            raise self._fatal
+        return True
+
     def _records(self) -> Iterator[tuple[int, int, int, int, bytes, bytes, int]]:
         start_slot = 0 if self.drop_bad else self.start_step * self.batch_size
+        settled = not (self.drop_bad and self.num_epochs is None and not self.is_mixture)
+        first_pass = None  # records in this process's first epoch
         loader = sa1b.Loader()
         try:
             for slot, epoch, source, ref in self._stream(start_slot):
+                if not settled:
+                    if first_pass is None and epoch > 0:
+                        first_pass = slot
+                    if first_pass is not None:
+                        settled = self._check_some_usable(first_pass)
                 status = int(ref.status)
                 jpeg = payload = b""
                 if status == Status.OK:
@@ -480,12 +529,29 @@ class Pipeline:
                 self._cache_info["bytes"] += size
         return entry
 
+    def _chunks(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """:meth:`_records` in columns of up to ``batch_size`` records (the last one of a
+        finite stream shorter): tf.data then pays its per-element cost once per chunk."""
+        chunk = []
+        for rec in self._records():
+            chunk.append(rec)
+            if len(chunk) == self.batch_size:
+                yield _columns(chunk)
+                chunk = []
+        if chunk:
+            yield _columns(chunk)
+
     def _process(self, epoch, status, jpeg, payload, payload_kind):
-        dec, st = self._decode(int(status), bytes(jpeg), bytes(payload), int(payload_kind))
-        sample = empty_sample(self.cfg) if dec is None else draw_sample(dec, int(epoch), self.cfg)
+        """One chunk's samples, stacked: ``BATCH_KEYS`` arrays and the statuses."""
+        samples, statuses = [], []
+        for e, st, j, p, pk in zip(epoch, status, jpeg, payload, payload_kind):
+            dec, st = self._decode(int(st), bytes(j), bytes(p), int(pk))
+            samples.append(empty_sample(self.cfg) if dec is None else draw_sample(dec, int(e), self.cfg))
+            statuses.append(st)
         with self._lock:
-            self._counts[st.counter] += 1
-        return tuple(sample[k] for k in BATCH_KEYS) + (np.int32(st),)
+            for st in statuses:
+                self._counts[st.counter] += 1
+        return tuple(np.stack([x[k] for x in samples]) for k in BATCH_KEYS) + (np.array(statuses, np.int32),)
 
     def dataset(self):
         """The ``tf.data.Dataset`` of batches (dicts of tensors)."""
@@ -493,16 +559,8 @@ class Pipeline:
         spec = empty_sample(self.cfg)
         dtypes = {k: tf.as_dtype(v.dtype) for k, v in spec.items()}
         ds = tf.data.Dataset.from_generator(
-            self._records,
-            output_signature=(
-                tf.TensorSpec((), tf.int64),
-                tf.TensorSpec((), tf.int64),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.string),
-                tf.TensorSpec((), tf.string),
-                tf.TensorSpec((), tf.int32),
-            ),
+            self._chunks,
+            output_signature=_chunk_signature(tf),
         )
 
         def fn(slot, epoch, source, status, jpeg, payload, payload_kind):
@@ -514,11 +572,10 @@ class Pipeline:
             )
             d = {}
             for k, t in zip(BATCH_KEYS, outs[:-1]):
-                t.set_shape(spec[k].shape)
+                t.set_shape((None,) + spec[k].shape)
                 d[k] = t
-            st = outs[-1]
-            st.set_shape(())
-            d["status"] = st
+            d["status"] = outs[-1]
+            d["status"].set_shape((None,))
             d["slot"] = slot
             d["epoch"] = epoch
             d["source"] = source
@@ -526,12 +583,13 @@ class Pipeline:
 
         par = tf.data.AUTOTUNE if self.num_parallel_calls is None else self.num_parallel_calls
         ds = ds.map(fn, num_parallel_calls=par, deterministic=True)
-        if self.drop_bad:
-            ds = ds.filter(lambda d: tf.equal(d["status"], 0))
-        if self.num_epochs is None:
-            ds = ds.batch(self.batch_size, drop_remainder=True)
+        if self.drop_bad:  # slots are no longer batches: filter the samples and batch again
+            ds = ds.unbatch().filter(lambda d: tf.equal(d["status"], 0))
+            ds = ds.batch(self.batch_size, drop_remainder=self.num_epochs is None)
+        if self.num_epochs is None:  # an endless stream: every batch full
+            ds = ds.map(functools.partial(_full_batch, tf, self.batch_size))
         else:  # a finite stream: every record, the last batch padded with invalid slots
-            ds = ds.batch(self.batch_size).map(functools.partial(_pad_batch, tf, self.batch_size))
+            ds = ds.map(functools.partial(_pad_batch, tf, self.batch_size))
         if self.drop_bad and self.start_step:
             ds = ds.skip(self.start_step)
         ds = ds.prefetch(tf.data.AUTOTUNE if self.prefetch is None else self.prefetch)
@@ -546,7 +604,14 @@ class Pipeline:
         return it
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        yield from self.dataset().as_numpy_iterator()
+        tf = _import_tf()
+        self._fatal = None
+        try:
+            yield from self.dataset().as_numpy_iterator()
+        except tf.errors.OpError:
+            if self._fatal is not None:  # our own error, raised in the record generator
+                raise self._fatal from None
+            raise
 
 
 # Iterators still open at exit are closed while Python is fully alive: a tf.data

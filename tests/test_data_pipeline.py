@@ -399,6 +399,23 @@ def test_resume_with_drop_bad(bad_shard):
     _assert_same(full[2:], _take(Pipeline(path, start_step=2, **kw), 2))
 
 
+def test_drop_bad_on_a_corpus_with_no_usable_record_is_an_error(tmp_path):
+    """An endless ``drop_bad`` stream whose records are all bad would wait forever for a
+    batch: after one pass it names the shards and what was wrong with the records."""
+    path = str(tmp_path / "sa_000000.tar")
+    with tarfile.open(path, "w") as tar:
+        for i in range(3):
+            s, jpg, js = _rec(SEED, i)
+            _add(tar, f"sa_{s.image_id}.jpg", jpg)
+            _add(tar, f"sa_{s.image_id}.json", b"{not json")
+    pipe = Pipeline(path, drop_bad=True, **_small(batch_size=2))
+    with pytest.raises(ValueError, match=r"none of the 3 records .*sa_000000\.tar.*'bad_json': [3-9]"):
+        _take(pipe, 1)
+    # Without drop_bad the same corpus gives all-invalid slots, batch after batch.
+    (b,) = _take(Pipeline(path, **_small(batch_size=2)), 1)
+    assert not b["mask_valid"].any() and (b["status"] == int(Status.BAD_JSON)).all()
+
+
 def test_decoded_cache_gives_the_same_batches(syn, bad_shard):
     """``cache_mb``: later epochs draw from the kept decode (no record decoded twice), the
     batches and counters are those without it; a budget too small for a record keeps none."""

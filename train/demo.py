@@ -28,6 +28,12 @@ import os
 # on the console, only the demo's own progress. TensorFlow only decodes the shards here.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# LLVM at -O1 instead of -O2 (unless XLA_FLAGS sets a level): the tiny model's steps are
+# small kernels whose speed does not change, while compiling the state's initialisation
+# takes half as long (10 s against 20 s) and the train step about 5 s less.
+_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS} --xla_backend_optimization_level=1".strip()
 
 import argparse  # noqa: E402
 import io  # noqa: E402
