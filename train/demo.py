@@ -10,7 +10,7 @@
    and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
 4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
    (held-out images with their 1-, 3- and 5-click results side by side);
-5. prints where everything went. About 800-1500 CPU-seconds on 2 cores (485-915 s wall:
+5. prints where everything went. About 1600 CPU-seconds on 2 cores (13-17 minutes wall:
    the machine's speed varies by that much).
 
 Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``, ``--config FILE``
