@@ -3,8 +3,8 @@ half-written step directory does not break the restore of the previous one.
 
 Each run is ``python -m train`` in a subprocess (tiny config, 3 passes, in-memory
 synthetic data, a checkpoint every step, metrics of every step in
-``<workdir>/metrics.jsonl``). A persistent XLA compilation cache is shared by the
-runs so that only the first one compiles.
+``<workdir>/metrics.jsonl``). The session's persistent XLA compilation cache
+(``tests/conftest.py``, exported to the subprocesses) lets only the first run compile.
 """
 
 import json
@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -49,7 +48,6 @@ def _cmd(workdir, steps):
 def _env():
     # single-threaded Eigen: bitwise identical runs even when the CPUs are contended
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sam_jax_test_xla_cache"))
     return env
 
 
