@@ -144,10 +144,10 @@ def decomposed_attention(
     (or windows), heads and grid rows of queries whose float32 scores take at most
     about ``chunk_bytes``. Within a chunk the relative-position bias is added to the
     scores as they are reshaped to ``(..., Hk, Wk)`` (no ``(T, T)`` bias tensor), and
-    the softmax normalisation is one division after the value product; when one chunk
-    holds everything (small inputs) there is no loop. On vit_b at
+    the softmax normalisation is one division after the value product. On vit_b at
     1024 on a 2-core CPU this takes a global block's attention from 0.85 s (one
-    chunk, page-faulting fresh 800 MB buffers) to 0.41 s.
+    chunk, page-faulting fresh 800 MB buffers) to 0.41 s. When one chunk holds
+    everything (small inputs) there is no loop.
     """
     b, t, n, d = q.shape
     h, w = rel_h.shape[2:4] if rel_h is not None else (t, 1)
