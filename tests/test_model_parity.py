@@ -8,6 +8,7 @@ IoU predictions within 1e-3; bfloat16 masks agreeing with float32 on >= 98 %.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from benchmarks.reference_sam import official_and_ours, to_torch, torch
 from configs.tiny import TINY
+from sam_jax.modeling.common import PatchConv, conv, gelu
 from sam_jax.modeling.image_encoder import attention, decomposed_attention
 from sam_jax.modeling.variants import VARIANTS
 
@@ -213,6 +215,32 @@ def test_chunked_decomposed_attention_equals_dot_product_attention(chunk_bytes, 
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(grads, want):
         np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+@pytest.mark.parametrize("k, hw", [(1, (5, 6)), (2, (8, 8)), (4, (9, 11))])
+def test_patch_conv_equals_strided_conv(k, hw):
+    """``conv`` with stride = kernel is :class:`PatchConv`, a matmul over the patches: the
+    parameters and values of ``nn.Conv`` (rows and columns past the last whole patch are
+    ignored, as ``VALID`` padding does), and its gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
+    ours = conv(5, k, jnp.float32, jnp.float32, "c", stride=k)
+    assert isinstance(ours, PatchConv)
+    reference = nn.Conv(5, (k, k), strides=(k, k), padding="VALID")
+    params = nn.meta.unbox(ours.init(jax.random.key(1), x))
+    shapes = lambda p: jax.tree.map(jnp.shape, p)
+    assert shapes(params) == shapes(reference.init(jax.random.key(1), x))
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=2e-5)
+    grad = lambda m: jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, x))))(params)
+    for g, r in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(reference))):
+        np.testing.assert_allclose(g, r, atol=1e-4)
+
+
+def test_gelu_is_torchs():
+    """``gelu`` (the erf form) is ``torch.nn.GELU()`` to float32 rounding, tails included."""
+    x = np.linspace(-10, 10, 4001, dtype=np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x))), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow

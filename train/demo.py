@@ -10,7 +10,7 @@
    and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
 4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
    (held-out images with their 1-, 3- and 5-click results side by side);
-5. prints where everything went. About 1600 CPU-seconds on 2 cores (13-17 minutes wall:
+5. prints where everything went. About 1450 CPU-seconds on 2 cores (13-15 minutes wall:
    the machine's speed varies by that much).
 
 Options: ``--out DIR`` (default ``/tmp/sam_jax_demo``), ``--steps N``, ``--config FILE``
@@ -31,9 +31,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # LLVM at -O1 instead of -O2 (unless XLA_FLAGS sets a level): the tiny model's steps are
 # small kernels whose speed does not change, while compiling the state's initialisation
 # takes half as long (10 s against 20 s) and the train step about 5 s less.
+# Eigen's single-threaded kernels (unless XLA_FLAGS says otherwise): the step's ops are
+# too small to gain from being split over the 2 cores, which XLA's executor and the
+# tf.data pipeline share anyway (in the loop, 0.285 s a step against 0.337 s with
+# multi-threaded kernels; 2026-12-02, back to back).
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-if "--xla_backend_optimization_level" not in _XLA_FLAGS:
-    os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS} --xla_backend_optimization_level=1".strip()
+for _flag, _value in (("--xla_backend_optimization_level", "1"), ("--xla_cpu_multi_thread_eigen", "false")):
+    if _flag not in _XLA_FLAGS:
+        _XLA_FLAGS = f"{_XLA_FLAGS} {_flag}={_value}".strip()
+os.environ["XLA_FLAGS"] = _XLA_FLAGS
 
 import argparse  # noqa: E402
 import io  # noqa: E402

@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Axes = Sequence[str | None]
@@ -85,8 +86,17 @@ def conv(
     padding: int = 0,
     use_bias: bool = True,
     axes: tuple[str | None, str | None] = (None, None),
-) -> nn.Conv:
-    """A 2-D convolution on NHWC maps, kernel ``(k, k, in, out)``."""
+) -> nn.Module:
+    """A 2-D convolution on NHWC maps, kernel ``(k, k, in, out)``.
+
+    Without padding and with the stride equal to the kernel (the patch embedding, the
+    mask downscaling, 1x1 convolutions) it is :class:`PatchConv`, one matmul over the
+    patches; otherwise ``nn.Conv``. Both hold the same ``kernel`` and ``bias``.
+    """
+    kernel_init = partitioned(default_kernel_init, (None, None) + tuple(axes))
+    bias_init = partitioned(zeros, (axes[1],))
+    if stride == kernel and padding == 0:
+        return PatchConv(features, kernel, use_bias, kernel_init, bias_init, dtype, param_dtype, name=name)
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -95,15 +105,51 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=partitioned(default_kernel_init, (None, None) + tuple(axes)),
-        bias_init=partitioned(zeros, (axes[1],)),
+        kernel_init=kernel_init,
+        bias_init=bias_init,
         name=name,
     )
 
 
+class PatchConv(nn.Module):
+    """Convolution with stride = kernel ``k`` and no padding, as a matmul over the patches.
+
+    The ``k x k`` patches do not overlap, so output pixel ``(i, j)`` is the patch
+    ``x[k*i : k*i+k, k*j : k*j+k]`` contracted with the kernel: a reshape and one
+    ``einsum``, where XLA:CPU's convolution is 2-5x slower (its weight gradient for the
+    patch embedding most of all). Parameters and result are ``nn.Conv``'s (``VALID``:
+    rows and columns past the last whole patch are ignored).
+
+    Shapes: ``(..., H, W, Cin) -> (..., H // k, W // k, features)``.
+    """
+
+    features: int
+    kernel_size: int
+    use_bias: bool = True
+    kernel_init: Callable = default_kernel_init
+    bias_init: Callable = zeros
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        *lead, h, w, cin = x.shape
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), self.param_dtype)
+        x = x[..., : h // k * k, : w // k * k, :].reshape(*lead, h // k, k, w // k, k, cin)
+        y = jnp.einsum("...yaxci,acio->...yxo", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as ``torch.nn.GELU()``."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU, ``x * (1 + erf(x / sqrt 2)) / 2``: ``torch.nn.GELU()``'s formula.
+
+    ``jax.nn.gelu(approximate=False)`` computes ``erfc`` instead, which XLA:CPU runs
+    about 1.5x slower; the two differ by at most 5e-7 for unit-scale inputs.
+    """
+    return x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))).astype(x.dtype)) * 0.5
 
 
 class ConvTranspose2x2(nn.Module):
