@@ -101,11 +101,24 @@ def _scene():
 
 
 @pytest.mark.parametrize("batch", [2, 8])
-def test_gt_stub_scores_one_with_noc_one(batch):
+def test_gt_stub_scores_one_with_noc_one(batch, monkeypatch):
+    import sam_jax.evaluation.points as points
+
     image, masks = _scene()
     settings = PointSettings(masks_per_batch=batch)
     stub = GTPredictor(masks)
+    corrections = []
+    real_next_click = points.next_click
+    monkeypatch.setattr(points, "next_click", lambda *a: corrections.append(1) or real_next_click(*a))
     res = evaluate_image(stub, image, masks, settings)
+    # corrective clicks are computed for the 3 real masks only (8 each), not the padding
+    # rows of a batch, which repeat the last real row's clicks
+    assert len(corrections) == 3 * 8
+    n_last = 3 - batch * ((3 - 1) // batch)  # real rows in the last batch
+    for call in stub.calls[-settings.max_clicks :]:
+        for key in ("points", "labels"):
+            pad = call[key][n_last:]
+            np.testing.assert_array_equal(pad, np.broadcast_to(call[key][n_last - 1], pad.shape))
     assert res["iou"].shape == (3, 9)
     np.testing.assert_array_equal(res["iou"], 1.0)
     m = summarize(res["iou"], res["iou_oracle"], res["area"], settings)

@@ -8,6 +8,9 @@
   from 180 on (one dip to 0.86 at 160); about 65 s of CPU, most of it the compile.
 * ``test_tiny_config_learns``: loss halves and single-point mIoU on held-out images rises
   (targets at 64 x 64 for the 32 x 32 logits, ``data.target_size``, as the demo trains).
+  Its trainer is compiled ahead (``make_trainer(precompile=True)``, as the demo does
+  while it writes its shards), and the run must not compile its step or its
+  initialisation again.
 
 300 steps of the tiny model (3 decoder passes, 4 images x 4 masks, in-memory
 synthetic images; about 2-3 minutes on 2 CPU cores), then single-point mIoU on 16
@@ -22,7 +25,7 @@ import numpy as np
 from configs.tiny import get_config
 from data.synthetic_batch import make_batch
 from train.evaluate import eval_batches, single_point_miou
-from train.loop import run
+from train.loop import make_trainer, run
 from train.sharding import make_mesh
 from train.train_step import Trainer, build_module, host_metrics
 
@@ -65,7 +68,21 @@ def test_tiny_config_learns(tmp_path):
     c.data.masks_per_image, c.data.global_batch_size = 4, 4
     c.data.target_size = 64  # finer than the 32 x 32 logits, as configs.demo trains
     c.ckpt.every = 10**6
-    summary = run(c, progress=False)
+    compiled = []  # names of the functions compiled (or read from the persistent cache)
+
+    def listener(event, secs, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kw.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        trainer = make_trainer(c, precompile=True)
+        ahead = len(compiled)
+        summary = run(c, progress=False, trainer=trainer)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert {"jit(train_step)", "jit(_init)"} <= set(compiled[:ahead]), compiled[:ahead]
+    assert not {"jit(train_step)", "jit(_init)"} & set(compiled[ahead:]), compiled[ahead:]
     losses = summary["losses"]
     first = losses[1]
     last = float(np.mean([losses[s] for s in range(281, 301)]))

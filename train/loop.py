@@ -53,13 +53,18 @@ def synthetic_seed(seed: int, step: int, process_index: int) -> int:
     return (hi << 32) | lo
 
 
+def batch_target_size(config, default: int | None) -> int | None:
+    """Side of the batches' mask targets: ``data.target_size``, else ``default``."""
+    return config.data.get("target_size", 0) or default
+
+
 def data_iterator(
     config, start_step: int, image_size: int, target_size: int | None = None
 ) -> tuple[Iterator[dict], Any]:
     """Per-process host batches from ``start_step`` on, and a ``stats()`` source (or None).
     Mask targets are ``data.target_size`` square, else ``target_size`` (the model's low-res
     mask size), else ``image_size / 4``."""
-    target_size = config.data.get("target_size", 0) or target_size
+    target_size = batch_target_size(config, target_size)
     per_process = config.data.global_batch_size // jax.process_count()
     if per_process * jax.process_count() != config.data.global_batch_size:
         raise ValueError(
@@ -271,16 +276,31 @@ def restore_or_init(config, trainer: Trainer, ckpt: checkpointing.Checkpointer):
     return trainer.init_state(config.train.seed, params)
 
 
-def run(config, *, max_steps: int | None = None, progress: bool = True) -> dict:
-    """Train until ``train.num_steps`` (or ``max_steps`` more steps in this call).
-
-    Returns a summary: ``start_step``, ``end_step``, ``losses`` (step -> loss of the
-    steps run here), ``last_metrics``, ``preempted``, ``workdir``, ``state``.
-    """
+def make_trainer(config, precompile: bool = False) -> Trainer:
+    """The :class:`Trainer` of a run of ``config`` (validated; the distributed runtime
+    started). With ``precompile`` its step and fresh initialisation are compiled here
+    (:meth:`Trainer.precompile`), so that a caller can do it beside other work, such as
+    writing the data, and pass the trainer to :func:`run`."""
     validate_config(config)
     keep_freed_memory()  # XLA:CPU steps would otherwise fault their buffers in anew
     sharding.initialize_distributed(config.mesh)
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
+    if precompile:
+        target = batch_target_size(config, trainer.module.config.low_res_size)
+        trainer.precompile(target, init=not config.model.init_checkpoint)
+    return trainer
+
+
+def run(
+    config, *, max_steps: int | None = None, progress: bool = True, trainer: Trainer | None = None
+) -> dict:
+    """Train until ``train.num_steps`` (or ``max_steps`` more steps in this call).
+    ``trainer``: :func:`make_trainer`'s for this config (default: made here).
+
+    Returns a summary: ``start_step``, ``end_step``, ``losses`` (step -> loss of the
+    steps run here), ``last_metrics``, ``preempted``, ``workdir``, ``state``.
+    """
+    trainer = make_trainer(config) if trainer is None else trainer
     workdir = os.path.abspath(config.train.workdir)
     os.makedirs(workdir, exist_ok=True)
     ckpt = checkpointing.Checkpointer(

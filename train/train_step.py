@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data.batch import DEVICE_KEYS, batch_rank, majority_cells
+from data.batch import DEVICE_KEYS, FIELDS, batch_rank, majority_cells, sample_shape
 from sam_jax.modeling.sam import Sam, SamConfig
 from sam_jax.modeling.variants import get_config as get_sam_config
 from sam_jax.modeling.variants import init_variables
@@ -315,6 +315,26 @@ class Trainer:
     def lower(self, state, batch):
         with self._ctx():
             return self._step_jit.lower(state, batch, self.clip_params)
+
+    def precompile(self, target_size: int, init: bool = True) -> None:
+        """Compile :meth:`step` (and, with ``init``, :meth:`init_state` without ``params``)
+        for this config's global batches (mask targets ``target_size`` square) before their
+        first call, which then finds the executables compiled: a caller can overlap the
+        compilation with other work (``train.demo`` writes its shards meanwhile)."""
+        d, size = self.config.data, self.module.config.image_size
+        batch = {
+            k: jax.ShapeDtypeStruct(
+                (d.global_batch_size,) + sample_shape(k, size, target_size, d.masks_per_image),
+                FIELDS[k][0],
+                sharding=sh,
+            )
+            for k, sh in self.batch_shardings().items()
+        }
+        if init:
+            rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+            with self._ctx():
+                self._init_jit.lower(rng).compile()
+        self.lower(self.abstract_state, batch).compile()
 
 
 class _Context:

@@ -181,15 +181,24 @@ def evaluate_image(
     for start in range(0, m, b):
         n = min(b, m - start)
         rows = np.concatenate([np.arange(start, start + n), np.full(b - n, start + n - 1)])
-        res = _clicks_for_rows(predictor, masks[rows], k, settings.first_click, rng, keep_masks)
+        res = _clicks_for_rows(predictor, masks[rows], n, k, settings.first_click, rng, keep_masks)
         for key in ("iou", "iou_oracle", "clicks") + (("masks",) if keep_masks else ()):
             out[key][start : start + n] = res[key][:n]
     return out
 
 
 def _clicks_for_rows(
-    predictor: Any, gt: np.ndarray, k: int, first: str, rng: np.random.Generator, keep_masks: bool = False
+    predictor: Any,
+    gt: np.ndarray,
+    n: int,
+    k: int,
+    first: str,
+    rng: np.random.Generator,
+    keep_masks: bool = False,
 ) -> dict[str, np.ndarray]:
+    """``k`` clicks for each of the ``len(gt)`` rows, of which the first ``n`` are real and
+    the rest repeat row ``n - 1`` to keep the predictor's shapes fixed: their clicks are
+    row ``n - 1``'s (not computed again) and their results are discarded."""
     b = len(gt)
     coords = np.zeros((b, k, 2), np.float64)
     labels = np.zeros((b, k), np.int32)
@@ -200,13 +209,14 @@ def _clicks_for_rows(
     pred = prev = None
     rr = np.arange(b)
     for c in range(k):
-        for r in range(b):
+        for r in range(n):
             if c == 0:
                 (y, x), lab = (center_click(gt[r]) if first == "center" else random_click(gt[r], rng)), 1
             else:
                 (y, x), lab = next_click(gt[r], pred[r], clicked[r])
             clicked[r].append((y, x))
             coords[r, c], labels[r, c] = (x, y), lab
+        coords[n:, c], labels[n:, c] = coords[n - 1, c], labels[n - 1, c]
         pts = predictor.transform.apply_coords(coords[:, : c + 1], predictor.original_size)
         masks, scores, low = predictor.predict_batch(
             pts, labels[:, : c + 1], mask_input=prev, multimask_output=c == 0
