@@ -278,16 +278,18 @@ def restore_or_init(config, trainer: Trainer, ckpt: checkpointing.Checkpointer):
 
 def make_trainer(config, precompile: bool = False) -> Trainer:
     """The :class:`Trainer` of a run of ``config`` (validated; the distributed runtime
-    started). With ``precompile`` its step and fresh initialisation are compiled here
-    (:meth:`Trainer.precompile`), so that a caller can do it beside other work, such as
-    writing the data, and pass the trainer to :func:`run`."""
+    started). With ``precompile`` its step, and the random initialisation of a run that
+    has no checkpoint yet, are compiled here (:meth:`Trainer.precompile`), so that a
+    caller can do it beside other work, such as writing the data, and pass the trainer
+    to :func:`run`."""
     validate_config(config)
     keep_freed_memory()  # XLA:CPU steps would otherwise fault their buffers in anew
     sharding.initialize_distributed(config.mesh)
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
     if precompile:
         target = batch_target_size(config, trainer.module.config.low_res_size)
-        trainer.precompile(target, init=not config.model.init_checkpoint)
+        fresh = not os.path.isdir(os.path.join(config.train.workdir, "checkpoints"))
+        trainer.precompile(target, init=fresh and not config.model.init_checkpoint)
     return trainer
 
 
