@@ -252,8 +252,9 @@ def main(argv=None) -> int:
     c.train.workdir = os.path.join(a.out, "run")
     set_steps(c, a.steps)
     c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
-    # The train step compiles (one core, about 45 s) while the shards are written (in
-    # spawned processes): about 25 s less than one after the other.
+    # The train step compiles while the shards are written (in spawned processes): 82 s
+    # for both, against about 90 s one after the other (2026-12-02; the compile keeps
+    # both cores partly busy itself).
     with ThreadPoolExecutor(1) as background:
         trainer = background.submit(make_trainer, c, precompile=True)
         for d, n, seed in ((train_dir, a.train_images, 0), (eval_dir, a.eval_images, 12345)):

@@ -276,6 +276,11 @@ def restore_or_init(config, trainer: Trainer, ckpt: checkpointing.Checkpointer):
     return trainer.init_state(config.train.seed, params)
 
 
+def checkpoint_dir(config) -> str:
+    """Where a run of ``config`` keeps its checkpoints: ``<train.workdir>/checkpoints``."""
+    return os.path.join(os.path.abspath(config.train.workdir), "checkpoints")
+
+
 def make_trainer(config, precompile: bool = False) -> Trainer:
     """The :class:`Trainer` of a run of ``config`` (validated; the distributed runtime
     started). With ``precompile`` its step, and the random initialisation of a run that
@@ -288,7 +293,7 @@ def make_trainer(config, precompile: bool = False) -> Trainer:
     trainer = Trainer(config, sharding.make_mesh(dict(config.mesh.shape)))
     if precompile:
         target = batch_target_size(config, trainer.module.config.low_res_size)
-        fresh = not os.path.isdir(os.path.join(config.train.workdir, "checkpoints"))
+        fresh = not os.path.isdir(checkpoint_dir(config))
         trainer.precompile(target, init=fresh and not config.model.init_checkpoint)
     return trainer
 
@@ -305,9 +310,7 @@ def run(
     trainer = make_trainer(config) if trainer is None else trainer
     workdir = os.path.abspath(config.train.workdir)
     os.makedirs(workdir, exist_ok=True)
-    ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save
-    )
+    ckpt = checkpointing.Checkpointer(checkpoint_dir(config), config.ckpt.keep, config.ckpt.async_save)
     state = restore_or_init(config, trainer, ckpt)
     start = int(jax.device_get(state.step))
     end = config.train.num_steps
