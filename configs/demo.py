@@ -1,4 +1,4 @@
-"""The demo's config: a two-block tiny SAM on scenes 2 CPU cores learn in ~22 CPU-minutes.
+"""The demo's config: a two-block tiny SAM on scenes 2 CPU cores learn in ~12 CPU-minutes.
 
 ``make demo`` (``train/demo.py``) trains this config on synthetic SA-1B shards written
 with :data:`SCENE`. The network is SAM's and the training step the paper's recipe
@@ -125,6 +125,11 @@ steps went:
   step while it writes the shards, and the held-out evaluation decodes
   :data:`EVAL_MASKS_PER_BATCH` rows a call. 2500 steps scored 0.69 / 0.78 / 0.79 (oracle
   0.76) in 753 s: below the five-click goal, so the steps stay at 3000.
+* **Unchanged in the twelfth round** (closing note of issue 13, 2026-12-02), which made
+  the same run take 439 s (574 s an hour before; bit-identical figures): ``train/demo.py``
+  keeps the step's freed buffers in one heap of the process
+  (:func:`sam_jax.host_memory.keep_freed_memory` with ``one_heap``), where a quarter of the
+  CPU had gone to faulting them in anew every step.
 
 The real configs (``vit_b``/``vit_l``/``vit_h``) keep the paper's values.
 """

@@ -10,7 +10,7 @@
    and 5 clicks (the most confident of 3 masks at one click) and the oracle at one click;
 4. draws ``curves.png`` (loss and training mIoU against steps) and ``clicks/``
    (held-out images with their 1-, 3- and 5-click results side by side);
-5. prints where everything went. About 1300 CPU-seconds on 2 cores (13-15 minutes wall:
+5. prints where everything went. About 700 CPU-seconds on 2 cores (7-10 minutes wall:
    the machine's speed varies by that much); the train step compiles while the shards
    are being written.
 
@@ -216,6 +216,11 @@ def click_pictures(model, eval_dir: str, out_dir: str, min_area: int, num_images
 
 
 def main(argv=None) -> int:
+    from sam_jax.host_memory import keep_freed_memory
+
+    # First, before jax and tensorflow start their threads: the step's buffers stay in
+    # one heap of the process instead of being faulted in anew, zeroed, every step.
+    keep_freed_memory(one_heap=True)
     from configs import parse_config_args
     from configs.demo import EVAL_IMAGES, EVAL_MIN_AREA, SCENE, TRAIN_IMAGES, set_steps
 
