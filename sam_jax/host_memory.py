@@ -12,10 +12,11 @@ That is not all of it: blocks over 32 MiB (the highest mmap threshold glibc acce
 still mapped and unmapped each time, and a thread allocating in one of glibc's per-thread
 arenas gets heaps of at most 64 MiB that are unmapped once empty. ``one_heap=True`` also
 serves every thread from the main heap and never maps a block on its own, which a
-process must ask for before it starts threads. On the demo's train step (2 CPU cores,
-cached batches, 100 steps) that took the page faults from 3.8 to 0.43 million and the
-step from 0.124 to 0.079 s (closing note of issue 13, eighteenth stop); either half
-alone left 3.8 million.
+process must ask for before it starts threads. 250 steps of the demo's train step (2 CPU
+cores, cached batches) faulted in 8.3 million pages with the settings above and 0.59
+million with ``one_heap``, and a step took 0.08-0.12 s against 0.14-0.18 s (closing note
+of issue 13, eighteenth stop); either half of it alone left most faults (100 steps: 3.8
+million against 0.43).
 """
 
 from __future__ import annotations
