@@ -418,6 +418,7 @@ class Pipeline:
         self._cache_budget = int(cache_mb * 2**20)
         self._cache: dict[bytes, tuple] = {}
         self._cache_info = {"records": 0, "bytes": 0, "hits": 0}
+        self._decoding: dict[bytes, threading.Event] = {}  # keys being decoded, not yet cached
         self._fatal: Exception | None = None
         # Draws of each source before ``start_step`` (this process); with drop_bad the skipped
         # steps are decoded again, so they are not known in advance and count from the restart.
@@ -508,25 +509,38 @@ class Pipeline:
             loader.close()
 
     def _decode(self, status: int, jpeg: bytes, payload: bytes, payload_kind: int) -> tuple:
-        """``decode_record``'s ``(decoded or None, status)``, from the cache where it holds the record."""
+        """``decode_record``'s ``(decoded or None, status)``, from the cache where it holds the
+        record. A record that another map call is decoding at the moment (the same record
+        at the end of one epoch and the start of the next, in two chunks mapped in
+        parallel) is waited for, not decoded twice."""
         if not self._cache_budget or status != Status.OK:
             return decode_record(jpeg, payload, payload_kind, status, self.cfg)
         digest = hashlib.blake2b(len(jpeg).to_bytes(8, "little"), digest_size=20)
         digest.update(jpeg)
         digest.update(payload)
         key = digest.digest()
-        hit = self._cache.get(key)
-        if hit is not None:
+        while True:
             with self._lock:
-                self._cache_info["hits"] += 1
-            return hit
-        entry = decode_record(jpeg, payload, payload_kind, status, self.cfg)
-        size = len(key) + (entry[0].nbytes if entry[0] is not None else 0)
-        with self._lock:
-            if key not in self._cache and self._cache_info["bytes"] + size <= self._cache_budget:
-                self._cache[key] = entry
-                self._cache_info["records"] += 1
-                self._cache_info["bytes"] += size
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache_info["hits"] += 1
+                    return hit
+                busy = self._decoding.get(key)
+                if busy is None:
+                    self._decoding[key] = threading.Event()
+                    break
+            busy.wait()  # then a hit, or (no room in the cache for it) decoded here
+        try:
+            entry = decode_record(jpeg, payload, payload_kind, status, self.cfg)
+            size = len(key) + (entry[0].nbytes if entry[0] is not None else 0)
+            with self._lock:
+                if self._cache_info["bytes"] + size <= self._cache_budget:
+                    self._cache[key] = entry
+                    self._cache_info["records"] += 1
+                    self._cache_info["bytes"] += size
+        finally:
+            with self._lock:
+                self._decoding.pop(key).set()
         return entry
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, ...]]:

@@ -440,6 +440,42 @@ def test_decoded_cache_gives_the_same_batches(syn, bad_shard):
         Pipeline(path, cache_mb=-1, **kw)
 
 
+@pytest.mark.parametrize("cache_mb", [1, 1e-5])
+def test_decoded_cache_decodes_a_record_in_two_map_calls_once(syn, monkeypatch, cache_mb):
+    """The same record in two chunks mapped at once (the end of one epoch and the start of
+    the next) is decoded by one call while the other waits for it; with no room in the cache
+    the waiting call decodes it itself."""
+    import threading
+    import time
+
+    import data.pipeline as pipeline
+
+    calls = []
+
+    def slow_decode(jpeg, payload, payload_kind, status, cfg):
+        calls.append(jpeg)
+        time.sleep(0.2)
+        return np.zeros(64, np.uint8), Status.OK
+
+    monkeypatch.setattr(pipeline, "decode_record", slow_decode)
+    pipe = Pipeline(os.path.join(syn, "*.tar"), cache_mb=cache_mb, **_small())
+    got = []
+    threads = [
+        threading.Thread(target=lambda: got.append(pipe._decode(int(Status.OK), b"jpeg", b"json", 0)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and all(st == Status.OK for _, st in got)
+    if cache_mb == 1:
+        assert calls == [b"jpeg"] and got[0][0] is got[1][0]
+        assert pipe.cache_info()["hits"] == 1 and pipe.cache_info()["records"] == 1
+    else:
+        assert calls == [b"jpeg", b"jpeg"] and pipe.cache_info() == {"records": 0, "bytes": 0, "hits": 0}
+
+
 def test_train_config_drop_bad_reaches_the_pipeline(bad_shard):
     """``data.drop_bad`` of a training config: the loop's batches hold only good records
     (the shard's 3 of 10 come round again, each epoch), without it bad slots stay empty."""
